@@ -1,0 +1,66 @@
+"""The one path every response asset takes to an answer: reuse a matching stored one, or pay once."""
+
+import dagster as dg
+
+from ..resources.llm import IncompleteResponseError, LLMClientResource, LLMError, LLMRequest, LLMResponse
+from ..resources.responses import ResponseStore
+from ..storage import StoredResponseConflict
+from .common import text_preview
+
+LLM_POOL = "llm_api"
+
+
+class ResponseConfig(dg.Config):
+    """Run config of the response assets."""
+
+    replace_changed: bool = False
+    """Move a stored response that belongs to another prompt/model/parameters to _superseded/ and
+    call the LLM again. Off by default: a stored response is never replaced without being asked."""
+
+
+def respond(
+    context: dg.AssetExecutionContext,
+    llm: LLMClientResource,
+    responses: ResponseStore,
+    parts: dict[str, str] | str,
+    request: LLMRequest,
+    config: ResponseConfig,
+) -> dg.Output[LLMResponse]:
+    asset_name = context.asset_key.path[-1]
+    try:
+        stored = responses.reusable(asset_name, parts, request, config.replace_changed)
+    except StoredResponseConflict as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    if stored is not None:
+        context.log.info(f"reusing the stored response for {request.model_id}; no LLM call")
+        return dg.Output(stored, metadata={**_response_metadata(stored), "reused": True})
+    try:
+        llm.check_ready()
+        response = llm.complete(request)
+    except IncompleteResponseError as exc:
+        kept = responses.keep_rejected(asset_name, parts, exc.response, str(exc))
+        raise dg.Failure(description=f"{exc} Kept for inspection at {kept}; a rerun asks again.") from exc
+    except LLMError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    return dg.Output(response, metadata={**_response_metadata(response), "reused": False})
+
+
+def _response_metadata(response: LLMResponse) -> dict:
+    p = response.provenance
+    meta = {
+        "model_id": p.get("model_id"),
+        "model": p.get("model"),
+        "backend": p.get("backend"),
+        "finish_reason": p.get("finish_reason"),
+        "temperature": p.get("temperature"),
+        "max_tokens": p.get("max_tokens"),
+        "prompt_tokens": p.get("prompt_tokens"),
+        "completion_tokens": p.get("completion_tokens"),
+        "total_tokens": p.get("total_tokens"),
+        "latency_s": p.get("latency_s"),
+        "attempts": p.get("attempts"),
+        "prompt_sha256": p.get("prompt_sha256"),
+        "generation_id": p.get("generation_id"),
+        "preview": text_preview(response.text),
+    }
+    return {k: v for k, v in meta.items() if v is not None}

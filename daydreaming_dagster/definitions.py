@@ -1,0 +1,69 @@
+"""The code location: every asset, resource and job of daydreaming_dagster in one Definitions object.
+
+Settings come from the environment (see settings.py and .env.example): DAYDREAM_DATA_ROOT picks
+the experiment folder, DAYDREAM_BACKEND=offline swaps in the offline LLM and its own output root."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from .assets import core, llm_evaluation, llm_generation, raw_data, results
+from .assets.partitions import evaluation_pairs_partitions, generation_tasks_partitions
+from .resources.config import ExperimentConfig
+from .resources.io_managers import TableIOManager, TextIOManager
+from .resources.llm import LLMClientResource
+from .resources.responses import ResponseStore
+from .settings import Settings
+
+ALL_ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, results])
+
+task_tables_job = dg.define_asset_job(
+    "task_tables",
+    selection=dg.AssetSelection.groups(raw_data.GROUP, core.GROUP),
+    description="Read the experiment and build the task tables; registers the partition keys.",
+)
+generation_job = dg.define_asset_job(
+    "generation",
+    selection=dg.AssetSelection.groups(llm_generation.GROUP),
+    partitions_def=generation_tasks_partitions,
+    description="Prompt and response of one generation task.",
+)
+evaluation_job = dg.define_asset_job(
+    "evaluation",
+    selection=dg.AssetSelection.groups(llm_evaluation.GROUP),
+    partitions_def=evaluation_pairs_partitions,
+    description="Judge prompt and judge answer of one evaluation pair.",
+)
+results_job = dg.define_asset_job(
+    "results",
+    selection=dg.AssetSelection.groups(results.GROUP),
+    description="Parse every judge answer and build the result tables.",
+)
+
+
+def build_resources(settings: Settings) -> dict:
+    out = str(settings.output_root)
+    # Bind the key through EnvVar only when it is set, so a missing key surfaces as our own
+    # sentence from LLMClientResource.check_ready instead of a resource-initialisation error.
+    api_key = dg.EnvVar("OPENROUTER_API_KEY") if os.environ.get("OPENROUTER_API_KEY") else None
+    return {
+        "experiment_config": ExperimentConfig.for_experiment(str(settings.data_root), out),
+        "llm": LLMClientResource(backend=settings.backend, api_key=api_key, base_url=settings.base_url),
+        "responses": ResponseStore(base_path=out),
+        "text_io_manager": TextIOManager(base_path=out),
+        "table_io_manager": TableIOManager(base_path=out),
+    }
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    settings = settings or Settings.from_env()
+    return dg.Definitions(
+        assets=ALL_ASSETS,
+        jobs=[task_tables_job, generation_job, evaluation_job, results_job],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,204 @@
+"""Reading an experiment folder (`<data_root>/1_raw`) into validated tables, and rendering prompts.
+
+Pure functions: no Dagster import. Every problem is raised as an ExperimentError whose message
+is one sentence naming the file, the row or the column at fault."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import jinja2
+import jinja2.meta
+import pandas as pd
+
+from .errors import ExperimentError
+from .ids import check_safe_id
+
+TemplateKind = Literal["generation", "evaluation"]
+DESCRIPTION_LEVELS = ("sentence", "paragraph", "article")
+# The one variable each kind of template may use; anything else is a typo caught before any LLM call.
+TEMPLATE_VARIABLES: dict[str, set[str]] = {"generation": {"concepts"}, "evaluation": {"response"}}
+TEMPLATE_COLUMNS = ["template_id", "template_name", "description", "active"]
+MODEL_COLUMNS = ["id", "model", "provider", "display_name", "for_generation", "for_evaluation"]
+CONCEPT_COLUMNS = ["concept_id", "name", "active"]
+
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f", ""}
+
+_JINJA = jinja2.Environment(
+    undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+)
+
+
+@dataclass(frozen=True)
+class Concept:
+    """What a generation template sees for each concept of a combination."""
+
+    name: str
+    content: str
+
+
+def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    """Read a CSV as strings, failing clearly on a missing file, a parse error or a missing column."""
+    if not path.is_file():
+        raise ExperimentError(f"{path} is missing.")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExperimentError(f"{path} is not a valid CSV file: {first_line}.") from exc
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ExperimentError(f"{path} lacks the column(s) {', '.join(missing)}.")
+    return df
+
+
+def _bool_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    def parse(value: str) -> bool:
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ExperimentError(
+            f"{path} has {value!r} in column {column}; write true or false."
+        )
+
+    return df[column].map(parse).astype(bool)
+
+
+def _check_ids(df: pd.DataFrame, column: str, path: Path) -> None:
+    for value in df[column]:
+        check_safe_id(value, f"{path} (column {column})")
+    duplicated = sorted(set(df.loc[df[column].duplicated(), column]))
+    if duplicated:
+        raise ExperimentError(f"{path} has duplicate {column} value(s): {', '.join(duplicated)}.")
+
+
+def load_concepts(raw_dir: Path) -> pd.DataFrame:
+    """Concepts with one description column per level (None where the file is absent)."""
+    path = raw_dir / "concepts" / "concepts_metadata.csv"
+    df = read_csv(path, CONCEPT_COLUMNS)
+    _check_ids(df, "concept_id", path)
+    df["active"] = _bool_column(df, "active", path)
+    for level in DESCRIPTION_LEVELS:
+        folder = raw_dir / "concepts" / f"descriptions-{level}"
+        df[f"description_{level}"] = [
+            _read_optional(folder / f"{concept_id}.txt") for concept_id in df["concept_id"]
+        ]
+    return df.reset_index(drop=True)
+
+
+def _read_optional(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+
+def concept_content(row: pd.Series | dict, level: str) -> str:
+    """The description at `level`, falling back to paragraph, then sentence, then the name."""
+    if level not in DESCRIPTION_LEVELS:
+        raise ExperimentError(
+            f"description_level {level!r} is not one of {', '.join(DESCRIPTION_LEVELS)}."
+        )
+    for candidate in (level, "paragraph", "sentence"):
+        text = row.get(f"description_{candidate}")
+        if isinstance(text, str) and text:
+            return text
+    return str(row["name"])
+
+
+def load_templates(raw_dir: Path, kind: TemplateKind) -> pd.DataFrame:
+    """The `<kind>_templates.csv` table with each template's Jinja text in a `text` column.
+
+    Every template (active or not) must exist, parse, and use only the variable its kind provides."""
+    path = raw_dir / f"{kind}_templates.csv"
+    df = read_csv(path, TEMPLATE_COLUMNS)
+    _check_ids(df, "template_id", path)
+    df["active"] = _bool_column(df, "active", path)
+    texts = []
+    for template_id in df["template_id"]:
+        template_path = raw_dir / f"{kind}_templates" / f"{template_id}.txt"
+        if not template_path.is_file():
+            raise ExperimentError(
+                f"{kind} template {template_id!r} is listed in {path.name} but {template_path} is missing."
+            )
+        text = template_path.read_text(encoding="utf-8")
+        check_template(text, kind, str(template_path))
+        texts.append(text)
+    df["text"] = texts
+    if kind == "evaluation":
+        df = _score_scale_columns(df, path)
+    return df.reset_index(drop=True)
+
+
+def _score_scale_columns(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Each evaluation template may declare its score scale; the default is 0 to 10."""
+    for column, default in (("score_min", 0.0), ("score_max", 10.0)):
+        if column not in df.columns:
+            df[column] = default
+            continue
+        values = pd.to_numeric(df[column].replace("", str(default)), errors="coerce")
+        bad = df.loc[values.isna(), "template_id"].tolist()
+        if bad:
+            raise ExperimentError(f"{path} has a non-numeric {column} for template(s) {', '.join(bad)}.")
+        df[column] = values.astype(float)
+    inverted = df.loc[df["score_min"] >= df["score_max"], "template_id"].tolist()
+    if inverted:
+        raise ExperimentError(f"{path} has score_min >= score_max for template(s) {', '.join(inverted)}.")
+    return df
+
+
+def check_template(text: str, kind: TemplateKind, where: str) -> None:
+    """Fail if the template does not parse or uses a variable its kind does not provide."""
+    try:
+        ast = _JINJA.parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ExperimentError(f"{where} is not a valid Jinja template: {exc.message} (line {exc.lineno}).") from exc
+    unknown = sorted(jinja2.meta.find_undeclared_variables(ast) - TEMPLATE_VARIABLES[kind])
+    if unknown:
+        allowed = ", ".join(sorted(TEMPLATE_VARIABLES[kind]))
+        raise ExperimentError(
+            f"{where} uses the undefined variable(s) {', '.join(unknown)}; {kind} templates see only {allowed}."
+        )
+
+
+def load_models(raw_dir: Path) -> pd.DataFrame:
+    """The model table; `model` is the name sent to the API, the flags say who generates and who judges."""
+    path = raw_dir / "llm_models.csv"
+    df = read_csv(path, MODEL_COLUMNS)
+    _check_ids(df, "id", path)
+    empty = df.loc[df["model"].str.strip() == "", "id"].tolist()
+    if empty:
+        raise ExperimentError(f"{path} has no model name for id(s) {', '.join(empty)}.")
+    for column in ("for_generation", "for_evaluation"):
+        df[column] = _bool_column(df, column, path)
+    return df.reset_index(drop=True)
+
+
+def load_settings(raw_dir: Path) -> dict:
+    """The optional `experiment.toml` of the experiment folder (an empty dict when absent)."""
+    path = raw_dir / "experiment.toml"
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ExperimentError(f"{path} is not valid TOML: {exc}.") from exc
+
+
+def render_generation_prompt(template_text: str, concepts: list[Concept]) -> str:
+    return _render(template_text, concepts=concepts)
+
+
+def render_evaluation_prompt(template_text: str, response: str) -> str:
+    return _render(template_text, response=response)
+
+
+def _render(template_text: str, **variables) -> str:
+    try:
+        return _JINJA.from_string(template_text).render(**variables)
+    except jinja2.UndefinedError as exc:
+        raise ExperimentError(f"template rendering failed: {exc.message}.") from exc

@@ -1,0 +1,46 @@
+"""The valid evaluation pairs as partition keys, from the evaluation_tasks table (never the cross product)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+import dagster as dg
+import pandas as pd
+
+
+def _filtered(
+    evaluation_tasks: pd.DataFrame,
+    generation_task: Iterable[str] | None,
+    evaluation_task: Iterable[str] | None,
+) -> pd.DataFrame:
+    table = evaluation_tasks
+    if generation_task:
+        table = table[table["generation_task_id"].isin(list(generation_task))]
+    if evaluation_task:
+        table = table[table["evaluation_task_id"].isin(list(evaluation_task))]
+    return table
+
+
+def valid_pair_keys(
+    evaluation_tasks: pd.DataFrame,
+    generation_task: Iterable[str] | None = None,
+    evaluation_task: Iterable[str] | None = None,
+    exclude: Collection[str] = (),
+) -> list[str]:
+    """The pairs the table lists as `"<evaluation_task_id>|<generation_task_id>"` strings, in table order.
+
+    Optionally only those of some generation tasks / evaluation methods, and without the keys in
+    `exclude` (e.g. the partitions already materialized)."""
+    table = _filtered(evaluation_tasks, generation_task, evaluation_task)
+    keys = (table["evaluation_task_id"] + "|" + table["generation_task_id"]).tolist()
+    if exclude:
+        keys = [k for k in keys if k not in exclude]
+    return keys
+
+
+def valid_pair_partition_keys(evaluation_tasks: pd.DataFrame, **filters) -> list[dg.MultiPartitionKey]:
+    """The same pairs as MultiPartitionKey objects."""
+    return [
+        dg.MultiPartitionKey({"evaluation_tasks": e, "generation_tasks": g})
+        for e, g in (k.split("|", 1) for k in valid_pair_keys(evaluation_tasks, **filters))
+    ]

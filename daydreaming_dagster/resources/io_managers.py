@@ -1,0 +1,156 @@
+"""IO managers: one per format (text files, CSV tables) plus an in-memory one for tests and dry runs."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from .. import storage
+from .llm import LLMResponse
+
+
+def partition_parts(context: dg.InputContext | dg.OutputContext) -> dict[str, str] | str | None:
+    """The partition of the asset being stored or loaded: None, a key, or keys by dimension."""
+    if not context.has_asset_partitions:
+        return None
+    key = context.asset_partition_key
+    partitions_def = context.asset_partitions_def
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        return partitions_def.get_partition_key_from_str(str(key)).keys_by_dimension
+    return str(key)
+
+
+def _asset_name(context: dg.InputContext | dg.OutputContext) -> str:
+    return context.asset_key.path[-1]
+
+
+class TextIOManager(dg.ConfigurableIOManager):
+    """One UTF-8 text file per partition under `base_path`; LLM responses are written once, with a sidecar.
+
+    Loading several partitions (a downstream asset that reads all of them) returns a dict keyed by
+    partition key holding only the partitions that have a file."""
+
+    base_path: str
+
+    def _path(self, asset_name: str, parts) -> Path:
+        return storage.text_path(Path(self.base_path), asset_name, parts)
+
+    def handle_output(self, context: dg.OutputContext, obj: str | LLMResponse) -> None:
+        path = self._path(_asset_name(context), partition_parts(context))
+        if isinstance(obj, LLMResponse):
+            written = storage.write_response_once(path, obj.text, obj.provenance)
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "newly_written": written})
+        elif isinstance(obj, str):
+            storage.atomic_write_text(path, obj)
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+        else:
+            raise TypeError(f"TextIOManager stores str or LLMResponse, not {type(obj).__name__}.")
+
+    def load_input(self, context: dg.InputContext) -> str | dict[str, str]:
+        name = _asset_name(context)
+        if context.has_asset_partitions and len(context.asset_partition_keys) != 1:
+            return self._load_many(context, name)
+        path = self._path(name, partition_parts(context))
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{name} has no stored text for partition {context.asset_partition_key if context.has_asset_partitions else '(none)'} "
+                f"at {path}; materialize it first."
+            )
+        return path.read_text(encoding="utf-8")
+
+    def _load_many(self, context: dg.InputContext, name: str) -> dict[str, str]:
+        partitions_def = context.asset_partitions_def
+        multi = isinstance(partitions_def, dg.MultiPartitionsDefinition)
+        found = {}
+        for key in context.asset_partition_keys:
+            parts = partitions_def.get_partition_key_from_str(str(key)).keys_by_dimension if multi else str(key)
+            path = self._path(name, parts)
+            if path.is_file():
+                found[str(key)] = path.read_text(encoding="utf-8")
+        return found
+
+
+# Tables are read by many partitions of one run and of many runs in one process; cache by file state.
+_TABLE_CACHE: dict[Path, tuple[tuple[int, int], pd.DataFrame]] = {}
+_TABLE_CACHE_LOCK = threading.Lock()
+
+
+def _string_columns(path: Path) -> dict[str, type]:
+    header = pd.read_csv(path, nrows=0).columns
+    return {c: str for c in header if c == "id" or c.endswith("_id") or c.endswith("_ids") or c == "model" or c.endswith("_model")}
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a stored CSV table, keeping id and model columns as strings; cached by (mtime, size)."""
+    stat = path.stat()
+    state = (stat.st_mtime_ns, stat.st_size)
+    with _TABLE_CACHE_LOCK:
+        cached = _TABLE_CACHE.get(path)
+    if cached and cached[0] == state:
+        return cached[1].copy()
+    df = pd.read_csv(path, dtype=_string_columns(path), keep_default_na=True)
+    with _TABLE_CACHE_LOCK:
+        _TABLE_CACHE[path] = (state, df)
+    return df.copy()
+
+
+class TableIOManager(dg.ConfigurableIOManager):
+    """One CSV file per (unpartitioned) table asset under `base_path`, written atomically."""
+
+    base_path: str
+
+    def _path(self, context: dg.InputContext | dg.OutputContext) -> Path:
+        group = context.definition_metadata.get("daydream/group") if context.definition_metadata else None
+        if isinstance(context, dg.InputContext) and context.upstream_output is not None:
+            group = (context.upstream_output.definition_metadata or {}).get("daydream/group")
+        return storage.table_path(Path(self.base_path), _asset_name(context), group)
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        path = self._path(context)
+        storage.atomic_write_bytes(path, obj.to_csv(index=False).encode("utf-8"))
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": len(obj)})
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        path = self._path(context)
+        if not path.is_file():
+            raise FileNotFoundError(f"{_asset_name(context)} has no stored table at {path}; materialize it first.")
+        return read_table(path)
+
+
+# Values kept for the life of the process, across runs, per named store.
+_MEMORY: dict[str, dict[tuple, Any]] = {}
+
+
+class InMemoryIOManager(dg.ConfigurableIOManager):
+    """Keeps every output in process memory across runs (for tests and dry runs); `store` names the space."""
+
+    store: str = "default"
+
+    def _space(self) -> dict[tuple, Any]:
+        return _MEMORY.setdefault(self.store, {})
+
+    @staticmethod
+    def _key(context, partition_key) -> tuple:
+        return (tuple(context.asset_key.path), None if partition_key is None else str(partition_key))
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        value = obj.text if isinstance(obj, LLMResponse) else obj
+        key = context.asset_partition_key if context.has_asset_partitions else None
+        self._space()[self._key(context, key)] = value
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        space = self._space()
+        if not context.has_asset_partitions:
+            return space[self._key(context, None)]
+        keys = context.asset_partition_keys
+        if len(keys) == 1:
+            return space[self._key(context, keys[0])]
+        return {str(k): space[self._key(context, k)] for k in keys if self._key(context, k) in space}
+
+    @classmethod
+    def clear(cls, store: str) -> None:
+        _MEMORY.pop(store, None)

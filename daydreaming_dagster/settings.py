@@ -1,0 +1,43 @@
+"""Process-level settings read from the environment (and `.env`), shared by definitions and the CLI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+BACKENDS = ("openai", "offline")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Which experiment, which backend, and where outputs go.
+
+    Offline runs write under `<data_root>/offline`, so a dry run can never touch or block real results."""
+
+    data_root: Path
+    backend: str
+    base_url: str
+
+    @property
+    def offline(self) -> bool:
+        return self.backend == "offline"
+
+    @property
+    def output_root(self) -> Path:
+        override = os.environ.get("DAYDREAM_OUTPUT_ROOT")
+        if override:
+            return Path(override)
+        return self.data_root / "offline" if self.offline else self.data_root
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        backend = os.environ.get("DAYDREAM_BACKEND", "openai").strip().lower() or "openai"
+        if backend not in BACKENDS:
+            raise ValueError(f"DAYDREAM_BACKEND is {backend!r}; use one of {', '.join(BACKENDS)}.")
+        return cls(
+            data_root=Path(os.environ.get("DAYDREAM_DATA_ROOT", "data")),
+            backend=backend,
+            base_url=os.environ.get("OPENROUTER_BASE_URL", DEFAULT_BASE_URL),
+        )

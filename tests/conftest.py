@@ -1,0 +1,3 @@
+"""Shared pytest setup: the fake OpenAI-compatible server fixture (`openai_server`)."""
+
+pytest_plugins = ["tests.openai_server"]
