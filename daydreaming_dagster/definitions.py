@@ -17,7 +17,9 @@ from .resources.llm import LLMClientResource
 from .resources.responses import ResponseStore
 from .settings import Settings
 
-ALL_ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, results])
+ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results]
+ALL_ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
+ALL_CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
 task_tables_job = dg.define_asset_job(
     "task_tables",
@@ -61,6 +63,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     return dg.Definitions(
         assets=ALL_ASSETS,
+        asset_checks=ALL_CHECKS,
         jobs=[task_tables_job, generation_job, evaluation_job, results_job],
         resources=build_resources(settings),
     )
