@@ -13,6 +13,8 @@ from dotenv import load_dotenv
 from .errors import missing_key_message
 
 DEFAULT_DAGSTER_HOME = "dagster_home"
+# The project's instance configuration, given to a DAGSTER_HOME that has none (e.g. the offline one).
+INSTANCE_TEMPLATE = Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml"
 
 
 def _configure(args: argparse.Namespace) -> None:
@@ -23,15 +25,13 @@ def _configure(args: argparse.Namespace) -> None:
     if getattr(args, "offline", False):
         os.environ["DAYDREAM_BACKEND"] = "offline"
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
-    if os.environ.get("DAYDREAM_BACKEND") == "offline":
+    if os.environ.get("DAYDREAM_BACKEND") == "offline" and home.name != "offline":
         # Offline runs keep their own instance: their materializations must never make a real
         # partition look finished.
-        offline_home = home / "offline"
-        offline_home.mkdir(parents=True, exist_ok=True)
-        if (home / "dagster.yaml").is_file() and not (offline_home / "dagster.yaml").is_file():
-            shutil.copy(home / "dagster.yaml", offline_home / "dagster.yaml")
-        home = offline_home
+        home = home / "offline"
     home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").is_file() and INSTANCE_TEMPLATE.is_file():
+        shutil.copy(INSTANCE_TEMPLATE, home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
 
 
@@ -77,20 +77,99 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    _configure(args)
+def _pair_selection(args: argparse.Namespace) -> tuple[list[str], set[str]] | int:
+    """The valid pairs selected by the filters (and --missing), and every valid pair; or an exit code."""
+    from . import storage
     from .pairs import valid_pair_keys
     from .resources.io_managers import read_table
     from .settings import Settings
-    from . import storage
 
     settings = Settings.from_env()
     path = storage.table_path(settings.output_root, "evaluation_tasks")
     if not path.is_file():
         print(f"{path} does not exist yet; run `daydream run` or materialize evaluation_tasks first.", file=sys.stderr)
         return 2
-    for key in valid_pair_keys(read_table(path), generation_task=args.generation_task, evaluation_task=args.evaluation_task):
+    table = read_table(path)
+    exclude: set[str] = set()
+    if getattr(args, "missing", False):
+        import dagster as dg
+
+        exclude = dg.DagsterInstance.get().get_materialized_partitions(dg.AssetKey("evaluation_response"))
+    selected = valid_pair_keys(
+        table, generation_task=args.generation_task, evaluation_task=args.evaluation_task, exclude=exclude
+    )
+    return selected, set(valid_pair_keys(table))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    _configure(args)
+    selection = _pair_selection(args)
+    if isinstance(selection, int):
+        return selection
+    for key in selection[0]:
         print(key)
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    _configure(args)
+    selection = _pair_selection(args)
+    if isinstance(selection, int):
+        return selection
+    selected, valid = selection
+    from .backfills import check_pairs, submit_pair_backfill
+
+    try:
+        if args.pair:
+            check_pairs(args.pair, valid)
+            selected = list(dict.fromkeys(args.pair))
+        if not selected:
+            print("nothing to backfill: every selected valid pair is already materialized.")
+            return 0
+        import dagster as dg
+
+        from .definitions import defs
+
+        backfill_id = submit_pair_backfill(dg.DagsterInstance.get(), defs, selected)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(
+        f"submitted backfill {backfill_id} for {len(selected)} valid pair(s) to {os.environ['DAGSTER_HOME']}; "
+        "`dagster dev` (its daemon) runs it and the UI's Backfills page shows its progress."
+    )
+    return 0
+
+
+def cmd_prune_keys(args: argparse.Namespace) -> int:
+    """Report (and with --yes remove) registered partition keys that the task tables no longer list."""
+    _configure(args)
+    import dagster as dg
+
+    from . import storage
+    from .resources.io_managers import read_table
+    from .settings import Settings
+
+    settings = Settings.from_env()
+    instance = dg.DagsterInstance.get()
+    columns = {"generation_tasks": "generation_task_id", "evaluation_tasks": "evaluation_task_id"}
+    stale_by_name = {}
+    for name, column in columns.items():
+        path = storage.table_path(settings.output_root, name)
+        if not path.is_file():
+            print(f"{path} does not exist yet; nothing to compare the {name} keys with.", file=sys.stderr)
+            return 2
+        current = set(read_table(path)[column])
+        stale_by_name[name] = [k for k in instance.get_dynamic_partitions(name) if k not in current]
+    for name, stale in stale_by_name.items():
+        for key in stale:
+            print(f"{name}\t{key}")
+        if stale and args.yes:
+            for key in stale:
+                instance.delete_dynamic_partition(name, key)
+    total = sum(map(len, stale_by_name.values()))
+    verb = "removed" if args.yes else "found (re-run with --yes to remove them; files are never touched)"
+    print(f"{total} stale key(s) {verb}.", file=sys.stderr)
     return 0
 
 
@@ -129,11 +208,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+    def pair_filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--generation-task", action="append", help="only pairs of this generation task (repeatable)")
+        p.add_argument("--evaluation-task", action="append", help="only pairs of this evaluation method (repeatable)")
+        p.add_argument("--missing", action="store_true", help="only pairs whose evaluation_response is not materialized")
+
     keys = sub.add_parser("keys", help='print the valid evaluation pairs as "<eval>|<gen>" keys')
     common(keys)
-    keys.add_argument("--generation-task", action="append", help="only pairs of this generation task (repeatable)")
-    keys.add_argument("--evaluation-task", action="append", help="only pairs of this evaluation method (repeatable)")
+    pair_filters(keys)
     keys.set_defaults(func=cmd_keys)
+
+    backfill = sub.add_parser("backfill", help="submit one Dagster backfill of the valid evaluation pairs")
+    common(backfill)
+    pair_filters(backfill)
+    backfill.add_argument("--pair", action="append", help='backfill exactly this "<eval>|<gen>" pair (repeatable)')
+    backfill.set_defaults(func=cmd_backfill)
+
+    prune = sub.add_parser("prune-keys", help="list registered partition keys the task tables no longer list")
+    common(prune)
+    prune.add_argument("--yes", action="store_true", help="remove them from the instance (files stay)")
+    prune.set_defaults(func=cmd_prune_keys)
 
     score = sub.add_parser("score", help="print FILE<TAB>score (or unparsed) for judge answers")
     score.add_argument("files", nargs="+")

@@ -9,15 +9,16 @@ import os
 
 import dagster as dg
 
-from .assets import core, llm_evaluation, llm_generation, raw_data, results
+from .assets import core, llm_evaluation, llm_generation, raw_data, results, usage
 from .assets.partitions import evaluation_pairs_partitions, generation_tasks_partitions
 from .resources.config import ExperimentConfig
 from .resources.io_managers import TableIOManager, TextIOManager
 from .resources.llm import LLMClientResource
 from .resources.responses import ResponseStore
+from .sensors import build_evaluation_sensor
 from .settings import Settings
 
-ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results]
+ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results, usage]
 ALL_ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 ALL_CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
@@ -29,13 +30,11 @@ task_tables_job = dg.define_asset_job(
 generation_job = dg.define_asset_job(
     "generation",
     selection=dg.AssetSelection.groups(llm_generation.GROUP),
-    partitions_def=generation_tasks_partitions,
     description="Prompt and response of one generation task.",
 )
 evaluation_job = dg.define_asset_job(
     "evaluation",
     selection=dg.AssetSelection.groups(llm_evaluation.GROUP),
-    partitions_def=evaluation_pairs_partitions,
     description="Judge prompt and judge answer of one evaluation pair.",
 )
 results_job = dg.define_asset_job(
@@ -65,6 +64,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=[task_tables_job, generation_job, evaluation_job, results_job],
+        sensors=[build_evaluation_sensor(evaluation_job)],
         resources=build_resources(settings),
     )
 

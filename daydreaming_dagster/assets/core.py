@@ -111,3 +111,93 @@ def evaluation_tasks(
             "preview": md_preview(df, ["generation_task_id", "evaluation_task_id", "evaluation_model_id"]),
         },
     )
+
+
+def _check_result(problems: dict[str, list[str]], severity=dg.AssetCheckSeverity.ERROR, **metadata) -> dg.AssetCheckResult:
+    """Passed when no rule found anything; each rule's count and first offenders go in the metadata."""
+    found = {rule: values for rule, values in problems.items() if values}
+    return dg.AssetCheckResult(
+        passed=not found,
+        severity=severity,
+        description="; ".join(f"{rule}: {len(v)} ({', '.join(map(str, v[:5]))})" for rule, v in found.items()) or None,
+        metadata={**{rule: len(v) for rule, v in problems.items()}, **metadata},
+    )
+
+
+def _duplicates(values: pd.Series) -> list[str]:
+    return sorted(set(values[values.duplicated()].astype(str)))
+
+
+def _not_active(referenced: pd.Series, table: pd.DataFrame, id_column: str, flag: str) -> list[str]:
+    usable = set(table.loc[table[flag], id_column])
+    return sorted(set(referenced) - usable)
+
+
+@dg.asset_check(asset=generation_tasks, additional_ins={"generation_templates": dg.AssetIn(), "llm_models": dg.AssetIn()})
+def generation_tasks_integrity(
+    generation_tasks: pd.DataFrame, generation_templates: pd.DataFrame, llm_models: pd.DataFrame
+) -> dg.AssetCheckResult:
+    """Generation task ids are unique; every template and model they use exists and is active."""
+    return _check_result(
+        {
+            "duplicate_ids": _duplicates(generation_tasks["generation_task_id"]),
+            "inactive_or_unknown_templates": _not_active(
+                generation_tasks["generation_template_id"], generation_templates, "template_id", "active"
+            ),
+            "unknown_or_non_generator_models": _not_active(
+                generation_tasks["generation_model_id"], llm_models, "id", "for_generation"
+            ),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=evaluation_tasks,
+    additional_ins={"generation_tasks": dg.AssetIn(), "evaluation_templates": dg.AssetIn(), "llm_models": dg.AssetIn()},
+)
+def evaluation_tasks_integrity(
+    evaluation_tasks: pd.DataFrame,
+    generation_tasks: pd.DataFrame,
+    evaluation_templates: pd.DataFrame,
+    llm_models: pd.DataFrame,
+) -> dg.AssetCheckResult:
+    """Pairs are unique; every generation_task_id resolves; every template and judge exists and is active."""
+    pairs = evaluation_tasks["evaluation_task_id"] + "|" + evaluation_tasks["generation_task_id"]
+    return _check_result(
+        {
+            "duplicate_pairs": _duplicates(pairs),
+            "dangling_generation_task_ids": sorted(
+                set(evaluation_tasks["generation_task_id"]) - set(generation_tasks["generation_task_id"])
+            ),
+            "inactive_or_unknown_templates": _not_active(
+                evaluation_tasks["evaluation_template_id"], evaluation_templates, "template_id", "active"
+            ),
+            "unknown_or_non_judge_models": _not_active(
+                evaluation_tasks["evaluation_model_id"], llm_models, "id", "for_evaluation"
+            ),
+        }
+    )
+
+
+def _stale_keys_check(context: dg.AssetCheckExecutionContext, partitions_name: str, current: pd.Series) -> dg.AssetCheckResult:
+    stale = sorted(set(context.instance.get_dynamic_partitions(partitions_name)) - set(current))
+    return _check_result(
+        {f"stale_{partitions_name}_keys": stale},
+        severity=dg.AssetCheckSeverity.WARN,
+        how_to_remove=dg.MetadataValue.text(
+            "Stale keys are never removed automatically (their files and history stay). "
+            "Remove them deliberately with `daydream prune-keys` after reviewing the list."
+        ),
+    )
+
+
+@dg.asset_check(asset=generation_tasks)
+def generation_keys_current(context: dg.AssetCheckExecutionContext, generation_tasks: pd.DataFrame) -> dg.AssetCheckResult:
+    """Every registered generation_tasks key is still a row of the table (stale keys are reported)."""
+    return _stale_keys_check(context, generation_tasks_partitions.name, generation_tasks["generation_task_id"])
+
+
+@dg.asset_check(asset=evaluation_tasks)
+def evaluation_keys_current(context: dg.AssetCheckExecutionContext, evaluation_tasks: pd.DataFrame) -> dg.AssetCheckResult:
+    """Every registered evaluation method key is still used by the table (stale keys are reported)."""
+    return _stale_keys_check(context, evaluation_tasks_partitions.name, evaluation_tasks["evaluation_task_id"])

@@ -14,8 +14,9 @@ class ResponseConfig(dg.Config):
     """Run config of the response assets."""
 
     replace_changed: bool = False
-    """Move a stored response that belongs to another prompt/model/parameters to _superseded/ and
-    call the LLM again. Off by default: a stored response is never replaced without being asked."""
+    """Call the LLM again when the stored response belongs to another prompt/model/parameters, and
+    move the old one to _superseded/ once the new answer has arrived. Off by default: a stored
+    response is never replaced without being asked."""
 
 
 def respond(
@@ -39,10 +40,20 @@ def respond(
         response = llm.complete(request)
     except IncompleteResponseError as exc:
         kept = responses.keep_rejected(asset_name, parts, exc.response, str(exc))
-        raise dg.Failure(description=f"{exc} Kept for inspection at {kept}; a rerun asks again.") from exc
+        raise dg.Failure(
+            description=f"{exc} It is not stored as the response; it is kept for inspection at {kept}, "
+            "and re-running the partition asks the model again.",
+            metadata={"rejected_path": dg.MetadataValue.path(str(kept))},
+        ) from exc
     except LLMError as exc:
         raise dg.Failure(description=str(exc)) from exc
-    return dg.Output(response, metadata={**_response_metadata(response), "reused": False})
+    metadata = {**_response_metadata(response), "reused": False}
+    # Only now that the new answer is here does a changed response make way for it.
+    superseded = responses.supersede(asset_name, parts) if config.replace_changed else None
+    if superseded is not None:
+        context.log.info(f"moved the previous response to {superseded}")
+        metadata["superseded_path"] = dg.MetadataValue.path(str(superseded))
+    return dg.Output(response, metadata=metadata)
 
 
 def _response_metadata(response: LLMResponse) -> dict:
@@ -61,6 +72,7 @@ def _response_metadata(response: LLMResponse) -> dict:
         "attempts": p.get("attempts"),
         "prompt_sha256": p.get("prompt_sha256"),
         "generation_id": p.get("generation_id"),
+        "created_at": p.get("created_at"),
         "preview": text_preview(response.text),
     }
     return {k: v for k, v in meta.items() if v is not None}

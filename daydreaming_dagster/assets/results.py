@@ -1,12 +1,18 @@
-"""Results: one parsed score per evaluation pair, and the tables a researcher reads."""
+"""Results: one parsed score per evaluation pair, and the tables and figure a researcher reads.
 
+Everything here is computed from `parsed_scores`, where a pair without a valid verdict has an
+empty `score` and the reason in `parse_error`: a parse failure is counted, never scored."""
+
+import base64
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from .. import storage
-from ..agreement import score_summary
+from ..agreement import overall_reliability, pairwise_agreement, score_summary
+from ..figures import heatmap_png
 from ..resources.config import ExperimentConfig
 from ..scoring import explain_parse
 from .common import md_preview
@@ -18,6 +24,7 @@ PARSED_SCORE_COLUMNS = [
     "generation_task_id",
     "evaluation_task_id",
     "combo_id",
+    "concept_ids",
     "generation_template_id",
     "generation_model_id",
     "evaluation_template_id",
@@ -26,6 +33,29 @@ PARSED_SCORE_COLUMNS = [
     "parse_error",
     "response_path",
 ]
+NO_RESPONSE = "no evaluation response stored"
+# A method whose judge answers parse less often than this needs a look (prompt, parser or model).
+MIN_PARSE_RATE_PERCENT = 95
+TOP_N = 20
+SUMMARY_STATS = ["n_scored", "n_failed", "mean", "std", "min", "max"]
+TOP_COLUMNS = [
+    "rank",
+    "generation_task_id",
+    "mean_score",
+    "n_evaluations",
+    "min_score",
+    "max_score",
+    "concept_ids",
+    "generation_template_id",
+    "generation_model_id",
+    "response_path",
+]
+AGREEMENT_COLUMNS = ["judge_a", "judge_b", "n_judges", "n_items", "spearman", "mean_abs_diff", "krippendorff_alpha"]
+ALL_JUDGES = "all judges"
+DECIMALS = 3
+
+
+# ----------------------------------------------------------------------------- pure logic
 
 
 def parse_scores(
@@ -38,7 +68,9 @@ def parse_scores(
     """One row per pair of the evaluation table: the judge's score, or why there is none."""
     scales = evaluation_templates.set_index("template_id")[["score_min", "score_max"]]
     table = evaluation_tasks.merge(
-        generation_tasks[["generation_task_id", "combo_id", "generation_template_id", "generation_model_id"]],
+        generation_tasks[
+            ["generation_task_id", "combo_id", "concept_ids", "generation_template_id", "generation_model_id"]
+        ],
         on="generation_task_id",
         how="left",
     )
@@ -49,20 +81,147 @@ def parse_scores(
         paths.append(str(response_path(row.generation_task_id, row.evaluation_task_id)))
         if text is None:
             scores.append(None)
-            errors.append("no evaluation response stored")
+            errors.append(NO_RESPONSE)
             continue
         scale = tuple(scales.loc[row.evaluation_template_id]) if row.evaluation_template_id in scales.index else (0.0, 10.0)
         score, reason = explain_parse(text, scale)
-        scores.append(score)
+        scores.append(None if reason else score)
         errors.append(reason or None)
-    table["score"] = pd.to_numeric(pd.Series(scores, dtype="float64"))
-    table["parse_error"] = errors
+    table["score"] = pd.Series(scores, index=table.index, dtype="float64")
+    table["parse_error"] = pd.Series(errors, index=table.index, dtype="object")
     table["response_path"] = paths
     return table[PARSED_SCORE_COLUMNS]
 
 
+def parse_rates(parsed: pd.DataFrame) -> pd.DataFrame:
+    """Per evaluation method: pairs, judge answers stored, answers parsed, and the parse rate.
+
+    The rate is parsed / answered: a pair whose judge has not answered yet is pending, not a
+    parse failure (it is counted in `unanswered`). `parse_rate` is NaN for a method with no answers."""
+    answered = parsed["parse_error"].ne(NO_RESPONSE)
+    frame = pd.DataFrame(
+        {
+            "evaluation_task_id": parsed["evaluation_task_id"],
+            "pairs": 1,
+            "answered": answered.astype(int),
+            "parsed": parsed["score"].notna().astype(int),
+        }
+    )
+    out = frame.groupby("evaluation_task_id", sort=True)[["pairs", "answered", "parsed"]].sum().reset_index()
+    out["parse_failures"] = out["answered"] - out["parsed"]
+    out["unanswered"] = out["pairs"] - out["answered"]
+    out["parse_rate"] = out["parsed"] / out["answered"].where(out["answered"] > 0)
+    # Integer comparison, so exactly 95% passes whatever the float rounding.
+    out["below_threshold"] = (out["answered"] > 0) & (out["parsed"] * 100 < MIN_PARSE_RATE_PERCENT * out["answered"])
+    return out
+
+
+def parse_rate_markdown(rates: pd.DataFrame) -> str:
+    if rates.empty:
+        return "_no evaluation pairs_"
+    lines = [
+        "| evaluation method | pairs | answered | parsed | parse failures | parse rate | status |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rates.itertuples(index=False):
+        rate = "–" if pd.isna(r.parse_rate) else f"{100 * r.parse_rate:.1f}%"
+        status = (
+            "no answers yet" if r.answered == 0 else f"below {MIN_PARSE_RATE_PERCENT}%" if r.below_threshold else "ok"
+        )
+        lines.append(
+            f"| {r.evaluation_task_id} | {r.pairs} | {r.answered} | {r.parsed} | {r.parse_failures} | {rate} | {status} |"
+        )
+    return "\n".join(lines)
+
+
+def summarize(parsed: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Score statistics per group: scored and failed counts, mean, sample std, min and max."""
+    df = score_summary(parsed, by).rename(columns={"count": "n_scored"})
+    df[["mean", "std", "min", "max"]] = df[["mean", "std", "min", "max"]].round(DECIMALS)
+    return df[[*by, *SUMMARY_STATS]]
+
+
+def top_generations_table(parsed: pd.DataFrame, response_path, n: int = TOP_N) -> pd.DataFrame:
+    """The `n` generations with the highest mean score over all their parsed judge scores.
+
+    Ties share a rank and are listed by generation_task_id; generations with no score are left out."""
+    scored = parsed[parsed["score"].notna()]
+    info_columns = ["concept_ids", "generation_template_id", "generation_model_id"]
+    stats = scored.groupby("generation_task_id")["score"].agg(["mean", "count", "min", "max"]).reset_index()
+    stats.columns = ["generation_task_id", "mean_score", "n_evaluations", "min_score", "max_score"]
+    info = parsed.drop_duplicates("generation_task_id").set_index("generation_task_id")[info_columns]
+    stats = stats.join(info, on="generation_task_id")
+    stats["mean_score"] = stats["mean_score"].round(DECIMALS)
+    stats = stats.sort_values(["mean_score", "generation_task_id"], ascending=[False, True], ignore_index=True)
+    stats["rank"] = stats["mean_score"].rank(method="min", ascending=False).astype(int)
+    top = stats.head(n).copy()
+    top["response_path"] = [str(response_path(g)) for g in top["generation_task_id"]]
+    return top[TOP_COLUMNS]
+
+
+def judge_agreement_table(parsed: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Agreement of every pair of evaluation methods over the generations both scored, plus all of them.
+
+    One row per pair (Spearman, mean absolute difference, Krippendorff's alpha of the two), then a
+    last row `all judges` with the overall alpha (interval) over every generation scored at least
+    twice. Returns the table and the overall reliability dict."""
+    args = ("generation_task_id", "evaluation_task_id", "score")
+    pairs = pairwise_agreement(parsed, *args)
+    alphas = [
+        overall_reliability(parsed[parsed["evaluation_task_id"].isin([a, b])], *args)["krippendorff_alpha_interval"]
+        for a, b in zip(pairs["judge_a"], pairs["judge_b"])
+    ]
+    pairs = pairs.assign(n_judges=2, krippendorff_alpha=pd.Series(alphas, index=pairs.index, dtype="float64"))
+    overall = overall_reliability(parsed, *args)
+    total = pd.DataFrame(
+        [
+            {
+                "judge_a": ALL_JUDGES,
+                "judge_b": ALL_JUDGES,
+                "n_judges": overall["n_judges"],
+                "n_items": overall["n_items"],
+                "spearman": np.nan,
+                "mean_abs_diff": np.nan,
+                "krippendorff_alpha": overall["krippendorff_alpha_interval"],
+            }
+        ]
+    )
+    table = pd.concat([pairs[AGREEMENT_COLUMNS], total], ignore_index=True) if len(pairs) else total
+    numeric = ["spearman", "mean_abs_diff", "krippendorff_alpha"]
+    table[numeric] = table[numeric].astype("float64").round(DECIMALS)
+    return table[AGREEMENT_COLUMNS], overall
+
+
+def mean_score_matrix(parsed: pd.DataFrame, rows: str, columns: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean parsed score and number of scores per (rows value, columns value); NaN mean = no score."""
+    grouped = parsed.groupby([rows, columns], dropna=False)["score"]
+    means = grouped.mean().unstack(columns)
+    counts = grouped.count().unstack(columns).reindex_like(means).fillna(0).astype(int)
+    return means, counts
+
+
+def score_scale(evaluation_templates: pd.DataFrame, template_ids) -> tuple[float, float] | tuple[None, None]:
+    """The span of the score scales of the evaluation templates in use (None when unknown)."""
+    used = evaluation_templates[evaluation_templates["template_id"].isin(set(template_ids))]
+    if used.empty:
+        return None, None
+    return float(used["score_min"].min()), float(used["score_max"].max())
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+def _float_or_reason(value: float, reason: str) -> dg.MetadataValue:
+    return dg.MetadataValue.float(float(value)) if np.isfinite(value) else dg.MetadataValue.text(reason)
+
+
+# ----------------------------------------------------------------------------- assets
+
+
 @dg.asset(group_name=GROUP, io_manager_key="table_io_manager", metadata=RESULTS_META)
 def parsed_scores(
+    context: dg.AssetExecutionContext,
     evaluation_response: dict[str, str],
     evaluation_tasks: pd.DataFrame,
     generation_tasks: pd.DataFrame,
@@ -71,6 +230,10 @@ def parsed_scores(
 ) -> dg.Output[pd.DataFrame]:
     """The final score of every evaluation pair; a pair without a score says why in `parse_error`."""
     root = Path(experiment_config.output_root)
+    if isinstance(evaluation_response, str):
+        # With a single partition upstream the IO manager hands over that one text, not a dict.
+        (only_key,) = context.asset_partition_keys_for_input("evaluation_response")
+        evaluation_response = {str(only_key): evaluation_response}
 
     def response_path(generation_task_id: str, evaluation_task_id: str) -> Path:
         return storage.text_path(
@@ -78,20 +241,150 @@ def parsed_scores(
         )
 
     df = parse_scores(evaluation_tasks, generation_tasks, evaluation_templates, evaluation_response, response_path)
-    parsed = int(df["score"].notna().sum())
+    scored = int(df["score"].notna().sum())
+    unanswered = int(df["parse_error"].eq(NO_RESPONSE).sum())
+    reasons = df["parse_error"].dropna().value_counts().rename_axis("reason").reset_index(name="pairs")
     return dg.Output(
         df,
         metadata={
             "pairs": len(df),
-            "scored": parsed,
-            "unscored": len(df) - parsed,
+            "scored": scored,
+            "parse_failures": len(df) - scored - unanswered,
+            "unanswered": unanswered,
+            "why_unscored": md_preview(reasons),
             "preview": md_preview(df, ["generation_task_id", "evaluation_task_id", "score", "parse_error"]),
         },
     )
 
 
+@dg.asset_check(asset=parsed_scores, description=f"Every evaluation method's judge answers parse at least {MIN_PARSE_RATE_PERCENT}% of the time.")
+def parse_rate_per_method(parsed_scores: pd.DataFrame) -> dg.AssetCheckResult:
+    rates = parse_rates(parsed_scores)
+    low = rates.loc[rates["below_threshold"], "evaluation_task_id"].tolist()
+    answered = int(rates["answered"].sum())
+    overall = rates["parsed"].sum() / answered if answered else np.nan
+    if low:
+        description = f"{len(low)} evaluation method(s) parse below {MIN_PARSE_RATE_PERCENT}%: {', '.join(low)}."
+    elif answered:
+        description = f"Every evaluation method parses at least {MIN_PARSE_RATE_PERCENT}% of its judge answers."
+    else:
+        description = "No judge answers are stored yet."
+    return dg.AssetCheckResult(
+        passed=not low,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "parse_rates": dg.MetadataValue.md(parse_rate_markdown(rates)),
+            "overall_parse_rate": _float_or_reason(overall, "no judge answers yet"),
+            "methods_below_threshold": dg.MetadataValue.json(low),
+            "threshold_percent": MIN_PARSE_RATE_PERCENT,
+        },
+    )
+
+
+def _summary_metadata(df: pd.DataFrame) -> dict:
+    return {"groups": len(df), "preview": md_preview(df)}
+
+
 @dg.asset(group_name=GROUP, io_manager_key="table_io_manager", metadata=RESULTS_META)
 def evaluation_summary(parsed_scores: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """Score statistics per generation template x generation model x evaluation method."""
-    df = score_summary(parsed_scores, ["generation_template_id", "generation_model_id", "evaluation_task_id"])
-    return dg.Output(df, metadata={"rows": len(df), "preview": md_preview(df.round(2))})
+    df = summarize(parsed_scores, ["generation_template_id", "generation_model_id", "evaluation_task_id"])
+    return dg.Output(df, metadata=_summary_metadata(df))
+
+
+def _summary_asset(name: str, by: list[str], what: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=name,
+        group_name=GROUP,
+        io_manager_key="table_io_manager",
+        metadata=RESULTS_META,
+        description=f"Score statistics per {what}: scores and failures counted, mean, std, min, max.",
+    )
+    def _asset(parsed_scores: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+        df = summarize(parsed_scores, by)
+        return dg.Output(df, metadata=_summary_metadata(df))
+
+    return _asset
+
+
+scores_by_generation_template = _summary_asset(
+    "scores_by_generation_template", ["generation_template_id"], "generation template"
+)
+scores_by_generation_model = _summary_asset("scores_by_generation_model", ["generation_model_id"], "generation model")
+scores_by_evaluation_method = _summary_asset(
+    "scores_by_evaluation_method",
+    ["evaluation_task_id", "evaluation_template_id", "evaluation_model_id"],
+    "evaluation method (evaluation template x judge model)",
+)
+scores_by_combination = _summary_asset(
+    "scores_by_combination", ["combo_id", "concept_ids"], "concept combination (combo_id and its concept ids)"
+)
+
+
+@dg.asset(group_name=GROUP, io_manager_key="table_io_manager", metadata=RESULTS_META)
+def top_generations(parsed_scores: pd.DataFrame, experiment_config: ExperimentConfig) -> dg.Output[pd.DataFrame]:
+    """The top-scoring generations (mean over every judge score they got), with their response files."""
+    root = Path(experiment_config.output_root)
+    df = top_generations_table(
+        parsed_scores, lambda generation_task_id: storage.text_path(root, "generation_response", generation_task_id)
+    )
+    return dg.Output(
+        df,
+        metadata={
+            "rows": len(df),
+            "preview": md_preview(df, ["rank", "generation_task_id", "mean_score", "n_evaluations", "concept_ids"]),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, io_manager_key="table_io_manager", metadata=RESULTS_META)
+def judge_agreement(parsed_scores: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    """How far the evaluation methods (template x judge model) agree on the generations they all scored.
+
+    Per pair of methods: Spearman rank correlation, mean absolute score difference and
+    Krippendorff's alpha (interval); the last row, `all judges`, is the alpha over every method."""
+    df, overall = judge_agreement_table(parsed_scores)
+    alpha = overall["krippendorff_alpha_interval"]
+    return dg.Output(
+        df,
+        metadata={
+            "krippendorff_alpha_interval": _float_or_reason(
+                alpha, "undefined: needs 2+ judges, 2+ generations scored by 2+ judges, and some variation"
+            ),
+            "items_scored_by_2plus_judges": overall["n_items"],
+            "judges": overall["n_judges"],
+            "judge_pairs": len(df) - 1,
+            "preview": md_preview(df),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, metadata=RESULTS_META)
+def score_heatmap(
+    parsed_scores: pd.DataFrame, evaluation_templates: pd.DataFrame, experiment_config: ExperimentConfig
+) -> dg.MaterializeResult:
+    """Mean score per generation template x generation model, as a PNG next to the result tables."""
+    means, counts = mean_score_matrix(parsed_scores, "generation_template_id", "generation_model_id")
+    vmin, vmax = score_scale(evaluation_templates, parsed_scores["evaluation_template_id"])
+    png = heatmap_png(
+        means,
+        counts=counts,
+        title="Mean judge score by generation template and generation model",
+        xlabel="generation model",
+        ylabel="generation template",
+        value_label="mean score (all judges)",
+        vmin=vmin,
+        vmax=vmax,
+    )
+    path = storage.table_path(Path(experiment_config.output_root), "score_heatmap", GROUP).with_suffix(".png")
+    storage.atomic_write_bytes(path, png)
+    table = means.round(2).rename_axis(index=None, columns=None).reset_index(names="template \\ model")
+    return dg.MaterializeResult(
+        metadata={
+            "heatmap": dg.MetadataValue.md(png_markdown(png, "mean score heatmap")),
+            "path": dg.MetadataValue.path(str(path)),
+            "mean_scores": md_preview(table),
+            "png_bytes": len(png),
+        }
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -9,11 +10,37 @@ import dagster as dg
 from .. import storage
 from .llm import LLMRequest, LLMResponse
 
+# How a fingerprint field reads in a sentence.
+_FIELD_WORDS = {
+    "prompt_sha256": "prompt",
+    "model_id": "model id",
+    "model": "provider model",
+    "temperature": "temperature",
+    "max_tokens": "max_tokens",
+}
+
+
+def conflict_message(asset_name: str, partition: str, path: Path, differing: list[str]) -> str:
+    """One sentence: the stored response belongs to another request, it is kept, and how to replace it."""
+    if differing == ["provenance (no sidecar)"]:
+        what = "a response whose provenance sidecar is missing, so it cannot be matched to this request"
+    else:
+        what = f"a response to another {', '.join(_FIELD_WORDS.get(f, f) for f in differing)}"
+    return (
+        f"{asset_name} partition '{partition}' already has {what} ({path}); it is kept and not paid for "
+        f"again. To replace it deliberately, re-run with replace_changed: `daydream run --replace-changed`, "
+        f'or run config {{"ops": {{"{asset_name}": {{"config": {{"replace_changed": true}}}}}}}}; '
+        "the old response then moves to _superseded/ once the new one has arrived."
+    )
+
 
 class ResponseStore(dg.ConfigurableResource):
-    """Read-side view of the text IO manager's files: finds a reusable response, keeps rejects aside.
+    """Read-side view of the paid-response archive that TextIOManager writes.
 
-    Shares `base_path` and the layout of `storage.text_path` with TextIOManager, which does the writing."""
+    Finds the stored response that answers a request, refuses one that answers another, moves a
+    stored response aside when asked to replace it, keeps rejected answers, and reads the
+    provenance sidecars (stored, superseded and rejected) for accounting. Shares `base_path` and
+    the layout of `storage.text_path` with TextIOManager, which does the writing."""
 
     base_path: str
 
@@ -23,10 +50,11 @@ class ResponseStore(dg.ConfigurableResource):
     def reusable(
         self, asset_name: str, parts: dict[str, str] | str, request: LLMRequest, replace_changed: bool
     ) -> LLMResponse | None:
-        """The stored response when it answers exactly this request; None when nothing is stored.
+        """The stored response when it answers exactly this request; None when there is none to reuse.
 
         A stored response for another prompt, model or parameters is never overwritten: without
-        `replace_changed` this raises StoredResponseConflict; with it the old file moves aside."""
+        `replace_changed` this raises StoredResponseConflict; with it this returns None, and the
+        caller moves the old response aside (`supersede`) once the new answer has arrived."""
         path = self.path(asset_name, parts)
         if not path.is_file():
             return None
@@ -35,14 +63,32 @@ class ResponseStore(dg.ConfigurableResource):
         if not differing:
             return LLMResponse(text=path.read_text(encoding="utf-8"), provenance=provenance)
         if replace_changed:
-            storage.move_aside(path)
             return None
-        raise storage.StoredResponseConflict(
-            f"the stored {asset_name} at {path} belongs to another request ({', '.join(differing)} differ); "
-            "it is kept, and re-running it deliberately takes replace_changed "
-            "(`daydream run --replace-changed`, or run config replace_changed: true), "
-            "which moves the old response to _superseded/."
-        )
+        partition = parts if isinstance(parts, str) else "|".join(parts[d] for d in sorted(parts))
+        raise storage.StoredResponseConflict(conflict_message(asset_name, partition, path, differing))
+
+    def supersede(self, asset_name: str, parts: dict[str, str] | str) -> Path | None:
+        """Move the stored response of this partition to `_superseded/`; its new path, or None."""
+        return storage.move_aside(self.path(asset_name, parts))
 
     def keep_rejected(self, asset_name: str, parts, response: LLMResponse, reason: str) -> Path:
         return storage.keep_rejected(self.path(asset_name, parts), response.text, response.provenance, reason)
+
+    def provenance(self, asset_name: str, parts: dict[str, str] | str) -> dict | None:
+        """The sidecar of the stored response of this partition; None when no response is stored."""
+        path = self.path(asset_name, parts)
+        if not path.is_file():
+            return None
+        return storage.read_provenance(path) or {}
+
+    def paid_calls(self, asset_name: str, partitions: Iterable[dict[str, str] | str]) -> Iterator[tuple[str, dict]]:
+        """Every paid answer kept for these partitions: ("stored" | "superseded" | "rejected", provenance)."""
+        paths = []
+        for parts in partitions:
+            path = self.path(asset_name, parts)
+            paths.append(path)
+            provenance = self.provenance(asset_name, parts)
+            if provenance is not None:
+                yield "stored", provenance
+        for _, kind, provenance in storage.archived_provenance(paths):
+            yield kind, provenance
