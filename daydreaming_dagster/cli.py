@@ -174,18 +174,22 @@ def cmd_prune_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .scoring import parse_score
+    from .scoring import explain_parse
 
+    if args.min >= args.max:
+        print(f"--min ({args.min:g}) must be below --max ({args.max:g}).", file=sys.stderr)
+        return 2
     status = 0
     for name in args.files:
         try:
             text = Path(name).read_text(encoding="utf-8")
-        except OSError as exc:
-            print(f"{name}\terror: {exc.strerror}", file=sys.stderr)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            print(f"{name}\terror: {reason}", file=sys.stderr)
             status = 1
             continue
-        score = parse_score(text, (args.min, args.max))
-        print(f"{name}\t{'unparsed' if score is None else f'{score:g}'}")
+        score, reason = explain_parse(text, (args.min, args.max))
+        print(f"{name}\t{f'unparsed ({reason})' if score is None else f'{score:g}'}")
     return status
 
 

@@ -64,7 +64,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=[task_tables_job, generation_job, evaluation_job, results_job],
-        sensors=[build_evaluation_sensor(evaluation_job)],
+        sensors=[build_evaluation_sensor()],
         resources=build_resources(settings),
     )
 

@@ -5,6 +5,7 @@ is one sentence naming the file, the row or the column at fault."""
 
 from __future__ import annotations
 
+import csv
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     """Read a CSV as strings, failing clearly on a missing file, a parse error or a missing column."""
     if not path.is_file():
         raise ExperimentError(f"{path} is missing.")
+    _check_field_counts(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -55,6 +57,24 @@ def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     if missing:
         raise ExperimentError(f"{path} lacks the column(s) {', '.join(missing)}.")
     return df
+
+
+def _check_field_counts(path: Path) -> None:
+    """Every row has as many fields as the header: pandas would shift or pad a ragged row silently."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = csv.reader(handle, skipinitialspace=True)
+            header = next(rows, None)
+            if header is None:
+                raise ExperimentError(f"{path} is empty; it needs a header row.")
+            for row in rows:
+                if row and len(row) != len(header):
+                    raise ExperimentError(
+                        f"{path} is not a valid CSV file: line {rows.line_num} has {len(row)} fields "
+                        f"but the header has {len(header)}."
+                    )
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ExperimentError(f"{path} is not a valid CSV file: {exc}.") from exc
 
 
 def _bool_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:

@@ -30,6 +30,7 @@ class StageReport:
     skipped: int = 0
     succeeded: int = 0
     failures: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ class Runner:
 
     def run_single(self, job_name: str) -> StageReport:
         report = StageReport(job_name, total=1)
+        started = time.monotonic()
         outcome = _execute(job_name, None, QUIET)
+        report.seconds = time.monotonic() - started
         if outcome.success:
             report.succeeded = 1
         else:
@@ -125,6 +128,7 @@ class Runner:
             if i == len(todo) or i % max(1, len(todo) // 20) == 0:
                 rate = i / max(time.monotonic() - started, 1e-9)
                 self.progress(f"{job_name}: {i}/{len(todo)} done ({len(report.failures)} failed, {rate:.1f}/s)")
+        report.seconds = time.monotonic() - started
         return report
 
     def _outcomes(self, job_name: str, keys: list[str], run_config: dict) -> Iterable[PartitionOutcome]:

@@ -3,8 +3,10 @@
 import json
 
 import dagster as dg
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 
 from . import storage
+from .assets.partitions import evaluation_pairs_partitions
 from .pairs import valid_pair_keys
 from .resources.config import ExperimentConfig
 from .resources.io_managers import read_table
@@ -12,6 +14,24 @@ from .resources.io_managers import read_table
 GENERATION_RESPONSE = dg.AssetKey("generation_response")
 EVALUATION_TASKS = dg.AssetKey("evaluation_tasks")
 EVALUATION_RESPONSE = dg.AssetKey("evaluation_response")
+EVALUATION_PROMPT = dg.AssetKey("evaluation_prompt")
+# Up to this many pairs a tick asks for one run per pair; beyond it, one backfill of them all, which
+# the daemon runs within the same limits, the UI shows as one progress bar, and which costs the tick
+# a fraction of the time (each run request is validated key by key).
+MAX_RUN_REQUESTS_PER_TICK = 200
+
+
+def pairs_request(keys: list[str]) -> list[dg.RunRequest]:
+    """One run per pair for a few pairs; a single backfill request (one subset) for many."""
+    if len(keys) <= MAX_RUN_REQUESTS_PER_TICK:
+        return [dg.RunRequest(run_key=key, partition_key=key) for key in keys]
+    subset = evaluation_pairs_partitions.subset_with_partition_keys(keys)
+    return [
+        dg.RunRequest.for_asset_graph_subset(
+            AssetGraphSubset(partitions_subsets_by_asset_key={EVALUATION_PROMPT: subset, EVALUATION_RESPONSE: subset}),
+            tags={"daydream/source": "evaluations_follow_generations"},
+        )
+    ]
 
 
 def _new_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, after: int | None):
@@ -53,15 +73,15 @@ def pending_pair_requests(
         generation_task=sorted(generations),
         exclude=instance.get_materialized_partitions(EVALUATION_RESPONSE),
     )
-    requests = [dg.RunRequest(run_key=key, partition_key=key) for key in keys]
+    requests = pairs_request(keys)
     skip = None if requests else "every valid pair of the new generations is already materialized"
     return requests, next_cursor, skip
 
 
-def build_evaluation_sensor(job) -> dg.SensorDefinition:
+def build_evaluation_sensor() -> dg.SensorDefinition:
     @dg.sensor(
         name="evaluations_follow_generations",
-        job=job,
+        asset_selection=[EVALUATION_PROMPT, EVALUATION_RESPONSE],
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description="Requests one evaluation run per valid pair (from evaluation_tasks) whose "

@@ -242,7 +242,7 @@ def move_aside(path: Path) -> Path | None:
             return None
         folder.mkdir(parents=True, exist_ok=True)
         n = 1
-        while any(p.exists() for p in (folder / f"{path.stem}.{n}{path.suffix}", folder / f"{path.stem}.{n}{SIDECAR_SUFFIX}")):
+        while any((folder / f"{path.stem}.{n}{suffix}").exists() for suffix in (path.suffix, SIDECAR_SUFFIX)):
             n += 1
         target = folder / f"{path.stem}.{n}{path.suffix}"
         side = sidecar_path(path)

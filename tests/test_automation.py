@@ -145,3 +145,18 @@ def test_stale_keys_are_reported_not_removed(setup, instance):
     assert evaluations["generation_tasks_integrity"].passed
     assert evaluations["evaluation_tasks_integrity"].passed
     assert "combo-2-gone__gen-a__gen-model-1" in instance.get_dynamic_partitions("generation_tasks")
+
+
+def test_many_pairs_become_one_backfill_request(setup, instance, monkeypatch):
+    import daydreaming_dagster.sensors as sensors
+
+    defs, run, table = setup
+    monkeypatch.setattr(sensors, "MAX_RUN_REQUESTS_PER_TICK", 2)
+    for g in sorted(table["generation_task_id"].unique()):
+        run("generation", g)
+    result, _ = tick(defs, instance, None)
+    assert len(result.run_requests) == 1
+    subset = result.run_requests[0].asset_graph_subset
+    for asset in ("evaluation_prompt", "evaluation_response"):
+        keys = subset.get_partitions_subset(dg.AssetKey(asset)).get_partition_keys()
+        assert sorted(map(str, keys)) == sorted(valid_pair_keys(table))

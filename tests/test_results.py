@@ -26,6 +26,7 @@ from daydreaming_dagster.assets.results import (
 from daydreaming_dagster.figures import heatmap_png
 from daydreaming_dagster.resources.io_managers import read_table
 from daydreaming_dagster.runner import QUIET
+from tests.experiment_factory import write_experiment
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -313,14 +314,6 @@ def test_heatmap_decodes_with_pillow():
 # ----------------------------------------------------------------------------- the whole pipeline, offline
 
 
-@pytest.fixture
-def instance():
-    """An in-memory Dagster instance: the ~20 runs below take about a sixth of the time they take on
-    `instance_for_test`'s on-disk SQLite, which opens and syncs a database file per run."""
-    with dg.DagsterInstance.ephemeral() as inst:
-        yield inst
-
-
 RESULT_TABLES = [
     "parsed_scores",
     "evaluation_summary",
@@ -333,13 +326,12 @@ RESULT_TABLES = [
 ]
 
 
-def test_results_of_an_offline_run(experiment, instance, monkeypatch):
+def offline_runner(data_root: Path, instance: dg.DagsterInstance):
+    """The output root of an offline run of `data_root`, and a function running one job (or partition)."""
     from daydreaming_dagster.definitions import build_definitions
     from daydreaming_dagster.settings import Settings
 
-    monkeypatch.delenv("DAYDREAM_OUTPUT_ROOT", raising=False)
-    settings = Settings(data_root=experiment, backend="offline", base_url="http://unused")
-    out = settings.output_root
+    settings = Settings(data_root=data_root, backend="offline", base_url="http://unused")
     defs = build_definitions(settings)
 
     def run(job: str, partition_key: str | None = None) -> dg.ExecuteInProcessResult:
@@ -349,6 +341,12 @@ def test_results_of_an_offline_run(experiment, instance, monkeypatch):
         assert result.success, job
         return result
 
+    return settings.output_root, run
+
+
+def test_results_of_an_offline_run(experiment, instance, monkeypatch):
+    monkeypatch.delenv("DAYDREAM_OUTPUT_ROOT", raising=False)
+    out, run = offline_runner(experiment, instance)
     run("task_tables")
     generation_ids = read_table(storage.table_path(out, "generation_tasks"))["generation_task_id"].tolist()
     for key in generation_ids:
@@ -402,3 +400,37 @@ def test_results_of_an_offline_run(experiment, instance, monkeypatch):
         dg.AssetCheckKey(dg.AssetKey("parsed_scores"), "parse_rate_per_method"), limit=1
     )
     assert len(recorded) == 1 and recorded[0].evaluation.passed is False
+
+
+def test_results_of_a_single_evaluation_pair(tmp_path, instance, monkeypatch):
+    # One generation x one judge: the upstream has one partition, which Dagster loads as a single value.
+    monkeypatch.delenv("DAYDREAM_OUTPUT_ROOT", raising=False)
+    data_root = write_experiment(tmp_path / "one", concepts=("alpha",), k=1, generators=("g1",), judges=("j1",))
+    out, run = offline_runner(data_root, instance)
+    run("task_tables")
+    pairs = read_table(storage.table_path(out, "evaluation_tasks"))
+    (generation,), (method,) = pairs["generation_task_id"], pairs["evaluation_task_id"]
+    run("generation", generation)
+    run("evaluation", f"{method}|{generation}")
+    run("results")
+    parsed = read_table(storage.table_path(out, "parsed_scores", "results"))
+    assert len(parsed) == 1 and parsed["score"].notna().all()
+    assert_png((out / "5_results" / "score_heatmap.png").read_bytes())
+
+
+# ----------------------------------------------------------------------------- `daydream score`
+
+
+def test_score_command_prints_score_or_reason(tmp_path, capsys):
+    from daydreaming_dagster.cli import main
+
+    (tmp_path / "good.txt").write_text("Nice.\nSCORE: 7.5")
+    (tmp_path / "vague.txt").write_text("Nice, but no number.")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00")
+    files = [str(tmp_path / n) for n in ("good.txt", "vague.txt", "binary.txt")]
+    assert main(["score", *files]) == 1  # one file could not be read
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{files[0]}\t7.5", f"{files[1]}\tunparsed (no score statement found)"]
+    assert err == f"{files[2]}\terror: not UTF-8 text\n"
+    assert main(["score", "--max", "5", files[0]]) == 0
+    assert capsys.readouterr().out == f"{files[0]}\tunparsed (score 7.5 is outside 0-5)\n"

@@ -219,7 +219,13 @@ def _float_or_reason(value: float, reason: str) -> dg.MetadataValue:
 # ----------------------------------------------------------------------------- assets
 
 
-@dg.asset(group_name=GROUP, io_manager_key="table_io_manager", metadata=RESULTS_META)
+@dg.asset(
+    group_name=GROUP,
+    io_manager_key="table_io_manager",
+    metadata=RESULTS_META,
+    # Any: with a single upstream partition the text IO manager hands over that text, not a dict.
+    ins={"evaluation_response": dg.AssetIn(dagster_type=dg.Any)},
+)
 def parsed_scores(
     context: dg.AssetExecutionContext,
     evaluation_response: dict[str, str],
@@ -231,7 +237,6 @@ def parsed_scores(
     """The final score of every evaluation pair; a pair without a score says why in `parse_error`."""
     root = Path(experiment_config.output_root)
     if isinstance(evaluation_response, str):
-        # With a single partition upstream the IO manager hands over that one text, not a dict.
         (only_key,) = context.asset_partition_keys_for_input("evaluation_response")
         evaluation_response = {str(only_key): evaluation_response}
 
@@ -379,7 +384,7 @@ def score_heatmap(
     )
     path = storage.table_path(Path(experiment_config.output_root), "score_heatmap", GROUP).with_suffix(".png")
     storage.atomic_write_bytes(path, png)
-    table = means.round(2).rename_axis(index=None, columns=None).reset_index(names="template \\ model")
+    table = means.round(2).rename_axis(index=None, columns=None).reset_index(names="generation_template_id")
     return dg.MaterializeResult(
         metadata={
             "heatmap": dg.MetadataValue.md(png_markdown(png, "mean score heatmap")),

@@ -82,7 +82,8 @@ def usage_table(calls: list[dict], prices: pd.DataFrame) -> pd.DataFrame:
     for column in _TOKEN_COLUMNS:
         table[column] = grouped[column].sum().astype("int64")
     table = table.reset_index().merge(prices, on="model_id", how="left")
-    cost = (table["prompt_tokens"] * table[PRICE_COLUMNS[0]] + table["completion_tokens"] * table[PRICE_COLUMNS[1]]) / 1e6
+    input_price, output_price = (table[c] for c in PRICE_COLUMNS)
+    cost = (table["prompt_tokens"] * input_price + table["completion_tokens"] * output_price) / 1e6
     table["cost_usd"] = cost.where(table["backend"] != "offline", 0.0)
     table["order"] = table["stage"].map(_STAGE_ORDER).fillna(len(_STAGE_ORDER))
     table = table.sort_values(["order", "model_id", "model"], kind="stable")

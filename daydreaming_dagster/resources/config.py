@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pydantic
 from pydantic import Field
 
+from ..errors import ExperimentError
 from ..experiment import DESCRIPTION_LEVELS, load_settings
 
 
@@ -32,15 +34,18 @@ class ExperimentConfig(dg.ConfigurableResource):
         settings = load_settings(Path(data_root) / "1_raw")
         unknown = sorted(set(settings) - set(cls.model_fields) - {"data_root", "output_root"})
         if unknown:
-            from ..errors import ExperimentError
-
             raise ExperimentError(
                 f"{Path(data_root) / '1_raw' / 'experiment.toml'} has unknown setting(s) {', '.join(unknown)}."
             )
         if settings.get("description_level", "paragraph") not in DESCRIPTION_LEVELS:
-            from ..errors import ExperimentError
-
             raise ExperimentError(
                 f"description_level must be one of {', '.join(DESCRIPTION_LEVELS)}, not {settings['description_level']!r}."
             )
-        return cls(data_root=str(data_root), output_root=str(output_root), **settings)
+        try:
+            return cls(data_root=str(data_root), output_root=str(output_root), **settings)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "setting"
+            raise ExperimentError(
+                f"{Path(data_root) / '1_raw' / 'experiment.toml'} has an invalid {field}: {first['msg']}."
+            ) from exc

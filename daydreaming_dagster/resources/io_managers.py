@@ -24,6 +24,12 @@ def partition_parts(context: dg.InputContext | dg.OutputContext) -> dict[str, st
     return str(key)
 
 
+def _loads_many(context: dg.InputContext) -> bool:
+    """An unpartitioned step reading a partitioned asset gets every partition, as a dict, even if
+    there is only one (or none yet)."""
+    return context.has_asset_partitions and (not context.has_partition_key or len(context.asset_partition_keys) != 1)
+
+
 def _asset_name(context: dg.InputContext | dg.OutputContext) -> str:
     return context.asset_key.path[-1]
 
@@ -52,7 +58,7 @@ class TextIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> str | dict[str, str]:
         name = _asset_name(context)
-        if context.has_asset_partitions and len(context.asset_partition_keys) != 1:
+        if _loads_many(context):
             return self._load_many(context, name)
         path = self._path(name, partition_parts(context))
         if not path.is_file():
@@ -147,7 +153,7 @@ class InMemoryIOManager(dg.ConfigurableIOManager):
         if not context.has_asset_partitions:
             return space[self._key(context, None)]
         keys = context.asset_partition_keys
-        if len(keys) == 1:
+        if not _loads_many(context):
             return space[self._key(context, keys[0])]
         return {str(k): space[self._key(context, k)] for k in keys if self._key(context, k) in space}
 

@@ -24,8 +24,11 @@ def conflict_message(asset_name: str, partition: str, path: Path, differing: lis
     """One sentence: the stored response belongs to another request, it is kept, and how to replace it."""
     if differing == ["provenance (no sidecar)"]:
         what = "a response whose provenance sidecar is missing, so it cannot be matched to this request"
+    elif differing == ["content"]:
+        what = "a response whose text no longer matches the digest in its sidecar (edited or damaged)"
     else:
-        what = f"a response to another {', '.join(_FIELD_WORDS.get(f, f) for f in differing)}"
+        fields = [_FIELD_WORDS.get(f, f) for f in differing if f != "content"]
+        what = f"a response to another {', '.join(fields)}"
     return (
         f"{asset_name} partition '{partition}' already has {what} ({path}); it is kept and not paid for "
         f"again. To replace it deliberately, re-run with replace_changed: `daydream run --replace-changed`, "
@@ -52,16 +55,21 @@ class ResponseStore(dg.ConfigurableResource):
     ) -> LLMResponse | None:
         """The stored response when it answers exactly this request; None when there is none to reuse.
 
-        A stored response for another prompt, model or parameters is never overwritten: without
+        A stored response for another prompt, model or parameters, or one whose text no longer
+        matches the digest its sidecar records, is never reused or overwritten: without
         `replace_changed` this raises StoredResponseConflict; with it this returns None, and the
         caller moves the old response aside (`supersede`) once the new answer has arrived."""
         path = self.path(asset_name, parts)
         if not path.is_file():
             return None
+        data = path.read_bytes()
         provenance = storage.read_provenance(path)
         differing = storage.mismatched_fields(provenance, request.fingerprint())
+        recorded = (provenance or {}).get("response_sha256")
+        if recorded and recorded != storage.content_digest(data)["response_sha256"]:
+            differing.append("content")
         if not differing:
-            return LLMResponse(text=path.read_text(encoding="utf-8"), provenance=provenance)
+            return LLMResponse(text=data.decode("utf-8"), provenance=provenance)
         if replace_changed:
             return None
         partition = parts if isinstance(parts, str) else "|".join(parts[d] for d in sorted(parts))
