@@ -13,10 +13,11 @@ import itertools
 import math
 import warnings
 
-import krippendorff
 import numpy as np
 import pandas as pd
-from scipy import stats
+
+# scipy.stats and krippendorff are imported where used: they add ~3 s to the start of every
+# process that loads the code location (each run launched by the daemon is one).
 
 PAIRWISE_COLUMNS = ["judge_a", "judge_b", "n_items", "spearman", "mean_abs_diff"]
 
@@ -43,6 +44,8 @@ def pairwise_agreement(
         if len(shared) < 2:
             continue
         with warnings.catch_warnings():
+            from scipy import stats
+
             warnings.simplefilter("ignore", stats.ConstantInputWarning)
             rho = stats.spearmanr(shared[a], shared[b]).statistic
         rows.append(
@@ -76,6 +79,8 @@ def overall_reliability(
     if n_judges >= 2 and n_items >= 2:
         data = pairable.loc[:, pairable.notna().any(axis=0)].T.to_numpy(dtype=float)
         if np.unique(data[~np.isnan(data)]).size > 1:
+            import krippendorff
+
             alpha = float(krippendorff.alpha(reliability_data=data, level_of_measurement="interval"))
     return {"krippendorff_alpha_interval": alpha, "n_items": n_items, "n_judges": n_judges}
 

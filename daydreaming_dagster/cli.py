@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for key, error in list(report.failures.items())[:20]:
                 print(f"{report.name} {key}: {error}", file=sys.stderr)
     summary = ", ".join(
-        f"{r.name}: {r.succeeded} ran, {r.skipped} skipped, {len(r.failures)} failed" for r in reports
+        f"{r.name}: {r.succeeded} ran, {r.skipped} skipped, {len(r.failures)} failed in {r.seconds:.1f} s" for r in reports
     )
     print(summary)
     if not failed:

@@ -112,6 +112,10 @@ class Runner:
         return report
 
     def run_partitions(self, job_name: str, keys: list[str], done: set[str]) -> StageReport:
+        if self.replace_changed:
+            # Materialized partitions may hold responses to a changed prompt; running them all is
+            # cheap because an unchanged stored response is reused without an LLM call.
+            done = set()
         todo = [k for k in keys if k not in done]
         report = StageReport(job_name, total=len(keys), skipped=len(keys) - len(todo))
         self.progress(f"{job_name}: {len(todo)} to run, {report.skipped} already materialized")
