@@ -10,7 +10,6 @@ import os
 import dagster as dg
 
 from .assets import core, llm_evaluation, llm_generation, raw_data, results, usage
-from .assets.partitions import evaluation_pairs_partitions, generation_tasks_partitions
 from .resources.config import ExperimentConfig
 from .resources.io_managers import TableIOManager, TextIOManager
 from .resources.llm import LLMClientResource
