@@ -58,6 +58,16 @@ def write_synthetic_experiment(
     return root
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (not idle or waiting on I/O), from /proc/stat.
+
+    Used instead of RUSAGE_CHILDREN, which misses the runner's workers: they are children of its
+    forkserver, not of the process we wait for. Run benchmarks on an otherwise idle machine."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def fresh_home(path: Path) -> Path:
     """A new DAGSTER_HOME with the project's instance configuration."""
     if path.exists():

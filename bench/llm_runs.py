@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import REPO, fresh_home
+from common import REPO, busy_cpu_seconds, fresh_home
 
 sys.path.insert(0, str(REPO))
 from tests.openai_server import FakeOpenAIServer  # noqa: E402  (the test suite's scriptable server)
@@ -44,14 +43,14 @@ def daydream_run(tmp: Path, data_root: Path, server: FakeOpenAIServer, concurren
         "OPENROUTER_BASE_URL": server.base_url,
     }
     before = len(server.requests)
-    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = busy_cpu_seconds()
     started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(data_root), "--concurrency", str(concurrency)],
         env=env, capture_output=True, text=True, cwd=tmp,
     )
     wall = time.perf_counter() - started
-    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = busy_cpu_seconds() - cpu0
     if out.returncode != 0:
         raise RuntimeError(out.stdout[-2000:] + out.stderr[-3000:])
     stages = {
@@ -60,7 +59,7 @@ def daydream_run(tmp: Path, data_root: Path, server: FakeOpenAIServer, concurren
     }
     return {
         "wall": wall,
-        "cpu": (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime),
+        "cpu": cpu,
         "requests": len(server.requests) - before,
         "stages": stages,
     }
