@@ -8,6 +8,11 @@ import dagster as dg
 import pandas as pd
 
 
+def pair_keys(table: pd.DataFrame) -> pd.Series:
+    """The `"<evaluation_task_id>|<generation_task_id>"` key of every row of an evaluation_tasks table."""
+    return table["evaluation_task_id"] + "|" + table["generation_task_id"]
+
+
 def _filtered(
     evaluation_tasks: pd.DataFrame,
     generation_task: Iterable[str] | None,
@@ -32,7 +37,7 @@ def valid_pair_keys(
     Optionally only those of some generation tasks / evaluation methods, and without the keys in
     `exclude` (e.g. the partitions already materialized)."""
     table = _filtered(evaluation_tasks, generation_task, evaluation_task)
-    keys = (table["evaluation_task_id"] + "|" + table["generation_task_id"]).tolist()
+    keys = pair_keys(table).tolist()
     if exclude:
         keys = [k for k in keys if k not in exclude]
     return keys

@@ -18,6 +18,7 @@ from pathlib import Path
 import dagster as dg
 
 from . import storage
+from .pairs import valid_pair_keys
 from .resources.io_managers import read_table
 
 _WORKER: dict = {}
@@ -207,9 +208,8 @@ class Runner:
 
         generated = self.materialized("generation_response")
         pairs = self._table("evaluation_tasks")
-        ready = pairs[pairs["generation_task_id"].isin(generated)]
-        pair_keys = (ready["evaluation_task_id"] + "|" + ready["generation_task_id"]).tolist()
-        waiting = len(pairs) - len(ready)
+        pair_keys = valid_pair_keys(pairs, generation_task=generated)
+        waiting = len(pairs) - len(pair_keys)
         if waiting:
             self.progress(f"evaluation: {waiting} pair(s) wait for a generation that is not materialized")
         reports.append(self.run_partitions("evaluation", pair_keys, self.materialized("evaluation_response")))

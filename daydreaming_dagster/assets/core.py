@@ -6,6 +6,7 @@ missing and never remove anything (stale keys are reported; removing them is a d
 import dagster as dg
 import pandas as pd
 
+from ..pairs import pair_keys
 from ..resources.config import ExperimentConfig
 from ..tasks import (
     build_content_combinations,
@@ -162,10 +163,9 @@ def evaluation_tasks_integrity(
     llm_models: pd.DataFrame,
 ) -> dg.AssetCheckResult:
     """Pairs are unique; every generation_task_id resolves; every template and judge exists and is active."""
-    pairs = evaluation_tasks["evaluation_task_id"] + "|" + evaluation_tasks["generation_task_id"]
     return _check_result(
         {
-            "duplicate_pairs": _duplicates(pairs),
+            "duplicate_pairs": _duplicates(pair_keys(evaluation_tasks)),
             "dangling_generation_task_ids": sorted(
                 set(evaluation_tasks["generation_task_id"]) - set(generation_tasks["generation_task_id"])
             ),

@@ -13,6 +13,7 @@ import pandas as pd
 from .. import storage
 from ..agreement import overall_reliability, pairwise_agreement, score_summary
 from ..figures import heatmap_png
+from ..ids import pair_key_str
 from ..resources.config import ExperimentConfig
 from ..scoring import explain_parse
 from .common import md_preview
@@ -76,7 +77,7 @@ def parse_scores(
     )
     scores, errors, paths = [], [], []
     for row in table.itertuples(index=False):
-        key = f"{row.evaluation_task_id}|{row.generation_task_id}"
+        key = pair_key_str(row.generation_task_id, row.evaluation_task_id)
         text = answers.get(key)
         paths.append(str(response_path(row.generation_task_id, row.evaluation_task_id)))
         if text is None:
