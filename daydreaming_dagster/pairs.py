@@ -19,9 +19,9 @@ def _filtered(
     evaluation_task: Iterable[str] | None,
 ) -> pd.DataFrame:
     table = evaluation_tasks
-    if generation_task:
+    if generation_task is not None:
         table = table[table["generation_task_id"].isin(list(generation_task))]
-    if evaluation_task:
+    if evaluation_task is not None:
         table = table[table["evaluation_task_id"].isin(list(evaluation_task))]
     return table
 

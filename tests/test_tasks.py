@@ -227,6 +227,12 @@ def test_valid_pair_keys_filters(pair_table: pd.DataFrame):
     assert "e2|g3" not in valid_pair_keys(pair_table)
 
 
+def test_an_empty_filter_selects_nothing(pair_table: pd.DataFrame):
+    # `daydream run` asks for the pairs of the generations materialized so far; none means none.
+    assert valid_pair_keys(pair_table, generation_task=set()) == []
+    assert valid_pair_keys(pair_table, evaluation_task=[]) == []
+
+
 def test_valid_pair_partition_keys_round_trip(pair_table: pd.DataFrame):
     keys = valid_pair_partition_keys(pair_table, evaluation_task=["e1"])
     assert [k.keys_by_dimension for k in keys] == [
