@@ -57,7 +57,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"experiment {settings.data_root} -> {settings.output_root} ({backend}); "
         f"Dagster instance {os.environ['DAGSTER_HOME']}"
     )
-    runner = Runner(settings.output_root, args.concurrency, args.replace_changed, print_progress)
+    runner = Runner(
+        settings.output_root,
+        args.concurrency,
+        args.replace_changed,
+        print_progress,
+        workers=args.workers,
+        max_batch=args.batch_size,
+    )
     try:
         reports = runner.run()
     finally:
@@ -203,7 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="materialize the whole experiment (resumable)")
     common(run)
-    run.add_argument("--concurrency", type=int, default=4, help="partitions run at once (default 4)")
+    run.add_argument("--concurrency", type=int, default=8, help="LLM calls in flight at once, at most (default 8)")
+    run.add_argument(
+        "--workers", type=int, default=None, help="worker processes running batches (default: cores + 1, at most --concurrency)"
+    )
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="partitions per Dagster run, at most (default: as many as a backfill puts in one run, 32; "
+        "1 = one run per partition)",
+    )
     run.add_argument(
         "--replace-changed",
         action="store_true",

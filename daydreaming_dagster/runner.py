@@ -1,13 +1,16 @@
 """`daydream run`: the whole experiment on the Dagster instance in DAGSTER_HOME, resumably.
 
 Order: task tables (registers keys) -> every generation partition not yet materialized -> every
-valid evaluation pair not yet materialized whose generation exists -> results. Each partition is
-its own Dagster run, recorded in the instance (so `dagster dev` shows it) and re-runnable alone.
-Partitions run in a pool of worker processes, each loading the code location once."""
+valid evaluation pair not yet materialized whose generation exists -> results. Partitions run in
+batches: each batch is one Dagster partition-range run over consecutive keys, which records a
+materialization for every partition in it (so `dagster dev` shows each one, and each stays
+re-runnable alone). Batches run in a pool of worker processes forked from one that loaded the
+code location once."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -16,10 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 
 from . import storage
+from .assets.responding import MAX_PARTITIONS_PER_RUN
+from .batches import Batch, batch_size, key_batches, pair_batches
 from .pairs import valid_pair_keys
 from .resources.io_managers import read_table
+from .resources.llm import share_call_slots
 
 _WORKER: dict = {}
 
@@ -35,8 +45,8 @@ class StageReport:
 
 
 @dataclass(frozen=True)
-class PartitionOutcome:
-    key: str
+class BatchOutcome:
+    keys: tuple[str, ...]
     success: bool
     error: str | None = None
 
@@ -101,8 +111,9 @@ class DynamicKeyCache:
         self._delete(partitions_def_name, partition_key)
 
 
-def _execute(job_name: str, partition_key: str | None, run_config: dict) -> PartitionOutcome:
-    """Run one job (optionally for one partition) in this process on the DAGSTER_HOME instance."""
+def _execute(job_name: str, batch: Batch | None, run_config: dict) -> BatchOutcome:
+    """Run one job in this process on the DAGSTER_HOME instance: unpartitioned (no batch), for one
+    partition, or for a range of partitions."""
     if "defs" not in _WORKER:
         from .definitions import defs
 
@@ -110,29 +121,60 @@ def _execute(job_name: str, partition_key: str | None, run_config: dict) -> Part
         _WORKER["instance"] = dg.DagsterInstance.get()
         DynamicKeyCache(_WORKER["instance"]).install()
     job = _WORKER["defs"].resolve_job_def(job_name)
+    keys = batch.keys if batch else (job_name,)
+    partition_key, tags = None, None
+    if batch and len(batch.keys) == 1:
+        partition_key = batch.start
+    elif batch:
+        tags = {ASSET_PARTITION_RANGE_START_TAG: batch.start, ASSET_PARTITION_RANGE_END_TAG: batch.end}
     result = job.execute_in_process(
-        instance=_WORKER["instance"], partition_key=partition_key, run_config=run_config, raise_on_error=False
+        instance=_WORKER["instance"], partition_key=partition_key, tags=tags, run_config=run_config, raise_on_error=False
     )
-    return PartitionOutcome(partition_key or job_name, result.success, None if result.success else failure_text(result))
+    return BatchOutcome(keys, result.success, None if result.success else failure_text(result))
 
 
 # The runner prints its own progress; Dagster's per-event console lines would drown it.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def _partition_run_config(job_name: str, replace_changed: bool) -> dict:
-    if not replace_changed:
-        return QUIET
+def _partition_run_config(job_name: str, replace_changed: bool, parallel_calls: int) -> dict:
     asset = "generation_response" if job_name == "generation" else "evaluation_response"
-    return {**QUIET, "ops": {asset: {"config": {"replace_changed": True}}}}
+    config = {"parallel_calls": parallel_calls, **({"replace_changed": True} if replace_changed else {})}
+    return {**QUIET, "ops": {asset: {"config": config}}}
+
+
+def default_workers(concurrency: int) -> int:
+    """Worker processes: a run's Dagster bookkeeping is CPU work, so about one per core, plus one
+    so that while a worker starts or records a run, the others keep the call slots busy."""
+    return max(1, min(concurrency, (os.cpu_count() or 1) + 1))
+
+
+def _init_worker(call_slots) -> None:
+    share_call_slots(call_slots)
 
 
 class Runner:
-    """Executes the stages; `progress` receives one line per update."""
+    """Executes the stages; `progress` receives one line per update.
 
-    def __init__(self, output_root: Path, concurrency: int, replace_changed: bool, progress: Callable[[str], None]):
+    `concurrency` bounds the LLM calls in flight. Partitions run in batches (partition-range runs of
+    at most `max_batch` partitions) on `workers` processes; every run may start `concurrency` calls,
+    and a semaphore the workers share keeps the total within it, so a worker busy starting or
+    recording a run leaves its slots to the others."""
+
+    def __init__(
+        self,
+        output_root: Path,
+        concurrency: int,
+        replace_changed: bool,
+        progress: Callable[[str], None],
+        workers: int | None = None,
+        max_batch: int | None = None,
+    ):
         self.output_root = Path(output_root)
         self.concurrency = max(1, concurrency)
+        self.workers = max(1, workers or default_workers(self.concurrency))
+        self.parallel_calls = self.concurrency
+        self.max_batch = max(1, max_batch or MAX_PARTITIONS_PER_RUN)
         self.replace_changed = replace_changed
         self.progress = progress
         self.instance = dg.DagsterInstance.get()
@@ -159,7 +201,8 @@ class Runner:
             report.failures[job_name] = outcome.error or ""
         return report
 
-    def run_partitions(self, job_name: str, keys: list[str], done: set[str]) -> StageReport:
+    def run_partitions(self, job_name: str, keys: list[str], done: set[str], batcher: Callable[[list[str], int], list[Batch]]) -> StageReport:
+        """Run every key not in `done`, in the batches `batcher(todo, size)` forms."""
         if self.replace_changed:
             # Materialized partitions may hold responses to a changed prompt; running them all is
             # cheap because an unchanged stored response is reused without an LLM call.
@@ -169,24 +212,37 @@ class Runner:
         self.progress(f"{job_name}: {len(todo)} to run, {report.skipped} already materialized")
         if not todo:
             return report
-        run_config = _partition_run_config(job_name, self.replace_changed)
-        started = time.monotonic()
-        for i, outcome in enumerate(self._outcomes(job_name, todo, run_config), start=1):
+        batches = batcher(todo, batch_size(len(todo), self.workers, self.max_batch))
+        run_config = _partition_run_config(job_name, self.replace_changed, self.parallel_calls)
+        started, finished, step = time.monotonic(), 0, max(1, len(todo) // 20)
+        for outcome in self._outcomes(job_name, batches, run_config):
             if outcome.success:
-                report.succeeded += 1
+                report.succeeded += len(outcome.keys)
             else:
-                report.failures[outcome.key] = outcome.error or ""
-                self.progress(f"{job_name}: FAILED {outcome.key}: {outcome.error}")
-            if i == len(todo) or i % max(1, len(todo) // 20) == 0:
-                rate = i / max(time.monotonic() - started, 1e-9)
-                self.progress(f"{job_name}: {i}/{len(todo)} done ({len(report.failures)} failed, {rate:.1f}/s)")
+                report.failures[outcome.keys[0]] = outcome.error or ""
+                self.progress(f"{job_name}: FAILED {outcome.keys[0]}: {outcome.error}")
+            before, finished = finished, finished + len(outcome.keys)
+            if finished == len(todo) or finished // step > before // step:
+                rate = finished / max(time.monotonic() - started, 1e-9)
+                self.progress(f"{job_name}: {finished}/{len(todo)} done ({len(report.failures)} failed, {rate:.1f}/s)")
         report.seconds = time.monotonic() - started
         return report
 
-    def _outcomes(self, job_name: str, keys: list[str], run_config: dict) -> Iterable[PartitionOutcome]:
-        if self.concurrency == 1 or len(keys) == 1:
-            for key in keys:
-                yield _execute(job_name, key, run_config)
+    def _outcomes(self, job_name: str, batches: list[Batch], run_config: dict) -> Iterable[BatchOutcome]:
+        """Every partition's outcome; a batch that fails is run again one partition per run, so each
+        partition that can succeed is materialized and each failure is recorded on its own partition
+        (answers the batch already paid for are stored, and those runs reuse them)."""
+        for outcome in self._run_batches(job_name, batches, run_config):
+            if outcome.success or len(outcome.keys) == 1:
+                yield outcome
+                continue
+            self.progress(f"{job_name}: a batch of {len(outcome.keys)} failed ({outcome.error}); running its partitions one by one")
+            yield from self._run_batches(job_name, [Batch((k,)) for k in outcome.keys], run_config)
+
+    def _run_batches(self, job_name: str, batches: list[Batch], run_config: dict) -> Iterable[BatchOutcome]:
+        if self.workers == 1 or len(batches) == 1:
+            for batch in batches:
+                yield _execute(job_name, batch, run_config)
             return
         if self._pool is None:
             # forkserver, not fork: this process holds open SQLite connections and threads. The
@@ -194,8 +250,13 @@ class Runner:
             # so N workers do not pay N imports (~3 s of CPU each).
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["daydreaming_dagster.definitions"])
-            self._pool = ProcessPoolExecutor(self.concurrency, mp_context=context)
-        futures = [self._pool.submit(_execute, job_name, key, run_config) for key in keys]
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(context.BoundedSemaphore(self.concurrency),),
+            )
+        futures = [self._pool.submit(_execute, job_name, batch, run_config) for batch in batches]
         for future in as_completed(futures):
             yield future.result()
 
@@ -204,7 +265,15 @@ class Runner:
         if reports[-1].failures:
             return reports
         generation_keys = self._table("generation_tasks")["generation_task_id"].tolist()
-        reports.append(self.run_partitions("generation", generation_keys, self.materialized("generation_response")))
+        generation_order = self.instance.get_dynamic_partitions("generation_tasks")
+        reports.append(
+            self.run_partitions(
+                "generation",
+                generation_keys,
+                self.materialized("generation_response"),
+                lambda todo, size: key_batches(generation_order, todo, size),
+            )
+        )
 
         generated = self.materialized("generation_response")
         pairs = self._table("evaluation_tasks")
@@ -212,7 +281,14 @@ class Runner:
         waiting = len(pairs) - len(pair_keys)
         if waiting:
             self.progress(f"evaluation: {waiting} pair(s) wait for a generation that is not materialized")
-        reports.append(self.run_partitions("evaluation", pair_keys, self.materialized("evaluation_response")))
+
+        def pair_batcher(todo: list[str], size: int) -> list[Batch]:
+            as_pairs = [(g, e) for e, g in (k.split("|", 1) for k in todo)]
+            return pair_batches(generation_order, as_pairs, size)
+
+        reports.append(
+            self.run_partitions("evaluation", pair_keys, self.materialized("evaluation_response"), pair_batcher)
+        )
         reports.append(self.run_single("results"))
         return reports
 

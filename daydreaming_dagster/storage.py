@@ -55,9 +55,14 @@ class StoredResponseConflict(RuntimeError):
     """A stored response exists that does not belong to the request about to be made."""
 
 
+def asset_folder(root: Path, asset_name: str) -> Path:
+    """The folder holding every partition file of a text asset."""
+    return Path(root) / FOLDERS.get(asset_name, "other") / asset_name
+
+
 def text_path(root: Path, asset_name: str, keys_by_dimension: dict[str, str] | str | None) -> Path:
     """The file of one partition of a text asset; multi-partition keys nest generation first."""
-    folder = Path(root) / FOLDERS.get(asset_name, "other") / asset_name
+    folder = asset_folder(root, asset_name)
     if keys_by_dimension is None:
         return folder.with_suffix(".txt")
     if isinstance(keys_by_dimension, str):

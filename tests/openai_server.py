@@ -6,8 +6,8 @@
         assert len(openai_server.requests) == 2
 
 Every request is recorded (`.requests`: method, path, headers, JSON body).  Requests are
-answered by the scripted behaviours in order, then by the default: a success whose text is
-`default_answer(body)`.  `latency_s` delays every answer.  The server runs in daemon threads and
+answered by the scripted behaviours in order, then by `behaviour_for(body)` when it is set and
+returns one, then by the default: a success whose text is `default_answer(body)`.  `latency_s` delays every answer.  The server runs in daemon threads and
 shuts down at fixture teardown without waiting for handlers that are sleeping or stuck.
 """
 
@@ -133,6 +133,7 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-case names
     body: Any  # decoded JSON, or None when the body was not JSON
     raw_body: bytes = field(repr=False, default=b"")
+    received_at: float = field(default_factory=time.time)  # epoch seconds, when the body was read
 
 
 def _default_answer(body: Any) -> str:
@@ -148,6 +149,8 @@ class FakeOpenAIServer:
         self.latency_s: float = 0.0
         self.responses: list[dict] = []  # JSON bodies of the completions the server sent
         self._queue: deque[Behaviour] = deque()
+        # Consulted when nothing is scripted: a behaviour chosen from the request body (None = ok).
+        self.behaviour_for: Optional[Callable[[Any], Optional[Behaviour]]] = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._counter = 0
@@ -186,7 +189,10 @@ class FakeOpenAIServer:
         with self._lock:
             self.requests.append(request)
             self._counter += 1
-            behaviour = self._queue.popleft() if self._queue else Behaviour("ok")
+            if self._queue:
+                behaviour = self._queue.popleft()
+            else:
+                behaviour = (self.behaviour_for and self.behaviour_for(request.body)) or Behaviour("ok")
             return behaviour, self._counter
 
     def _sleep(self, seconds: float) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -16,100 +15,31 @@ import pytest
 
 from daydreaming_dagster import runner as runner_module
 from daydreaming_dagster import storage
-from daydreaming_dagster.assets import core, llm_evaluation, llm_generation, raw_data, usage
 from daydreaming_dagster.assets.usage import model_prices, usage_table
 from daydreaming_dagster.cli import main as daydream
-from daydreaming_dagster.resources.config import ExperimentConfig
-from daydreaming_dagster.resources.io_managers import TableIOManager, TextIOManager, read_table
-from daydreaming_dagster.resources.llm import LLMClientResource, LLMRequest
+from daydreaming_dagster.resources.io_managers import (
+    read_table,
+)
+from daydreaming_dagster.resources.llm import LLMRequest
 from daydreaming_dagster.resources.responses import ResponseStore
 from daydreaming_dagster.runner import failure_text
 from daydreaming_dagster.storage import StoredResponseConflict
 from tests.experiment_factory import write_experiment
-from tests.openai_server import drop, empty, html_200, null_content, ok, status, truncated
-
-KEY = "sk-or-v1-PAIDTEST-5f0c2b7e9a41d3c8"
-ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, usage])
-TASK_TABLES = dg.AssetSelection.groups(raw_data.GROUP, core.GROUP)
-REPLACE_CHANGED = {"ops": {"generation_response": {"config": {"replace_changed": True}}}}
-
-
-class Pipeline:
-    """The experiment at `data_root` on `instance`, calling `server`; one Dagster run per call."""
-
-    def __init__(self, data_root: Path, instance: dg.DagsterInstance, server) -> None:
-        self.root = data_root
-        self.instance = instance
-        self.server = server
-        out = str(data_root)
-        self.resources = {
-            "experiment_config": ExperimentConfig.for_experiment(out, out),
-            # Bound like definitions.py binds it: through the environment, never as a literal.
-            "llm": LLMClientResource(
-                api_key=dg.EnvVar("OPENROUTER_API_KEY"),
-                base_url=server.base_url,
-                timeout_s=5.0,
-                max_attempts=3,
-                backoff_base_s=0.01,
-                max_wait_s=1.0,
-            ),
-            "responses": ResponseStore(base_path=out),
-            "text_io_manager": TextIOManager(base_path=out),
-            "table_io_manager": TableIOManager(base_path=out),
-        }
-
-    def materialize(self, selection, partition_key=None, run_config=None) -> dg.ExecuteInProcessResult:
-        return dg.materialize(
-            ASSETS,
-            selection=selection,
-            partition_key=partition_key,
-            run_config=run_config,
-            instance=self.instance,
-            resources=self.resources,
-            raise_on_error=False,
-        )
-
-    def tables(self) -> None:
-        assert self.materialize(TASK_TABLES).success
-
-    def generation_keys(self) -> list[str]:
-        return read_table(storage.table_path(self.root, "generation_tasks"))["generation_task_id"].tolist()
-
-    def pairs(self) -> list[dg.MultiPartitionKey]:
-        table = read_table(storage.table_path(self.root, "evaluation_tasks"))
-        return [
-            dg.MultiPartitionKey({"generation_tasks": g, "evaluation_tasks": e})
-            for g, e in zip(table["generation_task_id"], table["evaluation_task_id"])
-        ]
-
-    def generate(self, key: str, run_config=None) -> dg.ExecuteInProcessResult:
-        return self.materialize(["generation_prompt", "generation_response"], key, run_config)
-
-    def evaluate(self, pair: dg.MultiPartitionKey, run_config=None) -> dg.ExecuteInProcessResult:
-        return self.materialize(["evaluation_prompt", "evaluation_response"], pair, run_config)
-
-    def response_path(self, key: str) -> Path:
-        return storage.text_path(self.root, "generation_response", key)
-
-    def response_metadata(self, asset: str, partition: str) -> dict:
-        event = self.instance.get_latest_materialization_event(dg.AssetKey(asset))
-        materialization = event.asset_materialization
-        assert materialization.partition == partition
-        return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
-
-
-@pytest.fixture
-def pipeline(experiment, instance, openai_server, monkeypatch) -> Pipeline:
-    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
-    pipe = Pipeline(experiment, instance, openai_server)
-    pipe.tables()
-    return pipe
-
-
-def responses_in(folder: Path) -> list[Path]:
-    """The stored responses directly in `folder` (what a person would call the response files)."""
-    return sorted(p for p in folder.glob("*.txt") if p.is_file())
-
+from tests.openai_server import (
+    drop,
+    empty,
+    html_200,
+    null_content,
+    ok,
+    status,
+    truncated,
+)
+from tests.pipeline import (
+    KEY,
+    REPLACE_CHANGED,
+    Pipeline,
+    responses_in,
+)
 
 # --------------------------------------------------------------------------- 1. empty and truncated
 
@@ -207,7 +137,7 @@ def test_provenance_records_what_was_sent_and_answered_and_the_key_is_nowhere(pi
     metadata = pipeline.response_metadata("generation_response", key)
     for field in (*expected, "latency_s", "created_at"):
         assert metadata[field] == record[field], field
-    assert metadata["reused"] is False and metadata["newly_written"] is True
+    assert metadata["reused"] is False and metadata["path"] == str(pipeline.response_path(key))
 
     for path in pipeline.root.rglob("*"):
         if path.is_file():
@@ -239,7 +169,7 @@ def test_a_stored_response_is_reused_and_a_changed_template_is_refused_until_rep
     assert len(openai_server.requests) == 1
     assert (path.read_bytes(), storage.sidecar_path(path).read_bytes()) == stored
     metadata = pipeline.response_metadata("generation_response", key)
-    assert metadata["reused"] is True and metadata["newly_written"] is False
+    assert metadata["reused"] is True and metadata["path"] == str(path)
 
     # After a template change the stored response belongs to another prompt: refused, kept.
     template = experiment / "1_raw" / "generation_templates" / "gen-a.txt"

@@ -1,7 +1,8 @@
 """Evaluation: one judge prompt and one paid judge answer per valid (generation, method) pair.
 
-Both assets are partitioned by the pair. `evaluation_prompt` receives `generation_response` from
-Dagster through the partition mapping; `evaluation_response` sees only `evaluation_prompt`."""
+Both assets are partitioned by the pair and run for one pair or, batched, for a range of pairs.
+`evaluation_prompt` receives `generation_response` from Dagster through the partition mapping;
+`evaluation_response` sees only `evaluation_prompt`."""
 
 import warnings
 
@@ -11,12 +12,25 @@ import pandas as pd
 from ..errors import invalid_pair_message
 from ..experiment import render_evaluation_prompt
 from ..resources.config import ExperimentConfig
-from ..resources.llm import LLMClientResource, LLMRequest, LLMResponse
+from ..resources.llm import LLMClientResource, LLMRequest
 from ..resources.responses import ResponseStore
-from .common import experiment_errors_as_failures, text_preview
+from .common import (
+    PartitionText,
+    by_partition,
+    experiment_errors_as_failures,
+    partition_output,
+    text_preview,
+)
 from .llm_generation import task_row
 from .partitions import evaluation_pairs_partitions
-from .responding import LLM_POOL, ResponseConfig, respond
+from .responding import (
+    BACKFILL_POLICY,
+    LLM_POOL,
+    Ask,
+    PartitionResponse,
+    ResponseConfig,
+    respond,
+)
 
 GROUP = "llm_evaluation"
 
@@ -27,78 +41,103 @@ with warnings.catch_warnings():
     GENERATION_OF_PAIR = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="generation_tasks")
 
 
-def pair_of(context: dg.AssetExecutionContext) -> dict[str, str]:
-    key = context.partition_key
-    if not isinstance(key, dg.MultiPartitionKey):
-        key = evaluation_pairs_partitions.get_partition_key_from_str(str(key))
-    return key.keys_by_dimension
+def pairs_of(context: dg.AssetExecutionContext) -> dict[str, dict[str, str]]:
+    """Every pair of the run (one, or a range), keyed by its partition key string."""
+    pairs = {}
+    for key in context.partition_keys:
+        if not isinstance(key, dg.MultiPartitionKey):
+            key = evaluation_pairs_partitions.get_partition_key_from_str(str(key))
+        pairs[str(key)] = key.keys_by_dimension
+    return pairs
 
 
-def evaluation_row(evaluation_tasks: pd.DataFrame, pair: dict[str, str], key: str) -> pd.Series:
-    """The evaluation_tasks row of this pair; refuses (before any LLM call) a pair the table does not list."""
-    rows = evaluation_tasks[
-        (evaluation_tasks["generation_task_id"] == pair["generation_tasks"])
-        & (evaluation_tasks["evaluation_task_id"] == pair["evaluation_tasks"])
-    ]
-    if rows.empty:
-        raise dg.Failure(description=invalid_pair_message(key))
-    return rows.iloc[0]
+def evaluation_rows(evaluation_tasks: pd.DataFrame, pairs: dict[str, dict[str, str]]) -> dict[str, pd.Series]:
+    """The evaluation_tasks row of every pair; refuses (before any LLM call) a pair the table does not list."""
+    indexed = evaluation_tasks.drop_duplicates(["generation_task_id", "evaluation_task_id"]).set_index(
+        ["generation_task_id", "evaluation_task_id"], drop=False
+    )
+    rows = {}
+    for key, pair in pairs.items():
+        index = (pair["generation_tasks"], pair["evaluation_tasks"])
+        if index not in indexed.index:
+            raise dg.Failure(description=invalid_pair_message(key))
+        rows[key] = indexed.loc[index]
+    return rows
 
 
 @dg.asset(
     group_name=GROUP,
     partitions_def=evaluation_pairs_partitions,
     io_manager_key="text_io_manager",
-    ins={"generation_response": dg.AssetIn(partition_mapping=GENERATION_OF_PAIR)},
+    ins={"generation_response": dg.AssetIn(partition_mapping=GENERATION_OF_PAIR, dagster_type=PartitionText)},
+    dagster_type=PartitionText,
+    backfill_policy=BACKFILL_POLICY,
 )
 def evaluation_prompt(
     context: dg.AssetExecutionContext,
-    generation_response: str,
+    generation_response: str | dict[str, str],
     evaluation_tasks: pd.DataFrame,
     evaluation_templates: pd.DataFrame,
-) -> dg.Output[str]:
-    """The judge prompt of one pair: the method's evaluation template rendered with the generation response."""
-    pair = pair_of(context)
-    row = evaluation_row(evaluation_tasks, pair, str(context.partition_key))
-    template = task_row(evaluation_templates, "template_id", row["evaluation_template_id"], "evaluation_templates")
-    with experiment_errors_as_failures():
-        prompt = render_evaluation_prompt(template["text"], generation_response)
-    return dg.Output(
-        prompt,
-        metadata={
+) -> dg.Output:
+    """The judge prompt of one pair: the method's evaluation template rendered with the generation response.
+
+    `generation_response` is the text of the pair's generation (a str), or, in a run over a range
+    of pairs, the texts of their generations keyed by generation_task_id."""
+    pairs = pairs_of(context)
+    rows = evaluation_rows(evaluation_tasks, pairs)
+    texts = by_partition(context, generation_response, next(iter(pairs.values()))["generation_tasks"])
+    prompts, metadata = {}, {}
+    for key, pair in pairs.items():
+        row = rows[key]
+        template = task_row(evaluation_templates, "template_id", row["evaluation_template_id"], "evaluation_templates")
+        text = texts[pair["generation_tasks"]]
+        with experiment_errors_as_failures():
+            prompts[key] = render_evaluation_prompt(template["text"], text)
+        metadata[key] = {
             "generation_task_id": pair["generation_tasks"],
             "evaluation_task_id": pair["evaluation_tasks"],
             "evaluation_template_id": row["evaluation_template_id"],
             "evaluation_model_id": row["evaluation_model_id"],
-            "generation_response_chars": len(generation_response),
-            "preview": text_preview(prompt),
-        },
-    )
+            "generation_response_chars": len(text),
+            "preview": text_preview(prompts[key]),
+        }
+    return partition_output(context, prompts, metadata)
 
 
 @dg.asset(
     group_name=GROUP,
     partitions_def=evaluation_pairs_partitions,
     io_manager_key="text_io_manager",
+    ins={"evaluation_prompt": dg.AssetIn(dagster_type=PartitionText)},
+    dagster_type=PartitionResponse,
     pool=LLM_POOL,
+    backfill_policy=BACKFILL_POLICY,
 )
 def evaluation_response(
     context: dg.AssetExecutionContext,
     config: ResponseConfig,
-    evaluation_prompt: str,
+    evaluation_prompt: str | dict[str, str],
     evaluation_tasks: pd.DataFrame,
     experiment_config: ExperimentConfig,
     llm: LLMClientResource,
     responses: ResponseStore,
-) -> dg.Output[LLMResponse]:
+) -> dg.Output:
     """The judge model's answer to the evaluation prompt (paid once, stored once, with provenance)."""
-    pair = pair_of(context)
-    row = evaluation_row(evaluation_tasks, pair, str(context.partition_key))
-    request = LLMRequest(
-        model_id=row["evaluation_model_id"],
-        model=row["evaluation_model"],
-        prompt=evaluation_prompt,
-        temperature=experiment_config.evaluation_temperature,
-        max_tokens=experiment_config.evaluation_max_tokens,
-    )
-    return respond(context, llm, responses, pair, request, config)
+    pairs = pairs_of(context)
+    rows = evaluation_rows(evaluation_tasks, pairs)
+    prompts = by_partition(context, evaluation_prompt, next(iter(pairs)))
+    asks = [
+        Ask(
+            key=key,
+            parts=pair,
+            request=LLMRequest(
+                model_id=rows[key]["evaluation_model_id"],
+                model=rows[key]["evaluation_model"],
+                prompt=prompts[key],
+                temperature=experiment_config.evaluation_temperature,
+                max_tokens=experiment_config.evaluation_max_tokens,
+            ),
+        )
+        for key, pair in pairs.items()
+    ]
+    return respond(context, llm, responses, asks, config)

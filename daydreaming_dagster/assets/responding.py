@@ -1,13 +1,38 @@
-"""The one path every response asset takes to an answer: reuse a matching stored one, or pay once."""
+"""The one path every response asset takes to its answers: reuse a matching stored one, or pay once.
+
+A step covers one partition or a range of them. For a range, the calls run concurrently (up to
+`parallel_calls`), and each answer is stored the moment it arrives, so a step that fails half-way
+(or a process that is killed) loses nothing that was paid for: the next run of those partitions
+finds the answers and reuses them."""
+
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 import dagster as dg
 
-from ..resources.llm import IncompleteResponseError, LLMClientResource, LLMError, LLMRequest, LLMResponse
+from ..resources.llm import (
+    IncompleteResponseError,
+    LLMClientResource,
+    LLMError,
+    LLMRequest,
+    LLMResponse,
+)
 from ..resources.responses import ResponseStore
 from ..storage import StoredResponseConflict
-from .common import text_preview
+from .common import partition_output, per_partition_type, text_preview
 
 LLM_POOL = "llm_api"
+
+# Backfills (the UI's "Materialize all", `daydream backfill`, the sensor's large requests) run up to
+# this many partitions per run: a run costs Dagster ~0.5 s of CPU, a partition inside one ~20 ms.
+MAX_PARTITIONS_PER_RUN = 32
+BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN)
+# Partition-range runs are how batching works here; the parameter's beta status is known and accepted.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+
+PartitionResponse = per_partition_type("PartitionResponse", LLMResponse)
 
 
 class ResponseConfig(dg.Config):
@@ -18,42 +43,157 @@ class ResponseConfig(dg.Config):
     move the old one to _superseded/ once the new answer has arrived. Off by default: a stored
     response is never replaced without being asked."""
 
+    parallel_calls: int = 8
+    """LLM calls in flight at once when the run covers a range of partitions (a run for one
+    partition makes one call)."""
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One partition's request: its partition key, its storage parts, and what to ask which model."""
+
+    key: str
+    parts: dict[str, str] | str
+    request: LLMRequest
+
 
 def respond(
     context: dg.AssetExecutionContext,
     llm: LLMClientResource,
     responses: ResponseStore,
-    parts: dict[str, str] | str,
-    request: LLMRequest,
+    asks: Sequence[Ask],
     config: ResponseConfig,
-) -> dg.Output[LLMResponse]:
+) -> dg.Output:
+    """Every ask's answer (stored or new) as the step's output; fails after storing what arrived
+    when any ask got no usable answer."""
     asset_name = context.asset_key.path[-1]
+    answers: dict[str, LLMResponse] = {}
+    metadata: dict[str, dict] = {}
+    to_call: list[Ask] = []
+    for ask in asks:
+        try:
+            stored = responses.reusable(asset_name, ask.parts, ask.request, config.replace_changed)
+        except StoredResponseConflict as exc:
+            raise dg.Failure(description=str(exc)) from exc
+        if stored is None:
+            to_call.append(ask)
+        else:
+            answers[ask.key] = stored
+            path = dg.MetadataValue.path(str(responses.path(asset_name, ask.parts)))
+            metadata[ask.key] = {**_response_metadata(stored), "reused": True, "path": path}
+    if answers:
+        context.log.info(f"reusing {len(answers)} stored response(s); no LLM call for them")
+    if to_call:
+        try:
+            llm.check_ready()
+        except LLMError as exc:
+            raise dg.Failure(description=str(exc)) from exc
+
+    failures: dict[str, dg.Failure] = {}
+    for ask, outcome in _complete_all(llm, to_call, config.parallel_calls):
+        if isinstance(outcome, LLMResponse):
+            try:
+                metadata[ask.key] = _keep(context, responses, asset_name, ask, outcome, config)
+                answers[ask.key] = outcome
+            except StoredResponseConflict as exc:
+                failures[ask.key] = dg.Failure(description=str(exc))
+        else:
+            failures[ask.key] = _failure(responses, asset_name, ask, outcome)
+
+    if failures:
+        raise _summary_failure(asset_name, failures, len(answers), len(asks) - len(answers) - len(failures))
+    return partition_output(context, {a.key: answers[a.key] for a in asks}, metadata)
+
+
+def _complete_all(llm: LLMClientResource, asks: list[Ask], parallel: int):
+    """Yield (ask, LLMResponse | LLMError) as answers arrive. After a permanent error (not just one
+    bad answer) no new call starts: the next ones would fail the same way, or be paid for nothing."""
+    if len(asks) <= 1 or parallel <= 1:
+        for ask in asks:
+            outcome = _call(llm, ask)
+            yield ask, outcome
+            if _stops_the_batch(outcome):
+                return
+        return
+    pending = iter(asks)
+    stop = False
+    with ThreadPoolExecutor(max_workers=min(parallel, len(asks)), thread_name_prefix="llm") as pool:
+        in_flight: dict[Future, Ask] = {}
+
+        def fill() -> None:
+            while not stop and len(in_flight) < parallel:
+                ask = next(pending, None)
+                if ask is None:
+                    return
+                in_flight[pool.submit(_call, llm, ask)] = ask
+
+        fill()
+        while in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                ask = in_flight.pop(future)
+                outcome = future.result()
+                stop = stop or _stops_the_batch(outcome)
+                yield ask, outcome
+            fill()
+
+
+def _call(llm: LLMClientResource, ask: Ask) -> LLMResponse | Exception:
+    # Any exception comes back as a value: raising here would abandon answers still in flight.
     try:
-        stored = responses.reusable(asset_name, parts, request, config.replace_changed)
-    except StoredResponseConflict as exc:
-        raise dg.Failure(description=str(exc)) from exc
-    if stored is not None:
-        context.log.info(f"reusing the stored response for {request.model_id}; no LLM call")
-        return dg.Output(stored, metadata={**_response_metadata(stored), "reused": True})
-    try:
-        llm.check_ready()
-        response = llm.complete(request)
-    except IncompleteResponseError as exc:
-        kept = responses.keep_rejected(asset_name, parts, exc.response, str(exc))
-        raise dg.Failure(
-            description=f"{exc} It is not stored as the response; it is kept for inspection at {kept}, "
+        return llm.complete(ask.request)
+    except Exception as exc:  # noqa: BLE001
+        return exc
+
+
+def _stops_the_batch(outcome: LLMResponse | Exception) -> bool:
+    return isinstance(outcome, Exception) and not isinstance(outcome, IncompleteResponseError)
+
+
+def _keep(
+    context: dg.AssetExecutionContext,
+    responses: ResponseStore,
+    asset_name: str,
+    ask: Ask,
+    response: LLMResponse,
+    config: ResponseConfig,
+) -> dict:
+    """Store a new answer at once (the IO manager later finds it already there) and describe it."""
+    metadata = {**_response_metadata(response), "reused": False, "path": dg.MetadataValue.path(str(responses.path(asset_name, ask.parts)))}
+    # Only now that the new answer is here does a changed response make way for it.
+    superseded = responses.supersede(asset_name, ask.parts) if config.replace_changed else None
+    if superseded is not None:
+        context.log.info(f"{ask.key}: moved the previous response to {superseded}")
+        metadata["superseded_path"] = dg.MetadataValue.path(str(superseded))
+    responses.keep(asset_name, ask.parts, response)
+    return metadata
+
+
+def _failure(responses: ResponseStore, asset_name: str, ask: Ask, error: Exception) -> dg.Failure:
+    if isinstance(error, IncompleteResponseError):
+        kept = responses.keep_rejected(asset_name, ask.parts, error.response, str(error))
+        return dg.Failure(
+            description=f"{error} It is not stored as the response; it is kept for inspection at {kept}, "
             "and re-running the partition asks the model again.",
             metadata={"rejected_path": dg.MetadataValue.path(str(kept))},
-        ) from exc
-    except LLMError as exc:
-        raise dg.Failure(description=str(exc)) from exc
-    metadata = {**_response_metadata(response), "reused": False}
-    # Only now that the new answer is here does a changed response make way for it.
-    superseded = responses.supersede(asset_name, parts) if config.replace_changed else None
-    if superseded is not None:
-        context.log.info(f"moved the previous response to {superseded}")
-        metadata["superseded_path"] = dg.MetadataValue.path(str(superseded))
-    return dg.Output(response, metadata=metadata)
+        )
+    if isinstance(error, LLMError):
+        return dg.Failure(description=str(error))
+    return dg.Failure(description=f"{ask.request.model_id}: the call failed unexpectedly: {type(error).__name__}: {error}")
+
+
+def _summary_failure(asset_name: str, failures: dict[str, dg.Failure], stored: int, not_asked: int) -> dg.Failure:
+    """One partition's own failure as it is; for a range, one sentence that counts and names the first."""
+    if len(failures) == 1 and stored == 0 and not_asked == 0:
+        return next(iter(failures.values()))
+    key, first = next(iter(failures.items()))
+    skipped = f", {not_asked} not asked after that error" if not_asked else ""
+    return dg.Failure(
+        description=f"{len(failures)} {asset_name} partition(s) got no usable answer{skipped} (first, {key}: "
+        f"{first.description}); the {stored} answer(s) that did arrive are stored and are reused when "
+        "these partitions run again.",
+        metadata={"failed_partitions": dg.MetadataValue.json({k: f.description for k, f in failures.items()})},
+    )
 
 
 def _response_metadata(response: LLMResponse) -> dict:

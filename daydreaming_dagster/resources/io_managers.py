@@ -25,9 +25,26 @@ def partition_parts(context: dg.InputContext | dg.OutputContext) -> dict[str, st
 
 
 def _loads_many(context: dg.InputContext) -> bool:
-    """An unpartitioned step reading a partitioned asset gets every partition, as a dict, even if
-    there is only one (or none yet)."""
+    """A step that is not for one partition (an unpartitioned reader, or a run over a partition
+    range) gets its upstream partitions as a dict keyed by partition key, even if there is only one
+    (or none yet)."""
     return context.has_asset_partitions and (not context.has_partition_key or len(context.asset_partition_keys) != 1)
+
+
+def _stores_many(context: dg.OutputContext) -> bool:
+    """A run over a partition range hands over a dict of values keyed by partition key."""
+    return context.has_asset_partitions and not context.has_partition_key
+
+
+def _values_by_partition(context: dg.OutputContext, obj: Any) -> dict[str, Any]:
+    """The value of every partition of the range; a range step must return each of them."""
+    keys = [str(k) for k in context.asset_partition_keys]
+    if not isinstance(obj, dict):
+        raise TypeError(f"{_asset_name(context)}: a partition-range run must return a dict keyed by partition key.")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise ValueError(f"{_asset_name(context)} returned no value for partition {missing[0]} of its range.")
+    return {k: obj[k] for k in keys}
 
 
 def _asset_name(context: dg.InputContext | dg.OutputContext) -> str:
@@ -45,14 +62,31 @@ class TextIOManager(dg.ConfigurableIOManager):
     def _path(self, asset_name: str, parts) -> Path:
         return storage.text_path(Path(self.base_path), asset_name, parts)
 
-    def handle_output(self, context: dg.OutputContext, obj: str | LLMResponse) -> None:
-        path = self._path(_asset_name(context), partition_parts(context))
+    def handle_output(self, context: dg.OutputContext, obj: str | LLMResponse | dict) -> None:
+        name = _asset_name(context)
+        if not _stores_many(context):
+            path = self._path(name, partition_parts(context))
+            self._write(path, obj)
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+            return
+        partitions_def = context.asset_partitions_def
+        multi = isinstance(partitions_def, dg.MultiPartitionsDefinition)
+        paths = []
+        for key, value in _values_by_partition(context, obj).items():
+            parts = partitions_def.get_partition_key_from_str(key).keys_by_dimension if multi else key
+            paths.append(self._path(name, parts))
+            self._write(paths[-1], value)
+        context.add_output_metadata(
+            {"files": len(paths), "folder": dg.MetadataValue.path(str(storage.asset_folder(Path(self.base_path), name)))}
+        )
+
+    @staticmethod
+    def _write(path: Path, obj: str | LLMResponse) -> None:
         if isinstance(obj, LLMResponse):
-            written = storage.write_response_once(path, obj.text, obj.provenance)
-            context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "newly_written": written})
+            # Usually already stored by the asset as the answer arrived; then this writes nothing.
+            storage.write_response_once(path, obj.text, obj.provenance)
         elif isinstance(obj, str):
             storage.atomic_write_text(path, obj)
-            context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
         else:
             raise TypeError(f"TextIOManager stores str or LLMResponse, not {type(obj).__name__}.")
 
@@ -144,9 +178,15 @@ class InMemoryIOManager(dg.ConfigurableIOManager):
         return (tuple(context.asset_key.path), None if partition_key is None else str(partition_key))
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        value = obj.text if isinstance(obj, LLMResponse) else obj
+        def plain(value: Any) -> Any:
+            return value.text if isinstance(value, LLMResponse) else value
+
+        if _stores_many(context):
+            for key, value in _values_by_partition(context, obj).items():
+                self._space()[self._key(context, key)] = plain(value)
+            return
         key = context.asset_partition_key if context.has_asset_partitions else None
-        self._space()[self._key(context, key)] = value
+        self._space()[self._key(context, key)] = plain(obj)
 
     def load_input(self, context: dg.InputContext) -> Any:
         space = self._space()

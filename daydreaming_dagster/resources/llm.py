@@ -13,6 +13,7 @@ whole pipeline can run without a key or network.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -34,6 +35,7 @@ __all__ = [
     "LLMError",
     "LLMRequest",
     "LLMResponse",
+    "share_call_slots",
 ]
 
 MISSING_KEY_MESSAGE = (
@@ -50,6 +52,17 @@ _MAX_CAUSE_CHARS = 300
 _BEARER = re.compile(r"Bearer\s+[^\s'\"]+", re.IGNORECASE)
 
 _log = dg.get_dagster_logger("llm")
+
+# `daydream run` gives its worker processes one semaphore, so the calls in flight across all of its
+# runs stay within --concurrency while each run may start that many (see share_call_slots).
+_shared_call_slots = None
+
+
+def share_call_slots(semaphore) -> None:
+    """Make every API call of this process hold one slot of `semaphore` (a multiprocessing
+    semaphore shared with sibling processes) while it is in flight, retries included."""
+    global _shared_call_slots
+    _shared_call_slots = semaphore
 
 
 # --------------------------------------------------------------------------- data
@@ -184,7 +197,8 @@ class LLMClientResource(dg.ConfigurableResource):
         self.check_ready()
         if self.backend == "offline":
             return _offline_complete(request)
-        return self._complete_openai(request)
+        with _shared_call_slots or contextlib.nullcontext():
+            return self._complete_openai(request)
 
     # -- the API backend
 

@@ -38,12 +38,14 @@ def conflict_message(asset_name: str, partition: str, path: Path, differing: lis
 
 
 class ResponseStore(dg.ConfigurableResource):
-    """Read-side view of the paid-response archive that TextIOManager writes.
+    """The paid-response archive, as the response assets see it around an LLM call.
 
-    Finds the stored response that answers a request, refuses one that answers another, moves a
-    stored response aside when asked to replace it, keeps rejected answers, and reads the
-    provenance sidecars (stored, superseded and rejected) for accounting. Shares `base_path` and
-    the layout of `storage.text_path` with TextIOManager, which does the writing."""
+    Finds the stored response that answers a request, refuses one that answers another, stores a
+    new answer the moment it arrives (so a step that fails later, or a killed process, loses
+    nothing paid for), moves a stored response aside when asked to replace it, keeps rejected
+    answers, and reads the provenance sidecars (stored, superseded and rejected) for accounting.
+    Shares `base_path` and the layout of `storage.text_path` with TextIOManager, whose write of the
+    step's output then finds the answer already stored."""
 
     base_path: str
 
@@ -74,6 +76,10 @@ class ResponseStore(dg.ConfigurableResource):
             return None
         partition = parts if isinstance(parts, str) else "|".join(parts[d] for d in sorted(parts))
         raise storage.StoredResponseConflict(conflict_message(asset_name, partition, path, differing))
+
+    def keep(self, asset_name: str, parts: dict[str, str] | str, response: LLMResponse) -> bool:
+        """Store a new answer now (write-once; see storage.write_response_once); False if already stored."""
+        return storage.write_response_once(self.path(asset_name, parts), response.text, response.provenance)
 
     def supersede(self, asset_name: str, parts: dict[str, str] | str) -> Path | None:
         """Move the stored response of this partition to `_superseded/`; its new path, or None."""
