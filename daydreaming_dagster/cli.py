@@ -44,13 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(missing_key_message(), file=sys.stderr)
         return 2
     from .errors import ExperimentError
-
-    try:
-        from .definitions import defs  # noqa: F401  (validates the experiment config early)
-    except ExperimentError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    from .runner import Runner, print_progress
+    from .runner import Runner, default_workers, print_progress
 
     backend = "offline backend" if settings.offline else f"{settings.base_url}"
     print_progress(
@@ -62,11 +56,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.concurrency,
         args.replace_changed,
         print_progress,
-        workers=args.workers,
+        workers=args.workers or default_workers(args.concurrency, settings.offline),
         max_batch=args.batch_size,
+        data_root=settings.data_root,
     )
     try:
         reports = runner.run()
+    except ExperimentError as exc:  # the experiment config, found invalid when the code location loads
+        print(str(exc), file=sys.stderr)
+        return 2
     finally:
         runner.close()
     failed = False
@@ -212,7 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--concurrency", type=int, default=8, help="LLM calls in flight at once, at most (default 8)")
     run.add_argument(
-        "--workers", type=int, default=None, help="worker processes running batches (default: cores + 1, at most --concurrency)"
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes running batches (default: one per core offline, cores + 2 against an API; "
+        "at most --concurrency)",
     )
     run.add_argument(
         "--batch-size",

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pandas as pd
+
 # matplotlib is imported where used: it adds ~1.5 s to the start of every process that loads
 # the code location, and only the heatmap asset needs it.
 

@@ -24,9 +24,12 @@ import errno
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+
+import pandas as pd
 
 try:
     import fcntl
@@ -296,3 +299,27 @@ def archived_provenance(paths: list[Path]) -> Iterator[tuple[Path, str, dict]]:
                 except (OSError, json.JSONDecodeError):
                     continue
                 yield by_stem[stem], kind, provenance
+
+
+# Tables are read by many partitions of one run and of many runs in one process; cache by file state.
+_TABLE_CACHE: dict[Path, tuple[tuple[int, int], pd.DataFrame]] = {}
+_TABLE_CACHE_LOCK = threading.Lock()
+
+
+def _string_columns(path: Path) -> dict[str, type]:
+    header = pd.read_csv(path, nrows=0).columns
+    return {c: str for c in header if c == "id" or c.endswith("_id") or c.endswith("_ids") or c == "model" or c.endswith("_model")}
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a stored CSV table, keeping id and model columns as strings; cached by (mtime, size)."""
+    stat = path.stat()
+    state = (stat.st_mtime_ns, stat.st_size)
+    with _TABLE_CACHE_LOCK:
+        cached = _TABLE_CACHE.get(path)
+    if cached and cached[0] == state:
+        return cached[1].copy()
+    df = pd.read_csv(path, dtype=_string_columns(path), keep_default_na=True)
+    with _TABLE_CACHE_LOCK:
+        _TABLE_CACHE[path] = (state, df)
+    return df.copy()

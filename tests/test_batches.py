@@ -20,8 +20,7 @@ from daydreaming_dagster import runner as runner_module
 from daydreaming_dagster import storage
 from daydreaming_dagster.assets import llm_evaluation, llm_generation
 from daydreaming_dagster.assets.partitions import evaluation_pairs_partitions
-from daydreaming_dagster.assets.responding import MAX_PARTITIONS_PER_RUN
-from daydreaming_dagster.batches import Batch, batch_size, key_batches, pair_batches
+from daydreaming_dagster.batches import MAX_PARTITIONS_PER_RUN, Batch, batch_size, key_batches, pair_batches
 from daydreaming_dagster.cli import INSTANCE_TEMPLATE
 from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.resources import llm as llm_module
@@ -249,9 +248,9 @@ def test_shared_call_slots_bound_the_calls_in_flight_whatever_each_run_allows(pi
 # --------------------------------------------------------------------------- daydream run: batches and fallback
 
 
-def test_daydream_run_batches_and_reruns_a_failed_batch_one_partition_per_run_paying_each_answer_once(
-    openai_server, tmp_path, monkeypatch, capsys
-):
+@pytest.fixture
+def in_process_daydream(tmp_path, monkeypatch):
+    """`daydream` called in this process on a fresh experiment and the project's instance config."""
     experiment = write_experiment(tmp_path / "data")  # 6 generations, 12 pairs (2 judges)
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -259,12 +258,46 @@ def test_daydream_run_batches_and_reruns_a_failed_batch_one_partition_per_run_pa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
-    monkeypatch.setenv("OPENROUTER_BASE_URL", openai_server.base_url)
     monkeypatch.setenv("DAYDREAM_DATA_ROOT", str(experiment))
-    for name in ("DAYDREAM_BACKEND", "DAYDREAM_OUTPUT_ROOT"):
+    for name in ("DAYDREAM_BACKEND", "DAYDREAM_OUTPUT_ROOT", "OPENROUTER_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
+    # definitions.py builds its resources from the environment at import; give each run its own.
     monkeypatch.delitem(sys.modules, "daydreaming_dagster.definitions", raising=False)
     monkeypatch.setattr(runner_module, "_WORKER", {})
+    return experiment
+
+
+def test_a_rerun_rebuilds_task_tables_and_results_only_when_what_they_are_built_from_changed(
+    in_process_daydream, capsys
+):
+    experiment = in_process_daydream
+    run = ["run", "--offline", "--workers", "1"]
+    assert daydream(run) == 0
+    first = capsys.readouterr().out
+    assert "task_tables: 1 ran" in first and "results: 1 ran" in first
+
+    assert daydream(run) == 0
+    assert "task_tables: 0 ran, 1 skipped" in (out := capsys.readouterr().out) and "results: 0 ran, 1 skipped" in out
+
+    # Any change under 1_raw rebuilds the tables, and then the results that read them.
+    models = experiment / "1_raw" / "llm_models.csv"
+    models.write_text(models.read_text() + "\n")
+    assert daydream(run) == 0
+    assert "task_tables: 1 ran" in (out := capsys.readouterr().out) and "results: 1 ran" in out
+    assert "generation: 0 ran, 6 skipped" in out  # the same keys: nothing else runs
+
+    # A result file that went missing is rebuilt.
+    summary = experiment / "offline" / "5_results" / "evaluation_summary.csv"
+    summary.unlink()
+    assert daydream(run) == 0
+    assert "task_tables: 0 ran, 1 skipped" in (out := capsys.readouterr().out) and "results: 1 ran" in out
+    assert summary.is_file()
+
+
+def test_daydream_run_batches_and_reruns_a_failed_batch_one_partition_per_run_paying_each_answer_once(
+    in_process_daydream, openai_server, monkeypatch, capsys
+):
+    monkeypatch.setenv("OPENROUTER_BASE_URL", openai_server.base_url)
     # A generation echoes its prompt, so a judge prompt shows which concepts it is about; the first
     # judge refuses every idea about Beta and Gamma (2 pairs), the rest answer.
     openai_server.default_answer = lambda body: f"Idea by {body['model']}: {body['messages'][-1]['content']}\nSCORE: 5"

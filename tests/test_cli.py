@@ -218,6 +218,8 @@ def test_second_offline_run_calls_no_llm(offline_run: OfflineRun, after_run: Aft
     assert again.returncode == 0, explain(again)
     assert "generation: 0 ran, 6 skipped, 0 failed" in again.stdout
     assert "evaluation: 0 ran, 12 skipped, 0 failed" in again.stdout
+    # nothing they are built from changed: neither the task tables nor the results are rebuilt
+    assert "task_tables: 0 ran, 1 skipped" in again.stdout and "results: 0 ran, 1 skipped" in again.stdout
     # every paid response is the same file, untouched
     assert response_state(offline_run) == after_run.responses_before
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from ..batches import MAX_PARTITIONS_PER_RUN
 from ..resources.llm import (
     IncompleteResponseError,
     LLMClientResource,
@@ -26,8 +27,7 @@ from .common import partition_output, per_partition_type, text_preview
 LLM_POOL = "llm_api"
 
 # Backfills (the UI's "Materialize all", `daydream backfill`, the sensor's large requests) run up to
-# this many partitions per run: a run costs Dagster ~0.5 s of CPU, a partition inside one ~20 ms.
-MAX_PARTITIONS_PER_RUN = 32
+# MAX_PARTITIONS_PER_RUN partitions per run, as `daydream run` does.
 BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN)
 # Partition-range runs are how batching works here; the parameter's beta status is known and accepted.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
