@@ -29,8 +29,11 @@ def start_server(latency_s: float) -> FakeOpenAIServer:
     return server
 
 
-def daydream_run(tmp: Path, data_root: Path, server: FakeOpenAIServer, concurrency: int, pool_limit: int) -> dict:
-    """One `daydream run` (real backend) against `server`; wall, CPU, requests and stage figures."""
+def daydream_run(
+    tmp: Path, data_root: Path, server: FakeOpenAIServer, concurrency: int, pool_limit: int, extra: list[str] = ()
+) -> dict:
+    """One `daydream run` (real backend) against `server`, with `extra` arguments; wall, CPU,
+    requests and stage figures."""
     home = tmp / "home"
     if not home.exists():
         fresh_home(home)
@@ -46,7 +49,7 @@ def daydream_run(tmp: Path, data_root: Path, server: FakeOpenAIServer, concurren
     cpu0 = busy_cpu_seconds()
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(data_root), "--concurrency", str(concurrency)],
+        [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(data_root), "--concurrency", str(concurrency), *extra],
         env=env, capture_output=True, text=True, cwd=tmp,
     )
     wall = time.perf_counter() - started
