@@ -234,6 +234,18 @@ def test_a_range_with_a_pair_the_table_does_not_list_is_refused_before_any_call(
     assert len(openai_server.requests) == before
 
 
+def test_a_range_whose_generation_is_missing_fails_naming_it_before_any_call(pipeline, openai_server):
+    generations = generation_order(pipeline)
+    assert pipeline.materialize_range(GENERATION, generations[:-1]).success  # all but the last
+    before = len(openai_server.requests)
+
+    result = pipeline.materialize_range(EVALUATION, first_method_pairs(pipeline))
+
+    assert not result.success
+    assert f"generation_response of generation task '{generations[-1]}' is not materialized" in failure_text(result)
+    assert len(openai_server.requests) == before
+
+
 def test_shared_call_slots_bound_the_calls_in_flight_whatever_each_run_allows(pipeline, openai_server, monkeypatch):
     monkeypatch.setattr(llm_module, "_shared_call_slots", None)
     llm_module.share_call_slots(threading.BoundedSemaphore(2))

@@ -86,6 +86,12 @@ def evaluation_prompt(
     pairs = pairs_of(context)
     rows = evaluation_rows(evaluation_tasks, pairs)
     texts = by_partition(context, generation_response, next(iter(pairs.values()))["generation_tasks"])
+    missing = sorted({p["generation_tasks"] for p in pairs.values()} - set(texts))
+    if missing:  # a range run loads what exists; a pair whose generation does not exist cannot be judged
+        raise dg.Failure(
+            description=f"generation_response of generation task '{missing[0]}' is not materialized "
+            f"({len(missing)} missing in this run); materialize it before its evaluation pairs."
+        )
     prompts, metadata = {}, {}
     for key, pair in pairs.items():
         row = rows[key]
