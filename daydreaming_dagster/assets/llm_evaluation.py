@@ -14,23 +14,10 @@ from ..experiment import render_evaluation_prompt
 from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource, LLMRequest
 from ..resources.responses import ResponseStore
-from .common import (
-    PartitionText,
-    by_partition,
-    experiment_errors_as_failures,
-    partition_output,
-    text_preview,
-)
+from .common import PartitionText, by_partition, experiment_errors_as_failures, partition_output, text_preview
 from .llm_generation import task_row
 from .partitions import evaluation_pairs_partitions
-from .responding import (
-    BACKFILL_POLICY,
-    LLM_POOL,
-    Ask,
-    PartitionResponse,
-    ResponseConfig,
-    respond,
-)
+from .responding import BACKFILL_POLICY, LLM_POOL, Ask, PartitionResponse, ResponseConfig, respond
 
 GROUP = "llm_evaluation"
 

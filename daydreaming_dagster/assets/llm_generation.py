@@ -10,22 +10,9 @@ from ..experiment import Concept, render_generation_prompt
 from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource, LLMRequest
 from ..resources.responses import ResponseStore
-from .common import (
-    PartitionText,
-    by_partition,
-    experiment_errors_as_failures,
-    partition_output,
-    text_preview,
-)
+from .common import PartitionText, by_partition, experiment_errors_as_failures, partition_output, text_preview
 from .partitions import generation_tasks_partitions
-from .responding import (
-    BACKFILL_POLICY,
-    LLM_POOL,
-    Ask,
-    PartitionResponse,
-    ResponseConfig,
-    respond,
-)
+from .responding import BACKFILL_POLICY, LLM_POOL, Ask, PartitionResponse, ResponseConfig, respond
 
 GROUP = "llm_generation"
 
