@@ -20,11 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-from dagster import DagsterEventType
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from . import storage
 from .batches import MAX_PARTITIONS_PER_RUN, Batch, batch_size, key_batches, pair_batches
@@ -233,7 +229,9 @@ class Runner:
             report.failures[job_name] = outcome.error or ""
         return report
 
-    def run_partitions(self, job_name: str, keys: list[str], done: set[str], batcher: Callable[[list[str], int], list[Batch]]) -> StageReport:
+    def run_partitions(
+        self, job_name: str, keys: list[str], done: set[str], batcher: Callable[[list[str], int], list[Batch]]
+    ) -> StageReport:
         """Run every key not in `done`, in the batches `batcher(todo, size)` forms."""
         if self.replace_changed:
             # Materialized partitions may hold responses to a changed prompt; running them all is
@@ -268,7 +266,9 @@ class Runner:
             if outcome.success or len(outcome.keys) == 1:
                 yield outcome
                 continue
-            self.progress(f"{job_name}: a batch of {len(outcome.keys)} failed ({outcome.error}); running its partitions one by one")
+            self.progress(
+                f"{job_name}: a batch of {len(outcome.keys)} failed ({outcome.error}); running its partitions one by one"
+            )
             yield from self._run_batches(job_name, [Batch((k,)) for k in outcome.keys], run_config)
 
     def _run_batches(self, job_name: str, batches: list[Batch], run_config: dict) -> Iterable[BatchOutcome]:
@@ -301,7 +301,7 @@ class Runner:
 
     def _outputs_exist(self, run_id: str) -> bool:
         """Whether every file the run's materializations point to is still on disk."""
-        records = self.instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+        records = self.instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
         for record in records:
             path = record.event_log_entry.asset_materialization.metadata.get("path")
             if path is not None and not Path(path.value).exists():
@@ -316,7 +316,9 @@ class Runner:
         """The task tables were built by `daydream run` from exactly this experiment and code, are the
         latest ones, and their files are in place."""
         run = self._latest_run("task_tables")
-        if run is None or run.status != dg.DagsterRunStatus.SUCCESS or run.tags.get(TABLES_FINGERPRINT_TAG) != fingerprint:
+        if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
+            return False
+        if run.tags.get(TABLES_FINGERPRINT_TAG) != fingerprint:
             return False
         latest = self.instance.get_latest_materialization_event(dg.AssetKey("evaluation_tasks"))
         return latest is not None and latest.run_id == run.run_id and self._outputs_exist(run.run_id)

@@ -1,4 +1,5 @@
-"""Where outputs live on disk and how they are written: atomic, and write-once for paid responses.
+"""Where outputs live on disk and how they are written (atomic, and write-once for paid responses)
+and read back (tables, cached).
 
 Layout under the output root (the data root, or `<data_root>/offline` for offline runs):
   2_tasks/<table>.csv                        experiment tables and task tables

@@ -17,27 +17,20 @@ from .responding import BACKFILL_POLICY, LLM_POOL, Ask, PartitionResponse, Respo
 GROUP = "llm_generation"
 
 
-def task_row(table: pd.DataFrame, column: str, key: str, table_name: str) -> pd.Series:
-    rows = table[table[column] == key]
-    if rows.empty:
-        raise dg.Failure(description=stale_key_message(column, key, table_name))
-    return rows.iloc[0]
-
-
-def stale_key_message(column: str, key: str, table_name: str) -> str:
-    return (
-        f"{column} '{key}' is not in {table_name}; it is a stale partition key "
-        f"(rematerialize {table_name}, or see the stale-key check)."
-    )
-
-
 def task_rows(table: pd.DataFrame, column: str, keys: list[str], table_name: str) -> dict[str, pd.Series]:
     """The row of every key (one index lookup for a whole batch); refuses a key the table lacks."""
     indexed = table.drop_duplicates(column).set_index(column, drop=False)
     missing = [k for k in keys if k not in indexed.index]
     if missing:
-        raise dg.Failure(description=stale_key_message(column, missing[0], table_name))
+        raise dg.Failure(
+            description=f"{column} '{missing[0]}' is not in {table_name}; it is a stale partition key "
+            f"(rematerialize {table_name}, or see the stale-key check)."
+        )
     return {k: indexed.loc[k] for k in keys}
+
+
+def task_row(table: pd.DataFrame, column: str, key: str, table_name: str) -> pd.Series:
+    return task_rows(table, column, [key], table_name)[key]
 
 
 @dg.asset(

@@ -9,17 +9,12 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 
 from ..batches import MAX_PARTITIONS_PER_RUN
-from ..resources.llm import (
-    IncompleteResponseError,
-    LLMClientResource,
-    LLMError,
-    LLMRequest,
-    LLMResponse,
-)
+from ..resources.llm import IncompleteResponseError, LLMClientResource, LLMError, LLMRequest, LLMResponse
 from ..resources.responses import ResponseStore
 from ..storage import StoredResponseConflict
 from .common import partition_output, per_partition_type, text_preview
@@ -79,8 +74,7 @@ def respond(
             to_call.append(ask)
         else:
             answers[ask.key] = stored
-            path = dg.MetadataValue.path(str(responses.path(asset_name, ask.parts)))
-            metadata[ask.key] = {**_response_metadata(stored), "reused": True, "path": path}
+            metadata[ask.key] = _response_metadata(stored, responses.path(asset_name, ask.parts), reused=True)
     if answers:
         context.log.info(f"reusing {len(answers)} stored response(s); no LLM call for them")
     if to_call:
@@ -159,7 +153,7 @@ def _keep(
     config: ResponseConfig,
 ) -> dict:
     """Store a new answer at once (the IO manager later finds it already there) and describe it."""
-    metadata = {**_response_metadata(response), "reused": False, "path": dg.MetadataValue.path(str(responses.path(asset_name, ask.parts)))}
+    metadata = _response_metadata(response, responses.path(asset_name, ask.parts), reused=False)
     # Only now that the new answer is here does a changed response make way for it.
     superseded = responses.supersede(asset_name, ask.parts) if config.replace_changed else None
     if superseded is not None:
@@ -196,7 +190,8 @@ def _summary_failure(asset_name: str, failures: dict[str, dg.Failure], stored: i
     )
 
 
-def _response_metadata(response: LLMResponse) -> dict:
+def _response_metadata(response: LLMResponse, path: Path, reused: bool) -> dict:
+    """What a response's materialization shows: its provenance, where it is, and whether it was reused."""
     p = response.provenance
     meta = {
         "model_id": p.get("model_id"),
@@ -215,4 +210,5 @@ def _response_metadata(response: LLMResponse) -> dict:
         "created_at": p.get("created_at"),
         "preview": text_preview(response.text),
     }
+    meta.update(reused=reused, path=dg.MetadataValue.path(str(path)))
     return {k: v for k, v in meta.items() if v is not None}
