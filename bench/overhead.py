@@ -49,16 +49,16 @@ import os, time, resource
 import dagster as dg
 from daydreaming_dagster.definitions import build_definitions, ALL_ASSETS
 from daydreaming_dagster.settings import Settings
-from daydreaming_dagster.resources.io_managers import read_table
-from daydreaming_dagster import storage
+from daydreaming_dagster.store.tables import read_table
+from daydreaming_dagster.store.layout import table_path
 settings = Settings.from_env()
 defs = build_definitions(settings)
 instance = dg.DagsterInstance.get()
 quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 assert defs.resolve_job_def("task_tables").execute_in_process(instance=instance, run_config=quiet).success
 n = int(os.environ["BENCH_N"])
-gens = read_table(storage.table_path(settings.output_root, "generation_tasks"))["generation_task_id"].tolist()[:n]
-pairs = read_table(storage.table_path(settings.output_root, "evaluation_tasks"))
+gens = read_table(table_path(settings.output_root, "generation_tasks"))["generation_task_id"].tolist()[:n]
+pairs = read_table(table_path(settings.output_root, "evaluation_tasks"))
 pairs = pairs[pairs.generation_task_id.isin(gens)]
 pair_keys = (pairs.evaluation_task_id + "|" + pairs.generation_task_id).tolist()[:n]
 def cpu():
@@ -76,16 +76,17 @@ RESULT = {"gen_wall": g_wall, "gen_cpu": g_cpu, "eval_wall": e_wall, "eval_cpu":
 
 SUBMIT = """
 import dagster as dg
-from daydreaming_dagster.definitions import defs
-from daydreaming_dagster.backfills import submit_pair_backfill
-from daydreaming_dagster.pairs import valid_pair_keys
-from daydreaming_dagster.resources.io_managers import read_table
+from daydreaming_dagster.definitions import defs as load_defs
+defs = load_defs()
+from daydreaming_dagster.orchestration.backfills import submit_pair_backfill
+from daydreaming_dagster.experiment.pairs import valid_pair_keys
+from daydreaming_dagster.store.tables import read_table
 from daydreaming_dagster.settings import Settings
-from daydreaming_dagster import storage
+from daydreaming_dagster.store.layout import table_path
 import os
 instance = dg.DagsterInstance.get()
 done = instance.get_materialized_partitions(dg.AssetKey("generation_response"))
-table = read_table(storage.table_path(Settings.from_env().output_root, "evaluation_tasks"))
+table = read_table(table_path(Settings.from_env().output_root, "evaluation_tasks"))
 keys = valid_pair_keys(table, generation_task=sorted(done),
                        exclude=instance.get_materialized_partitions(dg.AssetKey("evaluation_response")))
 keys = keys[: int(os.environ["BENCH_PAIRS"])]

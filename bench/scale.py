@@ -30,15 +30,15 @@ settings = Settings.from_env()
 defs = build_definitions(settings)
 instance = dg.DagsterInstance.get()
 quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-from daydreaming_dagster.resources.io_managers import read_table
-from daydreaming_dagster import storage
+from daydreaming_dagster.store.tables import read_table
+from daydreaming_dagster.store.layout import table_path
 """
 
 OPERATIONS = {
     "load Definitions": """
 t = time.perf_counter()
 import daydreaming_dagster.definitions as d
-d.defs.resolve_asset_graph()
+d.defs().resolve_asset_graph()
 RESULT = {"op_s": time.perf_counter() - t}
 """,
     "task tables + register keys": PRELUDE
@@ -52,30 +52,29 @@ RESULT = {"op_s": time.perf_counter() - t,
 """,
     "list valid pairs": PRELUDE
     + """
-from daydreaming_dagster.pairs import valid_pair_keys
+from daydreaming_dagster.experiment.pairs import valid_pair_keys
 t = time.perf_counter()
-keys = valid_pair_keys(read_table(storage.table_path(settings.output_root, "evaluation_tasks")),
+keys = valid_pair_keys(read_table(table_path(settings.output_root, "evaluation_tasks")),
                        exclude=instance.get_materialized_partitions(dg.AssetKey("evaluation_response")))
 RESULT = {"op_s": time.perf_counter() - t, "pairs": len(keys)}
 """,
     "one sensor tick (all generations new)": PRELUDE
     + """
-from dagster._core.definitions.partitions.context import partition_loading_context
-from dagster._core.instance.types import CachingDynamicPartitionsLoader
+from daydreaming_dagster.compat import CachingDynamicPartitionsLoader
 sensor = defs.resolve_sensor_def("evaluations_follow_generations")
 t = time.perf_counter()
 with dg.build_sensor_context(instance=instance, resources={"experiment_config": defs.resources["experiment_config"]},
                              repository_def=defs.get_repository_def()) as context:
     # The code server evaluates ticks with a caching loader over the instance (instance_ref set).
-    with partition_loading_context(dynamic_partitions_store=CachingDynamicPartitionsLoader(instance)):
+    with dg.partition_loading_context(dynamic_partitions_store=CachingDynamicPartitionsLoader(instance)):
         tick = sensor.evaluate_tick(context)
 RESULT = {"op_s": time.perf_counter() - t, "run_requests": len(tick.run_requests or [])}
 """,
     "submit valid-pairs backfill": PRELUDE
     + """
-from daydreaming_dagster.backfills import submit_pair_backfill
-from daydreaming_dagster.pairs import valid_pair_keys
-keys = valid_pair_keys(read_table(storage.table_path(settings.output_root, "evaluation_tasks")))
+from daydreaming_dagster.orchestration.backfills import submit_pair_backfill
+from daydreaming_dagster.experiment.pairs import valid_pair_keys
+keys = valid_pair_keys(read_table(table_path(settings.output_root, "evaluation_tasks")))
 t = time.perf_counter()
 backfill_id = submit_pair_backfill(instance, defs, keys)
 RESULT = {"op_s": time.perf_counter() - t, "pairs": len(keys)}
@@ -83,7 +82,7 @@ RESULT = {"op_s": time.perf_counter() - t, "pairs": len(keys)}
 }
 
 MARK_GENERATIONS = PRELUDE + """
-keys = read_table(storage.table_path(settings.output_root, "generation_tasks"))["generation_task_id"].tolist()
+keys = read_table(table_path(settings.output_root, "generation_tasks"))["generation_task_id"].tolist()
 for k in keys:
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="generation_response", partition=k))
 RESULT = {"marked": len(keys)}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
-from .errors import missing_key_message
+from .llm.requests import MISSING_KEY_MESSAGE
 
 DEFAULT_DAGSTER_HOME = "dagster_home"
 # The project's instance configuration, given to a DAGSTER_HOME that has none (e.g. the offline one).
@@ -41,10 +41,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     if not settings.offline and not os.environ.get("OPENROUTER_API_KEY"):
-        print(missing_key_message(), file=sys.stderr)
+        print(MISSING_KEY_MESSAGE, file=sys.stderr)
         return 2
-    from .errors import ExperimentError
-    from .runner import Runner, default_workers, print_progress
+    from .experiment.errors import ExperimentError
+    from .orchestration.runner import Runner, default_workers, print_progress
 
     backend = "offline backend" if settings.offline else f"{settings.base_url}"
     print_progress(
@@ -84,13 +84,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _pair_selection(args: argparse.Namespace) -> tuple[list[str], set[str]] | int:
     """The valid pairs selected by the filters (and --missing), and every valid pair; or an exit code."""
-    from . import storage
-    from .pairs import valid_pair_keys
-    from .resources.io_managers import read_table
+    from .experiment.pairs import valid_pair_keys
     from .settings import Settings
+    from .store.layout import table_path
+    from .store.tables import read_table
 
     settings = Settings.from_env()
-    path = storage.table_path(settings.output_root, "evaluation_tasks")
+    path = table_path(settings.output_root, "evaluation_tasks")
     if not path.is_file():
         print(f"{path} does not exist yet; run `daydream run` or materialize evaluation_tasks first.", file=sys.stderr)
         return 2
@@ -122,11 +122,14 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if isinstance(selection, int):
         return selection
     selected, valid = selection
-    from .backfills import check_pairs, submit_pair_backfill
+    from .orchestration.backfills import check_pairs, submit_pair_backfill
 
     try:
         if args.pair:
-            check_pairs(args.pair, valid)
+            from .settings import Settings
+            from .store.layout import table_path
+
+            check_pairs(args.pair, valid, table_path(Settings.from_env().output_root, "evaluation_tasks"))
             selected = list(dict.fromkeys(args.pair))
         if not selected:
             print("nothing to backfill: every selected valid pair is already materialized.")
@@ -135,7 +138,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
         from .definitions import defs
 
-        backfill_id = submit_pair_backfill(dg.DagsterInstance.get(), defs, selected)
+        backfill_id = submit_pair_backfill(dg.DagsterInstance.get(), defs(), selected)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -151,16 +154,16 @@ def cmd_prune_keys(args: argparse.Namespace) -> int:
     _configure(args)
     import dagster as dg
 
-    from . import storage
-    from .resources.io_managers import read_table
     from .settings import Settings
+    from .store.layout import table_path
+    from .store.tables import read_table
 
     settings = Settings.from_env()
     instance = dg.DagsterInstance.get()
     columns = {"generation_tasks": "generation_task_id", "evaluation_tasks": "evaluation_task_id"}
     stale_by_name = {}
     for name, column in columns.items():
-        path = storage.table_path(settings.output_root, name)
+        path = table_path(settings.output_root, name)
         if not path.is_file():
             print(f"{path} does not exist yet; nothing to compare the {name} keys with.", file=sys.stderr)
             return 2
@@ -179,7 +182,7 @@ def cmd_prune_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .scoring import explain_parse
+    from .analysis.scoring import explain_parse
 
     if args.min >= args.max:
         print(f"--min ({args.min:g}) must be below --max ({args.max:g}).", file=sys.stderr)

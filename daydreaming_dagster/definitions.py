@@ -1,7 +1,9 @@
-"""The code location: every asset, resource and job of daydreaming_dagster in one Definitions object.
+"""The code location: every asset, check, job, sensor and resource of daydreaming_dagster in one
+Definitions object, built when Dagster (or a test, or `daydream run`) asks for it.
 
-Settings come from the environment (see settings.py and .env.example): DAYDREAM_DATA_ROOT picks
-the experiment folder, DAYDREAM_BACKEND=offline swaps in the offline LLM and its own output root."""
+Importing this module reads no environment. `defs()` reads the settings then (see settings.py and
+.env.example): DAYDREAM_DATA_ROOT picks the experiment folder, DAYDREAM_BACKEND=offline swaps in the
+offline LLM and its own output root. Tests call `build_definitions(Settings(...))` directly."""
 
 from __future__ import annotations
 
@@ -9,15 +11,15 @@ import os
 
 import dagster as dg
 
-from .assets import core, llm_evaluation, llm_generation, raw_data, results, usage
+from .assets import core, llm_evaluation, llm_generation, raw_data, results
+from .orchestration.sensors import build_evaluation_sensor
 from .resources.config import ExperimentConfig
 from .resources.io_managers import TableIOManager, TextIOManager
 from .resources.llm import LLMClientResource
 from .resources.responses import ResponseStore
-from .sensors import build_evaluation_sensor
 from .settings import Settings
 
-ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results, usage]
+ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results]
 ALL_ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 ALL_CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
@@ -57,8 +59,8 @@ def build_resources(settings: Settings) -> dict:
     }
 
 
-def build_definitions(settings: Settings | None = None) -> dg.Definitions:
-    settings = settings or Settings.from_env()
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """The code location for one experiment, backend and output root."""
     return dg.Definitions(
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
@@ -68,4 +70,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     )
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What `dagster dev`, `dagster asset materialize -m daydreaming_dagster.definitions` and
+    `daydream run` load: the code location for the settings in the environment."""
+    return build_definitions(Settings.from_env())

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from daydreaming_dagster import storage
 from daydreaming_dagster.assets import (
     core,
     llm_evaluation,
     llm_generation,
     raw_data,
-    usage,
+    results,
 )
+from daydreaming_dagster.compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from daydreaming_dagster.resources.config import ExperimentConfig
 from daydreaming_dagster.resources.io_managers import (
     TableIOManager,
@@ -24,9 +23,10 @@ from daydreaming_dagster.resources.io_managers import (
 )
 from daydreaming_dagster.resources.llm import LLMClientResource
 from daydreaming_dagster.resources.responses import ResponseStore
+from daydreaming_dagster.store.layout import table_path, text_path
 
 KEY = "sk-or-v1-PAIDTEST-5f0c2b7e9a41d3c8"
-ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, usage])
+ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, results])
 TASK_TABLES = dg.AssetSelection.groups(raw_data.GROUP, core.GROUP)
 REPLACE_CHANGED = {"ops": {"generation_response": {"config": {"replace_changed": True}}}}
 
@@ -77,10 +77,10 @@ class Pipeline:
         assert self.materialize(TASK_TABLES).success
 
     def generation_keys(self) -> list[str]:
-        return read_table(storage.table_path(self.root, "generation_tasks"))["generation_task_id"].tolist()
+        return read_table(table_path(self.root, "generation_tasks"))["generation_task_id"].tolist()
 
     def pairs(self) -> list[dg.MultiPartitionKey]:
-        table = read_table(storage.table_path(self.root, "evaluation_tasks"))
+        table = read_table(table_path(self.root, "evaluation_tasks"))
         return [
             dg.MultiPartitionKey({"generation_tasks": g, "evaluation_tasks": e})
             for g, e in zip(table["generation_task_id"], table["evaluation_task_id"])
@@ -93,7 +93,7 @@ class Pipeline:
         return self.materialize(["evaluation_prompt", "evaluation_response"], pair, run_config)
 
     def response_path(self, key: str) -> Path:
-        return storage.text_path(self.root, "generation_response", key)
+        return text_path(self.root, "generation_response", key)
 
     def response_metadata(self, asset: str, partition: str) -> dict:
         event = self.instance.get_latest_materialization_event(dg.AssetKey(asset))

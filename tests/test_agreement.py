@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from daydreaming_dagster.agreement import overall_reliability, pairwise_agreement, score_summary
+from daydreaming_dagster.analysis.agreement import overall_reliability, pairwise_agreement, score_summary
 
 
 def long_table(wide: dict[str, list]) -> pd.DataFrame:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from collections import Counter
 from pathlib import Path
@@ -13,13 +12,15 @@ import pandas as pd
 import pytest
 
 from daydreaming_dagster.assets import core, llm_evaluation, llm_generation, raw_data, results
-from daydreaming_dagster.experiment import load_models, load_templates
-from daydreaming_dagster.ids import combo_id, evaluation_task_id, generation_task_id
+from daydreaming_dagster.definitions import build_definitions
+from daydreaming_dagster.experiment.ids import combo_id, evaluation_task_id, generation_task_id
+from daydreaming_dagster.experiment.loaders import load_models, load_templates
 from daydreaming_dagster.resources.config import ExperimentConfig
-from daydreaming_dagster.resources.io_managers import InMemoryIOManager, TableIOManager, TextIOManager
+from daydreaming_dagster.resources.io_managers import TableIOManager, TextIOManager
 from daydreaming_dagster.resources.llm import LLMClientResource
 from daydreaming_dagster.resources.responses import ResponseStore
 from daydreaming_dagster.settings import Settings
+from tests.memory_io import MemoryIOManager
 
 ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, results])
 TASK_ASSETS = dg.load_assets_from_modules([raw_data, core])
@@ -43,7 +44,7 @@ CALLS: dict[str, list[tuple[str, str, str | None]]] = {}
 VALUES: dict[str, dict[tuple[str, str | None], Any]] = {}
 
 
-class RecordingIOManager(InMemoryIOManager):
+class RecordingIOManager(MemoryIOManager):
     """The project's in-memory IO manager, recording each handle_output/load_input Dagster makes."""
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
@@ -72,7 +73,7 @@ def store(request) -> str:
     """A store name of its own for this test; emptied afterwards."""
     name = f"test-assets::{request.node.nodeid}"
     yield name
-    InMemoryIOManager.clear(name)
+    MemoryIOManager.clear(name)
     CALLS.pop(name, None)
     VALUES.pop(name, None)
 
@@ -295,14 +296,8 @@ def test_evaluation_prompt_gets_its_own_generation_through_the_partition_mapping
 
 
 @pytest.fixture
-def defs(experiment: Path, monkeypatch) -> dg.Definitions:
-    monkeypatch.setenv("DAYDREAM_DATA_ROOT", str(experiment))
-    monkeypatch.setenv("DAYDREAM_BACKEND", "offline")
-    monkeypatch.delenv("DAYDREAM_OUTPUT_ROOT", raising=False)
-    definitions = importlib.import_module("daydreaming_dagster.definitions")
-    return definitions.build_definitions(
-        Settings(data_root=experiment, backend="offline", base_url="http://127.0.0.1:9/v1")
-    )
+def defs(experiment: Path) -> dg.Definitions:
+    return build_definitions(Settings(data_root=experiment, backend="offline", base_url="http://127.0.0.1:9/v1"))
 
 
 def test_graph_generation_response_feeds_evaluation_prompt_by_the_generation_dimension(defs, fast_instance):

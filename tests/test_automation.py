@@ -5,13 +5,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.partitions.context import partition_loading_context
 
-from daydreaming_dagster.backfills import check_pairs, submit_pair_backfill
 from daydreaming_dagster.definitions import build_definitions
-from daydreaming_dagster.pairs import valid_pair_keys
-from daydreaming_dagster.resources.io_managers import read_table
+from daydreaming_dagster.experiment.pairs import valid_pair_keys
+from daydreaming_dagster.orchestration.backfills import check_pairs, submit_pair_backfill
 from daydreaming_dagster.settings import Settings
+from daydreaming_dagster.store.tables import read_table
 from tests.experiment_factory import write_experiment
 
 SENSOR = "evaluations_follow_generations"
@@ -43,7 +42,7 @@ def tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None)
         instance=instance, cursor=cursor, resources=resources, repository_def=defs.get_repository_def()
     ) as context:
         # The daemon evaluates ticks with the instance as the partition store; a test must say so.
-        with partition_loading_context(dynamic_partitions_store=instance):
+        with dg.partition_loading_context(dynamic_partitions_store=instance):
             result = sensor.evaluate_tick(context)
         return result, context.cursor
 
@@ -121,8 +120,10 @@ def test_backfill_of_one_method_and_invalid_pairs(setup, instance):
     # Both keys registered, pair not in the table: refused with the sentence that says how to list pairs.
     instance.add_dynamic_partitions("evaluation_tasks", ["judge-x__judge-model-9"])
     bogus = f"judge-x__judge-model-9|{table['generation_task_id'].iloc[0]}"
-    with pytest.raises(ValueError, match=r"not listed in evaluation_tasks; list the valid pairs with `daydream keys`"):
-        check_pairs([bogus], set(valid_pair_keys(table)))
+    csv = Path("/somewhere/offline/2_tasks/evaluation_tasks.csv")
+    with pytest.raises(ValueError, match=r"not listed in evaluation_tasks; list the valid pairs with `daydream keys`") as err:
+        check_pairs([bogus], set(valid_pair_keys(table)), csv)
+    assert str(csv) in str(err.value)
 
 
 def test_registering_keys_twice_is_harmless(setup, instance):
@@ -148,7 +149,7 @@ def test_stale_keys_are_reported_not_removed(setup, instance):
 
 
 def test_many_pairs_become_one_backfill_request(setup, instance, monkeypatch):
-    import daydreaming_dagster.sensors as sensors
+    import daydreaming_dagster.orchestration.sensors as sensors
 
     defs, run, table = setup
     monkeypatch.setattr(sensors, "MAX_RUN_REQUESTS_PER_TICK", 2)

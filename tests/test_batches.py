@@ -9,22 +9,26 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
-import sys
 import threading
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.partitions.context import partition_loading_context
 
-from daydreaming_dagster import runner as runner_module
-from daydreaming_dagster import storage
 from daydreaming_dagster.assets import llm_evaluation, llm_generation
 from daydreaming_dagster.assets.partitions import evaluation_pairs_partitions
-from daydreaming_dagster.batches import MAX_PARTITIONS_PER_RUN, Batch, batch_size, key_batches, pair_batches
 from daydreaming_dagster.cli import INSTANCE_TEMPLATE
 from daydreaming_dagster.cli import main as daydream
-from daydreaming_dagster.resources import llm as llm_module
-from daydreaming_dagster.runner import failure_text
+from daydreaming_dagster.llm import slots as llm_slots
+from daydreaming_dagster.orchestration.batches import (
+    MAX_PARTITIONS_PER_RUN,
+    Batch,
+    batch_size,
+    key_batches,
+    pair_batches,
+)
+from daydreaming_dagster.orchestration.worker import failure_text
+from daydreaming_dagster.store.layout import text_path
+from daydreaming_dagster.store.responses import read_provenance
 from tests.experiment_factory import write_experiment
 from tests.openai_server import status, truncated
 from tests.pipeline import KEY, responses_in
@@ -125,7 +129,7 @@ def test_the_ranges_dagster_backfills_make_of_a_pair_subset_hold_only_those_pair
     wanted = {f"{m}|{g}" for g in generations for m in ("m0", "m1") if rng.random() < 0.5}
     subset = evaluation_pairs_partitions.empty_subset().with_partition_keys(wanted)
 
-    with partition_loading_context(dynamic_partitions_store=instance):
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
         ranges = subset.get_partition_key_ranges(evaluation_pairs_partitions)
         expanded = [
             str(k) for r in ranges for k in evaluation_pairs_partitions.get_partition_keys_in_range(r, instance)
@@ -155,9 +159,9 @@ def test_one_run_over_a_range_materializes_every_partition_with_its_own_answer_a
     for key in generations:
         meta = metadata_of(pipeline.instance, "generation_response", key)
         path = pipeline.response_path(key)
-        prompt = storage.text_path(pipeline.root, "generation_prompt", key).read_text()
+        prompt = text_path(pipeline.root, "generation_prompt", key).read_text()
         assert meta["path"] == str(path) and meta["reused"] is False
-        assert meta["prompt_sha256"] == storage.read_provenance(path)["prompt_sha256"]
+        assert meta["prompt_sha256"] == read_provenance(path)["prompt_sha256"]
         assert meta["prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()
         assert "Combine these ideas" in metadata_of(pipeline.instance, "generation_prompt", key)["preview"]
 
@@ -169,7 +173,7 @@ def test_one_run_over_a_range_materializes_every_partition_with_its_own_answer_a
     for pair in pairs:
         method, generation = pair.split("|")
         # Each judge prompt holds its own generation's response, delivered through the partition mapping.
-        prompt = storage.text_path(
+        prompt = text_path(
             pipeline.root, "evaluation_prompt", {"generation_tasks": generation, "evaluation_tasks": method}
         ).read_text()
         assert pipeline.response_path(generation).read_text() in prompt
@@ -247,8 +251,8 @@ def test_a_range_whose_generation_is_missing_fails_naming_it_before_any_call(pip
 
 
 def test_shared_call_slots_bound_the_calls_in_flight_whatever_each_run_allows(pipeline, openai_server, monkeypatch):
-    monkeypatch.setattr(llm_module, "_shared_call_slots", None)
-    llm_module.share_call_slots(threading.BoundedSemaphore(2))
+    monkeypatch.setattr(llm_slots, "_shared_call_slots", None)
+    llm_slots.share_call_slots(threading.BoundedSemaphore(2))
     openai_server.latency_s = 0.2
 
     result = pipeline.materialize_range(GENERATION, generation_order(pipeline), parallel("generation_response", 6))
@@ -273,9 +277,6 @@ def in_process_daydream(tmp_path, monkeypatch):
     monkeypatch.setenv("DAYDREAM_DATA_ROOT", str(experiment))
     for name in ("DAYDREAM_BACKEND", "DAYDREAM_OUTPUT_ROOT", "OPENROUTER_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    # definitions.py builds its resources from the environment at import; give each run its own.
-    monkeypatch.delitem(sys.modules, "daydreaming_dagster.definitions", raising=False)
-    monkeypatch.setattr(runner_module, "_WORKER", {})
     return experiment
 
 

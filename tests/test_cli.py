@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from daydreaming_dagster.ids import combo_id, evaluation_task_id, generation_task_id
+from daydreaming_dagster.experiment.ids import combo_id, evaluation_task_id, generation_task_id
 from tests.experiment_factory import write_experiment
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daydreaming_dagster.errors import ExperimentError
-from daydreaming_dagster.experiment import (
+from daydreaming_dagster.experiment.errors import ExperimentError
+from daydreaming_dagster.experiment.loaders import (
     Concept,
     concept_content,
     load_concepts,
@@ -17,8 +17,8 @@ from daydreaming_dagster.experiment import (
     render_evaluation_prompt,
     render_generation_prompt,
 )
+from daydreaming_dagster.experiment.tasks import build_content_combinations
 from daydreaming_dagster.resources.config import ExperimentConfig
-from daydreaming_dagster.tasks import build_content_combinations
 from tests.experiment_factory import EVALUATION_TEMPLATE, GENERATION_TEMPLATE
 
 CONCEPTS_CSV = Path("concepts") / "concepts_metadata.csv"

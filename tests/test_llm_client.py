@@ -12,14 +12,9 @@ from datetime import datetime
 import dagster as dg
 import pytest
 
-from daydreaming_dagster.resources.llm import (
-    IncompleteResponseError,
-    LLMClientResource,
-    LLMError,
-    LLMRequest,
-    LLMResponse,
-)
-from daydreaming_dagster.scoring import parse_score
+from daydreaming_dagster.analysis.scoring import parse_score
+from daydreaming_dagster.llm.requests import IncompleteResponseError, LLMError, LLMRequest, LLMResponse
+from daydreaming_dagster.resources.llm import LLMClientResource
 from tests.openai_server import (
     delay,
     drop,
@@ -33,7 +28,7 @@ from tests.openai_server import (
 )
 
 KEY = "sk-or-v1-TESTKEY-0123456789abcdef"
-MISSING_KEY = "OPENROUTER_API_KEY is not set; put it in .env or the environment, or run with --offline"
+MISSING_KEY = "OPENROUTER_API_KEY is not set; put it in .env or the environment (see .env.example), or run with --offline."
 
 REQUEST = LLMRequest(
     model_id="deepseek-chat",
@@ -378,12 +373,12 @@ def test_inside_a_dagster_run(openai_server):
     @dg.asset
     def answer(llm: LLMClientResource) -> None:
         seen["text"] = llm.complete(REQUEST).text
-        seen["client_built_in_setup"] = llm._client is not None
+        seen["backend_built_in_setup"] = llm._backend is not None
 
     result = dg.materialize([answer], resources={"llm": client_for(openai_server)})
 
     assert result.success
-    assert seen == {"text": "from a run", "client_built_in_setup": True}
+    assert seen == {"text": "from a run", "backend_built_in_setup": True}
     assert openai_server.requests[0].headers["authorization"] == f"Bearer {KEY}"
 
 

@@ -7,23 +7,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 
 import dagster as dg
 import pandas as pd
 import pytest
 
-from daydreaming_dagster import runner as runner_module
-from daydreaming_dagster import storage
-from daydreaming_dagster.assets.usage import model_prices, usage_table
+from daydreaming_dagster.analysis.usage import model_prices, usage_table
 from daydreaming_dagster.cli import main as daydream
+from daydreaming_dagster.llm.requests import LLMRequest
+from daydreaming_dagster.orchestration.worker import failure_text
 from daydreaming_dagster.resources.io_managers import (
     read_table,
 )
-from daydreaming_dagster.resources.llm import LLMRequest
 from daydreaming_dagster.resources.responses import ResponseStore
-from daydreaming_dagster.runner import failure_text
-from daydreaming_dagster.storage import StoredResponseConflict
+from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path
+from daydreaming_dagster.store.responses import StoredResponseConflict, read_provenance, write_response_once
 from tests.experiment_factory import write_experiment
 from tests.openai_server import (
     drop,
@@ -56,11 +54,11 @@ def test_a_truncated_generation_fails_is_kept_aside_and_a_rerun_asks_again(pipel
     assert "max_tokens=300" in message
     assert "_rejected" in message and "re-running the partition asks the model again" in message
     path = pipeline.response_path(key)
-    assert not path.exists() and not storage.sidecar_path(path).exists()
+    assert not path.exists() and not sidecar_path(path).exists()
     [kept] = responses_in(path.parent / "_rejected")
     assert kept.name.startswith(f"{key}.")
     assert kept.read_text() == "The answer was cut"
-    record = storage.read_provenance(kept)
+    record = read_provenance(kept)
     assert record["finish_reason"] == "length" and "truncated" in record["rejected_because"]
     assert key not in pipeline.instance.get_materialized_partitions(dg.AssetKey("generation_response"))
 
@@ -76,7 +74,7 @@ def test_an_empty_judge_answer_fails_is_kept_aside_and_a_rerun_asks_again(pipeli
     pair = pipeline.pairs()[0]
     generation, method = pair.keys_by_dimension["generation_tasks"], pair.keys_by_dimension["evaluation_tasks"]
     assert pipeline.generate(generation).success
-    path = storage.text_path(pipeline.root, "evaluation_response", pair.keys_by_dimension)
+    path = text_path(pipeline.root, "evaluation_response", pair.keys_by_dimension)
 
     for behaviour in (empty(), null_content()):
         openai_server.script(behaviour)
@@ -111,8 +109,8 @@ def test_provenance_records_what_was_sent_and_answered_and_the_key_is_nowhere(pi
     assert sent.headers["authorization"] == f"Bearer {KEY}"  # the key was really used
     assert first.body == sent.body
     [answered] = openai_server.responses
-    record = storage.read_provenance(pipeline.response_path(key))
-    prompt = storage.text_path(pipeline.root, "generation_prompt", key).read_text()
+    record = read_provenance(pipeline.response_path(key))
+    prompt = text_path(pipeline.root, "generation_prompt", key).read_text()
     [message] = sent.body["messages"]
     assert message == {"role": "user", "content": prompt}
     expected = {
@@ -161,13 +159,13 @@ def test_a_stored_response_is_reused_and_a_changed_template_is_refused_until_rep
     openai_server.script(ok("The first answer."))
     assert pipeline.generate(key).success
     path = pipeline.response_path(key)
-    stored = (path.read_bytes(), storage.sidecar_path(path).read_bytes())
-    old_record = storage.read_provenance(path)
+    stored = (path.read_bytes(), sidecar_path(path).read_bytes())
+    old_record = read_provenance(path)
 
     # A rerun reuses the stored response: nothing is sent, nothing is written.
     assert pipeline.generate(key).success
     assert len(openai_server.requests) == 1
-    assert (path.read_bytes(), storage.sidecar_path(path).read_bytes()) == stored
+    assert (path.read_bytes(), sidecar_path(path).read_bytes()) == stored
     metadata = pipeline.response_metadata("generation_response", key)
     assert metadata["reused"] is True and metadata["path"] == str(path)
 
@@ -185,7 +183,7 @@ def test_a_stored_response_is_reused_and_a_changed_template_is_refused_until_rep
     assert '{"ops": {"generation_response": {"config": {"replace_changed": true}}}}' in message
     assert len(openai_server.requests) == 1
     assert path.read_bytes() == stored[0]
-    new_prompt = storage.text_path(pipeline.root, "generation_prompt", key).read_text()
+    new_prompt = text_path(pipeline.root, "generation_prompt", key).read_text()
     assert new_prompt.endswith("Be bold.\n")  # the prompt itself is rewritten; only the response waits
 
     # Replacing deliberately, but the new call fails: the old response stays where it is.
@@ -205,9 +203,9 @@ def test_a_stored_response_is_reused_and_a_changed_template_is_refused_until_rep
     superseded = path.parent / "_superseded"
     assert sorted(p.name for p in superseded.iterdir()) == [f"{key}.1.json", f"{key}.1.txt"]
     assert (superseded / f"{key}.1.txt").read_text() == "The first answer."
-    assert storage.read_provenance(superseded / f"{key}.1.txt") == old_record
+    assert read_provenance(superseded / f"{key}.1.txt") == old_record
     assert path.read_text() == "The second answer."
-    assert storage.read_provenance(path)["prompt_sha256"] == hashlib.sha256(new_prompt.encode()).hexdigest()
+    assert read_provenance(path)["prompt_sha256"] == hashlib.sha256(new_prompt.encode()).hexdigest()
     assert "superseded_path" in pipeline.response_metadata("generation_response", key)
 
     # replace_changed does not replace a response that matches: nothing is sent, nothing moves.
@@ -220,7 +218,7 @@ def test_a_stored_response_edited_by_hand_is_not_reused(tmp_path):
     store = ResponseStore(base_path=str(tmp_path))
     request = LLMRequest(model_id="m", model="x/m", prompt="Combine bees and markets.", temperature=0.5, max_tokens=9)
     path = store.path("generation_response", "task-1")
-    storage.write_response_once(path, "The answer.", {**request.fingerprint(), "backend": "openai"})
+    write_response_once(path, "The answer.", {**request.fingerprint(), "backend": "openai"})
     assert store.reusable("generation_response", "task-1", request, replace_changed=False).text == "The answer."
 
     path.write_text("The answer, improved by hand.")
@@ -261,7 +259,7 @@ def test_llm_usage_adds_up_every_paid_call_per_stage_and_model(tmp_path, instanc
 
     assert pipe.materialize(["llm_usage"]).success
 
-    table = read_table(storage.table_path(root, "llm_usage", "results"))
+    table = read_table(table_path(root, "llm_usage", "results"))
     # What the server answered is what was paid for: sum its usage by model.
     answered = pd.DataFrame([{"model": r["model"], "calls": 1, **r["usage"]} for r in openai_server.responses])
     sent = answered.groupby("model").sum()
@@ -339,9 +337,6 @@ def test_daydream_run_survives_transient_faults_stores_each_response_once_and_re
     monkeypatch.setenv("DAYDREAM_DATA_ROOT", str(experiment))
     for name in ("DAYDREAM_BACKEND", "DAYDREAM_OUTPUT_ROOT"):
         monkeypatch.delenv(name, raising=False)
-    # definitions.py builds its resources from the environment at import; give this run its own.
-    monkeypatch.delitem(sys.modules, "daydreaming_dagster.definitions", raising=False)
-    monkeypatch.setattr(runner_module, "_WORKER", {})
     openai_server.default_answer = lambda body: "A thoughtful combination of the ideas.\nSCORE: 6"
     # Every other request fails until each kind of transient fault has happened once. Only the
     # 429 says when to come back; the others wait for the client's backoff (1-2 s each).
@@ -356,13 +351,13 @@ def test_daydream_run_survives_transient_faults_stores_each_response_once_and_re
     evaluations = sorted((experiment / "4_evaluation" / "evaluation_response").glob("*/*.txt"))
     assert (len(generations), len(evaluations)) == (3, 3)
     for path in generations + evaluations:
-        record = storage.read_provenance(path)
+        record = read_provenance(path)
         assert record["response_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert len(openai_server.responses) == partitions  # one paid completion per partition
     assert len(openai_server.requests) == partitions + 4  # and a retry after each of the four faults
     for i in (1, 3, 5, 7):  # requests 2, 4, 6, 8: the fault, then the same request again
         assert openai_server.requests[i].body == openai_server.requests[i + 1].body
-    attempts = [storage.read_provenance(p)["attempts"] for p in generations + evaluations]
+    attempts = [read_provenance(p)["attempts"] for p in generations + evaluations]
     assert sorted(attempts) == [1] * (partitions - 4) + [2] * 4
     leftovers = [p for p in experiment.rglob("*") if p.name.endswith(".tmp") or p.name in ("_rejected", "_superseded")]
     assert leftovers == []

@@ -10,22 +10,22 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from daydreaming_dagster import storage
-from daydreaming_dagster.assets.results import (
+from daydreaming_dagster.analysis.figures import heatmap_png
+from daydreaming_dagster.analysis.tables import (
     ALL_JUDGES,
     NO_RESPONSE,
     PARSED_SCORE_COLUMNS,
     judge_agreement_table,
     mean_score_matrix,
-    parse_rate_per_method,
     parse_rates,
     parse_scores,
     summarize,
     top_generations_table,
 )
-from daydreaming_dagster.figures import heatmap_png
-from daydreaming_dagster.resources.io_managers import read_table
-from daydreaming_dagster.runner import QUIET
+from daydreaming_dagster.assets.results import parse_rate_per_method
+from daydreaming_dagster.orchestration.worker import QUIET
+from daydreaming_dagster.store.layout import table_path, text_path
+from daydreaming_dagster.store.tables import read_table
 from tests.experiment_factory import write_experiment
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -348,16 +348,16 @@ def test_results_of_an_offline_run(experiment, instance, monkeypatch):
     monkeypatch.delenv("DAYDREAM_OUTPUT_ROOT", raising=False)
     out, run = offline_runner(experiment, instance)
     run("task_tables")
-    generation_ids = read_table(storage.table_path(out, "generation_tasks"))["generation_task_id"].tolist()
+    generation_ids = read_table(table_path(out, "generation_tasks"))["generation_task_id"].tolist()
     for key in generation_ids:
         run("generation", key)
-    pairs = read_table(storage.table_path(out, "evaluation_tasks"))
+    pairs = read_table(table_path(out, "evaluation_tasks"))
     keys = (pairs["evaluation_task_id"] + "|" + pairs["generation_task_id"]).tolist()
     skipped, garbled = keys[0], keys[1]  # one pair never evaluated, one judge that ignored the format
     for key in keys[1:]:
         run("evaluation", key)
     method, generation = garbled.split("|")
-    garbled_path = storage.text_path(out, "evaluation_response", {"generation_tasks": generation, "evaluation_tasks": method})
+    garbled_path = text_path(out, "evaluation_response", {"generation_tasks": generation, "evaluation_tasks": method})
     garbled_path.write_text("A thoughtful idea; I would rather not put a number on it.")
 
     result = run("results")
@@ -408,12 +408,12 @@ def test_results_of_a_single_evaluation_pair(tmp_path, instance, monkeypatch):
     data_root = write_experiment(tmp_path / "one", concepts=("alpha",), k=1, generators=("g1",), judges=("j1",))
     out, run = offline_runner(data_root, instance)
     run("task_tables")
-    pairs = read_table(storage.table_path(out, "evaluation_tasks"))
+    pairs = read_table(table_path(out, "evaluation_tasks"))
     (generation,), (method,) = pairs["generation_task_id"], pairs["evaluation_task_id"]
     run("generation", generation)
     run("evaluation", f"{method}|{generation}")
     run("results")
-    parsed = read_table(storage.table_path(out, "parsed_scores", "results"))
+    parsed = read_table(table_path(out, "parsed_scores", "results"))
     assert len(parsed) == 1 and parsed["score"].notna().all()
     assert_png((out / "5_results" / "score_heatmap.png").read_bytes())
 

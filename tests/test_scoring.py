@@ -1,6 +1,6 @@
 import pytest
 
-from daydreaming_dagster.scoring import explain_parse, parse_score
+from daydreaming_dagster.analysis.scoring import explain_parse, parse_score
 
 CASES = [
     # --- the formats judges actually produce -------------------------------

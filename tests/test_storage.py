@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from daydreaming_dagster import storage
+from daydreaming_dagster.store.files import atomic_write_text
+from daydreaming_dagster.store.layout import sidecar_path, temp_path
+from daydreaming_dagster.store.responses import (
+    StoredResponseConflict,
+    archived_provenance,
+    keep_rejected,
+    move_aside,
+    read_provenance,
+    write_response_once,
+)
 
 PROVENANCE = {
     "backend": "openai",
@@ -36,7 +45,7 @@ def files_under(root: Path) -> list[str]:
 
 def assert_whole(path: Path) -> None:
     """The response at `path` is complete: its sidecar exists and records exactly its bytes."""
-    side = storage.sidecar_path(path)
+    side = sidecar_path(path)
     assert side.is_file(), f"{path} has no sidecar"
     record = json.loads(side.read_text(encoding="utf-8"))
     data = path.read_bytes()
@@ -50,10 +59,10 @@ def assert_whole(path: Path) -> None:
 def test_a_response_is_stored_with_a_sidecar_that_records_its_content(tmp_path):
     path = tmp_path / "3_generation" / "generation_response" / "task-1.txt"
 
-    assert storage.write_response_once(path, "Bees trade honey futures.", PROVENANCE) is True
+    assert write_response_once(path, "Bees trade honey futures.", PROVENANCE) is True
 
     assert path.read_text(encoding="utf-8") == "Bees trade honey futures."
-    record = json.loads(storage.sidecar_path(path).read_text(encoding="utf-8"))
+    record = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
     assert {k: record[k] for k in PROVENANCE} == PROVENANCE
     assert_whole(path)
     assert files_under(tmp_path) == [
@@ -64,10 +73,10 @@ def test_a_response_is_stored_with_a_sidecar_that_records_its_content(tmp_path):
 
 def test_writing_the_identical_response_again_writes_nothing(tmp_path):
     path = tmp_path / "task-1.txt"
-    storage.write_response_once(path, "same", PROVENANCE)
+    write_response_once(path, "same", PROVENANCE)
     before = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
 
-    assert storage.write_response_once(path, "same", PROVENANCE) is False
+    assert write_response_once(path, "same", PROVENANCE) is False
 
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
 
@@ -78,17 +87,17 @@ def test_writing_the_identical_response_again_writes_nothing(tmp_path):
 )
 def test_a_different_response_never_overwrites_and_is_kept_aside(tmp_path, text, change):
     path = tmp_path / "task-1.txt"
-    storage.write_response_once(path, "same", PROVENANCE)
+    write_response_once(path, "same", PROVENANCE)
 
-    with pytest.raises(storage.StoredResponseConflict, match="never overwritten") as info:
-        storage.write_response_once(path, text, {**PROVENANCE, **change})
+    with pytest.raises(StoredResponseConflict, match="never overwritten") as info:
+        write_response_once(path, text, {**PROVENANCE, **change})
 
     assert path.read_text(encoding="utf-8") == "same"
-    assert storage.read_provenance(path)["temperature"] == 0.5
+    assert read_provenance(path)["temperature"] == 0.5
     [kept] = (tmp_path / "_rejected").glob("*.txt")
     assert str(kept) in str(info.value)
     assert kept.read_text(encoding="utf-8") == text  # paid for, so never dropped
-    assert "already stored" in storage.read_provenance(kept)["rejected_because"]
+    assert "already stored" in read_provenance(kept)["rejected_because"]
 
 
 def test_concurrent_writers_of_one_response_store_exactly_one(tmp_path):
@@ -101,8 +110,8 @@ def test_concurrent_writers_of_one_response_store_exactly_one(tmp_path):
     def write(i: int) -> None:
         start.wait()
         try:
-            outcomes[i] = storage.write_response_once(path, texts[i], {**PROVENANCE, "n": i})
-        except storage.StoredResponseConflict as exc:
+            outcomes[i] = write_response_once(path, texts[i], {**PROVENANCE, "n": i})
+        except StoredResponseConflict as exc:
             outcomes[i] = exc
 
     threads = [threading.Thread(target=write, args=(i,)) for i in range(len(texts))]
@@ -114,7 +123,7 @@ def test_concurrent_writers_of_one_response_store_exactly_one(tmp_path):
     winners = [i for i, outcome in outcomes.items() if outcome is True]
     assert len(winners) == 1
     assert path.read_text(encoding="utf-8") == texts[winners[0]]
-    assert storage.read_provenance(path)["n"] == winners[0]
+    assert read_provenance(path)["n"] == winners[0]
     assert_whole(path)
     kept = sorted(p.read_text(encoding="utf-8") for p in (tmp_path / "_rejected").glob("*.txt"))
     assert kept == sorted(t for i, t in enumerate(texts) if i != winners[0])
@@ -136,24 +145,24 @@ def test_a_fault_at_the_rename_leaves_no_response_and_no_temp_file(tmp_path, mon
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="No space left"):
-        storage.write_response_once(path, "x" * 100_000, PROVENANCE)
+        write_response_once(path, "x" * 100_000, PROVENANCE)
 
     assert files_under(tmp_path) == []  # no text, no orphan sidecar, no temp file
     monkeypatch.setattr(os, "replace", real_replace)
-    assert storage.write_response_once(path, "x" * 100_000, PROVENANCE) is True
+    assert write_response_once(path, "x" * 100_000, PROVENANCE) is True
     assert_whole(path)
 
 
 def test_a_fault_at_the_rename_keeps_the_previous_file_of_an_overwritable_write(tmp_path, monkeypatch):
     path = tmp_path / "2_tasks" / "generation_tasks.csv"
-    storage.atomic_write_text(path, "old,table\n")
+    atomic_write_text(path, "old,table\n")
 
     def replace(src, dst):
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError):
-        storage.atomic_write_text(path, "new,table\n")
+        atomic_write_text(path, "new,table\n")
 
     assert path.read_text() == "old,table\n"
     assert files_under(tmp_path) == ["2_tasks/generation_tasks.csv"]
@@ -161,12 +170,12 @@ def test_a_fault_at_the_rename_keeps_the_previous_file_of_an_overwritable_write(
 
 def test_a_leftover_temp_file_is_reused_by_the_next_write_of_the_same_file(tmp_path):
     path = tmp_path / "task-1.txt"
-    leftover = storage.temp_path(path)
+    leftover = temp_path(path)
     leftover.write_text("half of an ans")  # as a killed writer leaves it
-    storage.temp_path(storage.sidecar_path(path)).write_text('{"half": ')
+    temp_path(sidecar_path(path)).write_text('{"half": ')
 
     assert leftover.name == ".task-1.txt.writing.tmp"
-    assert storage.write_response_once(path, "the whole answer", PROVENANCE) is True
+    assert write_response_once(path, "the whole answer", PROVENANCE) is True
 
     assert path.read_text() == "the whole answer"
     assert_whole(path)
@@ -177,7 +186,9 @@ KILLED_WRITER = textwrap.dedent(
     """
     import hashlib, os, sys, time
     from pathlib import Path
-    from daydreaming_dagster import storage
+    from daydreaming_dagster.store.files import atomic_write_text
+    from daydreaming_dagster.store.layout import sidecar_path, temp_path
+    from daydreaming_dagster.store.responses import StoredResponseConflict, archived_provenance, keep_rejected, move_aside, read_provenance, write_response_once
 
     real_fsync = os.fsync
     def slow_fsync(fd):  # widen the windows between writing, syncing and renaming
@@ -192,7 +203,7 @@ KILLED_WRITER = textwrap.dedent(
         text = f"response {i}\\n" + f"word{i} " * 150_000
         provenance = {"model_id": "m", "model": "m", "temperature": 0.0, "max_tokens": 1,
                       "prompt_sha256": hashlib.sha256(str(i).encode()).hexdigest()}
-        storage.write_response_once(folder / f"r{i:03d}.txt", text, provenance)
+        write_response_once(folder / f"r{i:03d}.txt", text, provenance)
     """
 )
 
@@ -244,14 +255,14 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_partial_response(tmp_p
 def test_move_aside_numbers_superseded_responses_and_never_overwrites(tmp_path):
     path = tmp_path / "task-1.txt"
     for n, text in enumerate(["first", "second", "third"], start=1):
-        storage.write_response_once(path, text, {**PROVENANCE, "n": n})
+        write_response_once(path, text, {**PROVENANCE, "n": n})
         if n < 3:
-            assert storage.move_aside(path) == tmp_path / "_superseded" / f"task-1.{n}.txt"
+            assert move_aside(path) == tmp_path / "_superseded" / f"task-1.{n}.txt"
 
     assert path.read_text() == "third"
     assert (tmp_path / "_superseded" / "task-1.1.txt").read_text() == "first"
-    assert storage.read_provenance(tmp_path / "_superseded" / "task-1.2.txt")["n"] == 2
-    assert storage.move_aside(tmp_path / "nothing-here.txt") is None
+    assert read_provenance(tmp_path / "_superseded" / "task-1.2.txt")["n"] == 2
+    assert move_aside(tmp_path / "nothing-here.txt") is None
     assert files_under(tmp_path) == [
         "_superseded/task-1.1.json",
         "_superseded/task-1.1.txt",
@@ -264,22 +275,22 @@ def test_move_aside_numbers_superseded_responses_and_never_overwrites(tmp_path):
 
 def test_move_aside_skips_a_number_whose_sidecar_is_taken(tmp_path):
     path = tmp_path / "task-1.txt"
-    storage.write_response_once(path, "answer", PROVENANCE)
+    write_response_once(path, "answer", PROVENANCE)
     (tmp_path / "_superseded").mkdir()
     (tmp_path / "_superseded" / "task-1.1.json").write_text('{"kept": true}')
 
-    assert storage.move_aside(path).name == "task-1.2.txt"
+    assert move_aside(path).name == "task-1.2.txt"
     assert json.loads((tmp_path / "_superseded" / "task-1.1.json").read_text()) == {"kept": True}
 
 
 def test_archived_provenance_finds_superseded_and_rejected_answers_of_the_given_responses(tmp_path):
     a, b, other = (tmp_path / f"{name}.txt" for name in ("task.a", "task.b", "other"))
-    storage.write_response_once(a, "old a", {**PROVENANCE, "n": 1})
-    storage.move_aside(a)
-    storage.write_response_once(a, "new a", {**PROVENANCE, "n": 2})
-    storage.keep_rejected(b, "", {**PROVENANCE, "n": 3}, "empty")
-    storage.keep_rejected(other, "", {**PROVENANCE, "n": 4}, "empty")
+    write_response_once(a, "old a", {**PROVENANCE, "n": 1})
+    move_aside(a)
+    write_response_once(a, "new a", {**PROVENANCE, "n": 2})
+    keep_rejected(b, "", {**PROVENANCE, "n": 3}, "empty")
+    keep_rejected(other, "", {**PROVENANCE, "n": 4}, "empty")
 
-    found = sorted((p.name, kind, prov["n"]) for p, kind, prov in storage.archived_provenance([a, b]))
+    found = sorted((p.name, kind, prov["n"]) for p, kind, prov in archived_provenance([a, b]))
 
     assert found == [("task.a.txt", "superseded", 1), ("task.b.txt", "rejected", 3)]

@@ -12,24 +12,24 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from daydreaming_dagster.errors import ExperimentError
-from daydreaming_dagster.experiment import load_concepts, load_models, load_templates
-from daydreaming_dagster.ids import (
+from daydreaming_dagster.assets.partitions import evaluation_pairs_partitions
+from daydreaming_dagster.experiment.errors import ExperimentError
+from daydreaming_dagster.experiment.ids import (
     check_safe_id,
     combo_id,
     evaluation_task_id,
     generation_task_id,
     pair_key_str,
 )
-from daydreaming_dagster.pairs import valid_pair_keys, valid_pair_partition_keys
-from daydreaming_dagster.tasks import (
+from daydreaming_dagster.experiment.loaders import load_concepts, load_models, load_templates
+from daydreaming_dagster.experiment.pairs import valid_pair_keys
+from daydreaming_dagster.experiment.tasks import (
     build_content_combinations,
     build_evaluation_tasks,
     build_generation_tasks,
     missing_generation_keys,
 )
 from tests.experiment_factory import write_experiment
-
 
 # --------------------------------------------------------------------------- combo ids
 
@@ -88,7 +88,7 @@ def mixed(tmp_path: Path) -> Path:
 
     def deactivate(csv: Path, first_field: str) -> None:
         lines = csv.read_text().splitlines()
-        lines = [re.sub(r",true$", ",false", l) if l.split(",")[0] == first_field else l for l in lines]
+        lines = [re.sub(r",true$", ",false", line) if line.split(",")[0] == first_field else line for line in lines]
         csv.write_text("\n".join(lines) + "\n")
 
     deactivate(raw / "concepts" / "concepts_metadata.csv", "omega")
@@ -233,14 +233,15 @@ def test_an_empty_filter_selects_nothing(pair_table: pd.DataFrame):
     assert valid_pair_keys(pair_table, evaluation_task=[]) == []
 
 
-def test_valid_pair_partition_keys_round_trip(pair_table: pd.DataFrame):
-    keys = valid_pair_partition_keys(pair_table, evaluation_task=["e1"])
+def test_valid_pair_keys_are_dagster_multi_partition_keys(pair_table: pd.DataFrame):
+    strings = valid_pair_keys(pair_table, evaluation_task=["e1"])
+    keys = [evaluation_pairs_partitions.get_partition_key_from_str(s) for s in strings]
     assert [k.keys_by_dimension for k in keys] == [
         {"generation_tasks": "g1", "evaluation_tasks": "e1"},
         {"generation_tasks": "g2", "evaluation_tasks": "e1"},
         {"generation_tasks": "g3", "evaluation_tasks": "e1"},
     ]
-    assert [str(k) for k in keys] == valid_pair_keys(pair_table, evaluation_task=["e1"])
+    assert [str(k) for k in keys] == strings
 
 
 def test_valid_pairs_of_a_built_table(mixed: Path):

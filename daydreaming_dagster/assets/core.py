@@ -6,14 +6,14 @@ missing and never remove anything (stale keys are reported; removing them is a d
 import dagster as dg
 import pandas as pd
 
-from ..pairs import pair_keys
-from ..resources.config import ExperimentConfig
-from ..tasks import (
+from ..experiment.pairs import pair_keys
+from ..experiment.tasks import (
     build_content_combinations,
     build_evaluation_tasks,
     build_generation_tasks,
     missing_generation_keys,
 )
+from ..resources.config import ExperimentConfig
 from .common import experiment_errors_as_failures, md_preview
 from .partitions import evaluation_tasks_partitions, generation_tasks_partitions
 
@@ -38,7 +38,7 @@ def register_keys(instance: dg.DagsterInstance, partitions_name: str, keys: list
     }
 
 
-@dg.asset(group_name=GROUP, io_manager_key="table_io_manager")
+@dg.asset(group_name=GROUP, io_manager_key="table_io_manager", kinds={"pandas", "csv"})
 def content_combinations(
     concepts: pd.DataFrame, experiment_config: ExperimentConfig
 ) -> dg.Output[pd.DataFrame]:
@@ -56,7 +56,7 @@ def content_combinations(
     )
 
 
-@dg.asset(group_name=GROUP, io_manager_key="table_io_manager")
+@dg.asset(group_name=GROUP, io_manager_key="table_io_manager", kinds={"pandas", "csv"})
 def generation_tasks(
     context: dg.AssetExecutionContext,
     content_combinations: pd.DataFrame,
@@ -79,7 +79,7 @@ def generation_tasks(
     )
 
 
-@dg.asset(group_name=GROUP, io_manager_key="table_io_manager")
+@dg.asset(group_name=GROUP, io_manager_key="table_io_manager", kinds={"pandas", "csv"})
 def evaluation_tasks(
     context: dg.AssetExecutionContext,
     generation_tasks: pd.DataFrame,

@@ -9,15 +9,24 @@ import warnings
 import dagster as dg
 import pandas as pd
 
-from ..errors import invalid_pair_message
-from ..experiment import render_evaluation_prompt
+from ..experiment.errors import invalid_pair_message
+from ..experiment.loaders import render_evaluation_prompt
+from ..llm.requests import LLMRequest
 from ..resources.config import ExperimentConfig
-from ..resources.llm import LLMClientResource, LLMRequest
+from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
-from .common import PartitionText, by_partition, experiment_errors_as_failures, partition_output, text_preview
-from .llm_generation import task_row
+from ..store.layout import table_path, text_path
+from .common import (
+    PartitionText,
+    by_partition,
+    experiment_errors_as_failures,
+    partition_output,
+    partitioned_asset,
+    task_row,
+    text_preview,
+)
 from .partitions import evaluation_pairs_partitions
-from .responding import BACKFILL_POLICY, LLM_POOL, Ask, PartitionResponse, ResponseConfig, respond
+from .responding import LLM_POOL, Ask, PartitionResponse, ResponseConfig, respond
 
 GROUP = "llm_evaluation"
 
@@ -38,7 +47,9 @@ def pairs_of(context: dg.AssetExecutionContext) -> dict[str, dict[str, str]]:
     return pairs
 
 
-def evaluation_rows(evaluation_tasks: pd.DataFrame, pairs: dict[str, dict[str, str]]) -> dict[str, pd.Series]:
+def evaluation_rows(
+    evaluation_tasks: pd.DataFrame, pairs: dict[str, dict[str, str]], config: ExperimentConfig
+) -> dict[str, pd.Series]:
     """The evaluation_tasks row of every pair; refuses (before any LLM call) a pair the table does not list."""
     indexed = evaluation_tasks.drop_duplicates(["generation_task_id", "evaluation_task_id"]).set_index(
         ["generation_task_id", "evaluation_task_id"], drop=False
@@ -47,31 +58,33 @@ def evaluation_rows(evaluation_tasks: pd.DataFrame, pairs: dict[str, dict[str, s
     for key, pair in pairs.items():
         index = (pair["generation_tasks"], pair["evaluation_tasks"])
         if index not in indexed.index:
-            raise dg.Failure(description=invalid_pair_message(key))
+            raise dg.Failure(description=invalid_pair_message(key, table_path(config.output_root, "evaluation_tasks")))
         rows[key] = indexed.loc[index]
     return rows
 
 
-@dg.asset(
+@partitioned_asset(
     group_name=GROUP,
     partitions_def=evaluation_pairs_partitions,
     io_manager_key="text_io_manager",
     ins={"generation_response": dg.AssetIn(partition_mapping=GENERATION_OF_PAIR, dagster_type=PartitionText)},
     dagster_type=PartitionText,
-    backfill_policy=BACKFILL_POLICY,
+    kinds={"jinja", "text"},
 )
 def evaluation_prompt(
     context: dg.AssetExecutionContext,
     generation_response: str | dict[str, str],
     evaluation_tasks: pd.DataFrame,
     evaluation_templates: pd.DataFrame,
+    experiment_config: ExperimentConfig,
 ) -> dg.Output:
-    """The judge prompt of one pair: the method's evaluation template rendered with the generation response.
+    """The prompt sent to a judge for one pair (generation task x evaluation method): the method's
+    evaluation template rendered with the generation's answer.
 
     `generation_response` is the text of the pair's generation (a str), or, in a run over a range
     of pairs, the texts of their generations keyed by generation_task_id."""
     pairs = pairs_of(context)
-    rows = evaluation_rows(evaluation_tasks, pairs)
+    rows = evaluation_rows(evaluation_tasks, pairs, experiment_config)
     texts = by_partition(context, generation_response, next(iter(pairs.values()))["generation_tasks"])
     missing = sorted({p["generation_tasks"] for p in pairs.values()} - set(texts))
     if missing:  # a range run loads what exists; a pair whose generation does not exist cannot be judged
@@ -93,18 +106,19 @@ def evaluation_prompt(
             "evaluation_model_id": row["evaluation_model_id"],
             "generation_response_chars": len(text),
             "preview": text_preview(prompts[key]),
+            "path": dg.MetadataValue.path(str(text_path(experiment_config.output_root, "evaluation_prompt", pair))),
         }
     return partition_output(context, prompts, metadata)
 
 
-@dg.asset(
+@partitioned_asset(
     group_name=GROUP,
     partitions_def=evaluation_pairs_partitions,
     io_manager_key="text_io_manager",
     ins={"evaluation_prompt": dg.AssetIn(dagster_type=PartitionText)},
     dagster_type=PartitionResponse,
     pool=LLM_POOL,
-    backfill_policy=BACKFILL_POLICY,
+    kinds={"openai", "text"},
 )
 def evaluation_response(
     context: dg.AssetExecutionContext,
@@ -115,9 +129,10 @@ def evaluation_response(
     llm: LLMClientResource,
     responses: ResponseStore,
 ) -> dg.Output:
-    """The judge model's answer to the evaluation prompt (paid once, stored once, with provenance)."""
+    """The judge model's answer to one pair's evaluation prompt, ending in a score: a paid call,
+    made once and stored once, with a JSON provenance sidecar next to it."""
     pairs = pairs_of(context)
-    rows = evaluation_rows(evaluation_tasks, pairs)
+    rows = evaluation_rows(evaluation_tasks, pairs, experiment_config)
     prompts = by_partition(context, evaluation_prompt, next(iter(pairs)))
     asks = [
         Ask(

@@ -6,47 +6,44 @@ Both assets run for one partition or, batched, for a range of partitions in one 
 import dagster as dg
 import pandas as pd
 
-from ..experiment import Concept, render_generation_prompt
+from ..experiment.loaders import Concept, render_generation_prompt
+from ..llm.requests import LLMRequest
 from ..resources.config import ExperimentConfig
-from ..resources.llm import LLMClientResource, LLMRequest
+from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
-from .common import PartitionText, by_partition, experiment_errors_as_failures, partition_output, text_preview
+from ..store.layout import text_path
+from .common import (
+    PartitionText,
+    by_partition,
+    experiment_errors_as_failures,
+    partition_output,
+    partitioned_asset,
+    task_row,
+    task_rows,
+    text_preview,
+)
 from .partitions import generation_tasks_partitions
-from .responding import BACKFILL_POLICY, LLM_POOL, Ask, PartitionResponse, ResponseConfig, respond
+from .responding import LLM_POOL, Ask, PartitionResponse, ResponseConfig, respond
 
 GROUP = "llm_generation"
 
 
-def task_rows(table: pd.DataFrame, column: str, keys: list[str], table_name: str) -> dict[str, pd.Series]:
-    """The row of every key (one index lookup for a whole batch); refuses a key the table lacks."""
-    indexed = table.drop_duplicates(column).set_index(column, drop=False)
-    missing = [k for k in keys if k not in indexed.index]
-    if missing:
-        raise dg.Failure(
-            description=f"{column} '{missing[0]}' is not in {table_name}; it is a stale partition key "
-            f"(rematerialize {table_name}, or see the stale-key check)."
-        )
-    return {k: indexed.loc[k] for k in keys}
-
-
-def task_row(table: pd.DataFrame, column: str, key: str, table_name: str) -> pd.Series:
-    return task_rows(table, column, [key], table_name)[key]
-
-
-@dg.asset(
+@partitioned_asset(
     group_name=GROUP,
     partitions_def=generation_tasks_partitions,
     io_manager_key="text_io_manager",
     dagster_type=PartitionText,
-    backfill_policy=BACKFILL_POLICY,
+    kinds={"jinja", "text"},
 )
 def generation_prompt(
     context: dg.AssetExecutionContext,
     generation_tasks: pd.DataFrame,
     content_combinations: pd.DataFrame,
     generation_templates: pd.DataFrame,
+    experiment_config: ExperimentConfig,
 ) -> dg.Output:
-    """The prompt of one generation task: its template rendered with its concepts."""
+    """The prompt sent to a generator model: the task's generation template rendered with the
+    descriptions of its concepts. One text file per generation task."""
     keys = [str(k) for k in context.partition_keys]
     tasks = task_rows(generation_tasks, "generation_task_id", keys, "generation_tasks")
     members_of = {combo: rows.sort_values("position") for combo, rows in content_combinations.groupby("combo_id")}
@@ -63,18 +60,19 @@ def generation_prompt(
             "concept_ids": task["concept_ids"],
             "template_id": task["generation_template_id"],
             "preview": text_preview(prompts[key]),
+            "path": dg.MetadataValue.path(str(text_path(experiment_config.output_root, "generation_prompt", key))),
         }
     return partition_output(context, prompts, metadata)
 
 
-@dg.asset(
+@partitioned_asset(
     group_name=GROUP,
     partitions_def=generation_tasks_partitions,
     io_manager_key="text_io_manager",
     ins={"generation_prompt": dg.AssetIn(dagster_type=PartitionText)},
     dagster_type=PartitionResponse,
     pool=LLM_POOL,
-    backfill_policy=BACKFILL_POLICY,
+    kinds={"openai", "text"},
 )
 def generation_response(
     context: dg.AssetExecutionContext,
@@ -85,7 +83,8 @@ def generation_response(
     llm: LLMClientResource,
     responses: ResponseStore,
 ) -> dg.Output:
-    """The generator model's answer to the generation prompt (paid once, stored once, with provenance)."""
+    """The generator model's answer to its generation prompt: a paid call, made once and stored
+    once, with a JSON provenance sidecar (model, parameters sent, tokens, latency) next to it."""
     keys = [str(k) for k in context.partition_keys]
     prompts = by_partition(context, generation_prompt, keys[0])
     tasks = task_rows(generation_tasks, "generation_task_id", keys, "generation_tasks")

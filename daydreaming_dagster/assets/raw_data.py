@@ -3,14 +3,14 @@
 import dagster as dg
 import pandas as pd
 
-from ..experiment import TemplateKind, load_concepts, load_models, load_templates
+from ..experiment.loaders import TemplateKind, load_concepts, load_models, load_templates
 from ..resources.config import ExperimentConfig
 from .common import experiment_errors_as_failures, table_metadata
 
 GROUP = "raw_data"
 
 
-@dg.asset(group_name=GROUP, io_manager_key="table_io_manager")
+@dg.asset(group_name=GROUP, io_manager_key="table_io_manager", kinds={"pandas", "csv"})
 def concepts(experiment_config: ExperimentConfig) -> dg.Output[pd.DataFrame]:
     """The experiment's concepts with their descriptions at every level (sentence, paragraph, article)."""
     with experiment_errors_as_failures():
@@ -28,7 +28,7 @@ def _templates_asset(kind: TemplateKind) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"{kind}_templates",
         group_name=GROUP,
-        io_manager_key="table_io_manager",
+        io_manager_key="table_io_manager", kinds={"pandas", "csv"},
         description=f"The {kind} templates (Jinja text in a `text` column) from {kind}_templates.csv.",
     )
     def _asset(experiment_config: ExperimentConfig) -> dg.Output[pd.DataFrame]:
@@ -49,7 +49,7 @@ generation_templates = _templates_asset("generation")
 evaluation_templates = _templates_asset("evaluation")
 
 
-@dg.asset(group_name=GROUP, io_manager_key="table_io_manager")
+@dg.asset(group_name=GROUP, io_manager_key="table_io_manager", kinds={"pandas", "csv"})
 def llm_models(experiment_config: ExperimentConfig) -> dg.Output[pd.DataFrame]:
     """The model table: `model` is the provider's name, the flags say which models generate and judge."""
     with experiment_errors_as_failures():

@@ -5,7 +5,6 @@ A step covers one partition or a range of them. For a range, the calls run concu
 (or a process that is killed) loses nothing that was paid for: the next run of those partitions
 finds the answers and reuses them."""
 
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -13,19 +12,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..batches import MAX_PARTITIONS_PER_RUN
-from ..resources.llm import IncompleteResponseError, LLMClientResource, LLMError, LLMRequest, LLMResponse
+from ..llm.requests import IncompleteResponseError, LLMError, LLMRequest, LLMResponse
+from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
-from ..storage import StoredResponseConflict
+from ..store.responses import StoredResponseConflict
 from .common import partition_output, per_partition_type, text_preview
 
 LLM_POOL = "llm_api"
-
-# Backfills (the UI's "Materialize all", `daydream backfill`, the sensor's large requests) run up to
-# MAX_PARTITIONS_PER_RUN partitions per run, as `daydream run` does.
-BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN)
-# Partition-range runs are how batching works here; the parameter's beta status is known and accepted.
-warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
 PartitionResponse = per_partition_type("PartitionResponse", LLMResponse)
 

@@ -8,8 +8,8 @@ import dagster as dg
 import pydantic
 from pydantic import Field
 
-from ..errors import ExperimentError
-from ..experiment import DESCRIPTION_LEVELS, load_settings
+from ..experiment.errors import ExperimentError
+from ..experiment.loaders import DESCRIPTION_LEVELS, load_settings
 
 
 class ExperimentConfig(dg.ConfigurableResource):

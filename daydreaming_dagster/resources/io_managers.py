@@ -1,4 +1,4 @@
-"""IO managers: one per format (text files, CSV tables) plus an in-memory one for tests and dry runs."""
+"""IO managers: one per format, text files and CSV tables, each under a base path."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from .. import storage
-from ..storage import read_table
-from .llm import LLMResponse
+from ..llm.requests import LLMResponse
+from ..store.files import atomic_write_bytes, atomic_write_text
+from ..store.layout import table_path, text_path
+from ..store.responses import write_response_once
+from ..store.tables import read_table
 
 
 def partition_parts(context: dg.InputContext | dg.OutputContext) -> dict[str, str] | str | None:
@@ -60,7 +62,7 @@ class TextIOManager(dg.ConfigurableIOManager):
     base_path: str
 
     def _path(self, asset_name: str, parts) -> Path:
-        return storage.text_path(Path(self.base_path), asset_name, parts)
+        return text_path(Path(self.base_path), asset_name, parts)
 
     def handle_output(self, context: dg.OutputContext, obj: str | LLMResponse | dict) -> None:
         name = _asset_name(context)
@@ -69,24 +71,21 @@ class TextIOManager(dg.ConfigurableIOManager):
             self._write(path, obj)
             context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
             return
+        # No output metadata here: Dagster would show it on every partition of the range. Each
+        # partition's own metadata (its path among it) comes from the asset.
         partitions_def = context.asset_partitions_def
         multi = isinstance(partitions_def, dg.MultiPartitionsDefinition)
-        paths = []
         for key, value in _values_by_partition(context, obj).items():
             parts = partitions_def.get_partition_key_from_str(key).keys_by_dimension if multi else key
-            paths.append(self._path(name, parts))
-            self._write(paths[-1], value)
-        context.add_output_metadata(
-            {"files": len(paths), "folder": dg.MetadataValue.path(str(storage.asset_folder(Path(self.base_path), name)))}
-        )
+            self._write(self._path(name, parts), value)
 
     @staticmethod
     def _write(path: Path, obj: str | LLMResponse) -> None:
         if isinstance(obj, LLMResponse):
             # Usually already stored by the asset as the answer arrived; then this writes nothing.
-            storage.write_response_once(path, obj.text, obj.provenance)
+            write_response_once(path, obj.text, obj.provenance)
         elif isinstance(obj, str):
-            storage.atomic_write_text(path, obj)
+            atomic_write_text(path, obj)
         else:
             raise TypeError(f"TextIOManager stores str or LLMResponse, not {type(obj).__name__}.")
 
@@ -123,11 +122,11 @@ class TableIOManager(dg.ConfigurableIOManager):
         group = context.definition_metadata.get("daydream/group") if context.definition_metadata else None
         if isinstance(context, dg.InputContext) and context.upstream_output is not None:
             group = (context.upstream_output.definition_metadata or {}).get("daydream/group")
-        return storage.table_path(Path(self.base_path), _asset_name(context), group)
+        return table_path(Path(self.base_path), _asset_name(context), group)
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
         path = self._path(context)
-        storage.atomic_write_bytes(path, obj.to_csv(index=False).encode("utf-8"))
+        atomic_write_bytes(path, obj.to_csv(index=False).encode("utf-8"))
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": len(obj)})
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
@@ -135,44 +134,3 @@ class TableIOManager(dg.ConfigurableIOManager):
         if not path.is_file():
             raise FileNotFoundError(f"{_asset_name(context)} has no stored table at {path}; materialize it first.")
         return read_table(path)
-
-
-# Values kept for the life of the process, across runs, per named store.
-_MEMORY: dict[str, dict[tuple, Any]] = {}
-
-
-class InMemoryIOManager(dg.ConfigurableIOManager):
-    """Keeps every output in process memory across runs (for tests and dry runs); `store` names the space."""
-
-    store: str = "default"
-
-    def _space(self) -> dict[tuple, Any]:
-        return _MEMORY.setdefault(self.store, {})
-
-    @staticmethod
-    def _key(context, partition_key) -> tuple:
-        return (tuple(context.asset_key.path), None if partition_key is None else str(partition_key))
-
-    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        def plain(value: Any) -> Any:
-            return value.text if isinstance(value, LLMResponse) else value
-
-        if _stores_many(context):
-            for key, value in _values_by_partition(context, obj).items():
-                self._space()[self._key(context, key)] = plain(value)
-            return
-        key = context.asset_partition_key if context.has_asset_partitions else None
-        self._space()[self._key(context, key)] = plain(obj)
-
-    def load_input(self, context: dg.InputContext) -> Any:
-        space = self._space()
-        if not context.has_asset_partitions:
-            return space[self._key(context, None)]
-        keys = context.asset_partition_keys
-        if not _loads_many(context):
-            return space[self._key(context, keys[0])]
-        return {str(k): space[self._key(context, k)] for k in keys if self._key(context, k) in space}
-
-    @classmethod
-    def clear(cls, store: str) -> None:
-        _MEMORY.pop(store, None)

@@ -7,8 +7,18 @@ from pathlib import Path
 
 import dagster as dg
 
-from .. import storage
-from .llm import LLMRequest, LLMResponse
+from ..llm.requests import LLMRequest, LLMResponse
+from ..store.layout import text_path
+from ..store.responses import (
+    StoredResponseConflict,
+    archived_provenance,
+    content_digest,
+    keep_rejected,
+    mismatched_fields,
+    move_aside,
+    read_provenance,
+    write_response_once,
+)
 
 # How a fingerprint field reads in a sentence.
 _FIELD_WORDS = {
@@ -44,13 +54,13 @@ class ResponseStore(dg.ConfigurableResource):
     new answer the moment it arrives (so a step that fails later, or a killed process, loses
     nothing paid for), moves a stored response aside when asked to replace it, keeps rejected
     answers, and reads the provenance sidecars (stored, superseded and rejected) for accounting.
-    Shares `base_path` and the layout of `storage.text_path` with TextIOManager, whose write of the
+    Shares `base_path` and the layout of `text_path` with TextIOManager, whose write of the
     step's output then finds the answer already stored."""
 
     base_path: str
 
     def path(self, asset_name: str, parts: dict[str, str] | str) -> Path:
-        return storage.text_path(Path(self.base_path), asset_name, parts)
+        return text_path(Path(self.base_path), asset_name, parts)
 
     def reusable(
         self, asset_name: str, parts: dict[str, str] | str, request: LLMRequest, replace_changed: bool
@@ -65,35 +75,35 @@ class ResponseStore(dg.ConfigurableResource):
         if not path.is_file():
             return None
         data = path.read_bytes()
-        provenance = storage.read_provenance(path)
-        differing = storage.mismatched_fields(provenance, request.fingerprint())
+        provenance = read_provenance(path)
+        differing = mismatched_fields(provenance, request.fingerprint())
         recorded = (provenance or {}).get("response_sha256")
-        if recorded and recorded != storage.content_digest(data)["response_sha256"]:
+        if recorded and recorded != content_digest(data)["response_sha256"]:
             differing.append("content")
         if not differing:
             return LLMResponse(text=data.decode("utf-8"), provenance=provenance)
         if replace_changed:
             return None
         partition = parts if isinstance(parts, str) else "|".join(parts[d] for d in sorted(parts))
-        raise storage.StoredResponseConflict(conflict_message(asset_name, partition, path, differing))
+        raise StoredResponseConflict(conflict_message(asset_name, partition, path, differing))
 
     def keep(self, asset_name: str, parts: dict[str, str] | str, response: LLMResponse) -> bool:
-        """Store a new answer now (write-once; see storage.write_response_once); False if already stored."""
-        return storage.write_response_once(self.path(asset_name, parts), response.text, response.provenance)
+        """Store a new answer now (write-once; see write_response_once); False if already stored."""
+        return write_response_once(self.path(asset_name, parts), response.text, response.provenance)
 
     def supersede(self, asset_name: str, parts: dict[str, str] | str) -> Path | None:
         """Move the stored response of this partition to `_superseded/`; its new path, or None."""
-        return storage.move_aside(self.path(asset_name, parts))
+        return move_aside(self.path(asset_name, parts))
 
     def keep_rejected(self, asset_name: str, parts, response: LLMResponse, reason: str) -> Path:
-        return storage.keep_rejected(self.path(asset_name, parts), response.text, response.provenance, reason)
+        return keep_rejected(self.path(asset_name, parts), response.text, response.provenance, reason)
 
     def provenance(self, asset_name: str, parts: dict[str, str] | str) -> dict | None:
         """The sidecar of the stored response of this partition; None when no response is stored."""
         path = self.path(asset_name, parts)
         if not path.is_file():
             return None
-        return storage.read_provenance(path) or {}
+        return read_provenance(path) or {}
 
     def paid_calls(self, asset_name: str, partitions: Iterable[dict[str, str] | str]) -> Iterator[tuple[str, dict]]:
         """Every paid answer kept for these partitions: ("stored" | "superseded" | "rejected", provenance)."""
@@ -104,5 +114,5 @@ class ResponseStore(dg.ConfigurableResource):
             provenance = self.provenance(asset_name, parts)
             if provenance is not None:
                 yield "stored", provenance
-        for _, kind, provenance in storage.archived_provenance(paths):
+        for _, kind, provenance in archived_provenance(paths):
             yield kind, provenance

@@ -1,13 +1,12 @@
-"""Token and cost totals of the paid LLM calls, per stage and model."""
+"""Token and cost totals of paid LLM calls per stage and model, from their provenance and the
+prices in llm_models.csv (pure functions; the `llm_usage` asset publishes them)."""
 
-import dagster as dg
+from __future__ import annotations
+
 import pandas as pd
 
-from ..errors import ExperimentError
-from ..resources.responses import ResponseStore
-from .common import experiment_errors_as_failures, md_preview
+from ..experiment.errors import ExperimentError
 
-GROUP = "results"
 PRICE_COLUMNS = ["input_usd_per_mtok", "output_usd_per_mtok"]
 USAGE_COLUMNS = [
     "stage",
@@ -88,61 +87,3 @@ def usage_table(calls: list[dict], prices: pd.DataFrame) -> pd.DataFrame:
     table["order"] = table["stage"].map(_STAGE_ORDER).fillna(len(_STAGE_ORDER))
     table = table.sort_values(["order", "model_id", "model"], kind="stable")
     return table[USAGE_COLUMNS].reset_index(drop=True)
-
-
-@dg.asset(
-    group_name=GROUP,
-    io_manager_key="table_io_manager",
-    metadata={"daydream/group": GROUP},
-    deps=["generation_response", "evaluation_response"],
-)
-def llm_usage(
-    context: dg.AssetExecutionContext,
-    generation_tasks: pd.DataFrame,
-    evaluation_tasks: pd.DataFrame,
-    llm_models: pd.DataFrame,
-    responses: ResponseStore,
-) -> dg.Output[pd.DataFrame]:
-    """Calls, tokens and cost per stage (generation, evaluation) and model, over every paid answer
-    kept for the experiment's tasks: the stored responses and those moved to _superseded/ or _rejected/.
-
-    Why the provenance comes from ResponseStore and not as an input: the response assets' input
-    (through the text IO manager) is the answer text, while the tokens and model live in each
-    response's provenance sidecar, and superseded and rejected answers (paid for too) are not
-    partitions of any asset at all. ResponseStore is the resource whose job is that archive and its
-    layout, so the partitions to count come from Dagster inputs (the task tables) and the
-    resource reads their sidecars by key; no asset walks the folders itself. The `deps` keep the
-    lineage to the two response assets visible in the asset graph."""
-    with experiment_errors_as_failures():
-        prices = model_prices(llm_models)
-    stages = {
-        "generation": ("generation_response", generation_tasks["generation_task_id"].tolist()),
-        "evaluation": (
-            "evaluation_response",
-            [
-                {"generation_tasks": g, "evaluation_tasks": e}
-                for g, e in zip(evaluation_tasks["generation_task_id"], evaluation_tasks["evaluation_task_id"])
-            ],
-        ),
-    }
-    calls = [
-        {**provenance, "stage": stage, "status": status}
-        for stage, (asset_name, partitions) in stages.items()
-        for status, provenance in responses.paid_calls(asset_name, partitions)
-    ]
-    df = usage_table(calls, prices)
-    priced = df["cost_usd"].notna()
-    unpriced = sorted(set(df.loc[~priced, "model_id"]))
-    if unpriced:
-        context.log.info(f"no price in llm_models.csv for {', '.join(unpriced)}; their cost_usd is empty")
-    return dg.Output(
-        df,
-        metadata={
-            "calls": int(df["calls"].sum()),
-            "responses": int(df["responses"].sum()),
-            "total_tokens": int(df["total_tokens"].sum()),
-            "cost_usd_priced_models": float(round(df.loc[priced, "cost_usd"].sum(), 6)),
-            "models_without_price": ", ".join(unpriced) or "none",
-            "preview": md_preview(df.drop(columns=PRICE_COLUMNS)),
-        },
-    )

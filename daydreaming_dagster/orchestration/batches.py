@@ -12,12 +12,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .ids import pair_key_str
+from ..assets.common import MAX_PARTITIONS_PER_RUN
+from ..experiment.ids import pair_key_str
 
-# At most this many partitions go in one run, for `daydream run` and for backfills (the assets'
-# BackfillPolicy): a run costs Dagster ~0.25-0.5 s of CPU, a partition inside one ~20 ms, and a
-# failed batch is re-run one partition per run, so larger batches buy little and cost more then.
-MAX_PARTITIONS_PER_RUN = 32
+__all__ = ["MAX_PARTITIONS_PER_RUN", "Batch", "batch_size", "key_batches", "pair_batches"]
 
 
 @dataclass(frozen=True)

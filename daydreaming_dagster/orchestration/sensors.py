@@ -3,13 +3,13 @@
 import json
 
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 
-from . import storage
-from .assets.partitions import evaluation_pairs_partitions
-from .pairs import valid_pair_keys
-from .resources.config import ExperimentConfig
-from .resources.io_managers import read_table
+from ..assets.partitions import evaluation_pairs_partitions
+from ..compat import AssetGraphSubset
+from ..experiment.pairs import valid_pair_keys
+from ..resources.config import ExperimentConfig
+from ..store.layout import table_path
+from ..store.tables import read_table
 
 GENERATION_RESPONSE = dg.AssetKey("generation_response")
 EVALUATION_TASKS = dg.AssetKey("evaluation_tasks")
@@ -64,12 +64,12 @@ def pending_pair_requests(
         generations = {r.partition_key for r in new_generations if r.partition_key}
     if not generations:
         return [], next_cursor, "no new generation_response materializations"
-    table_path = storage.table_path(output_root, "evaluation_tasks")
-    if not table_path.is_file():
+    path = table_path(output_root, "evaluation_tasks")
+    if not path.is_file():
         # Keep the cursor where it was: these generations are considered again once the table exists.
         return [], cursor, "evaluation_tasks has not been materialized yet"
     keys = valid_pair_keys(
-        read_table(table_path),
+        read_table(path),
         generation_task=sorted(generations),
         exclude=instance.get_materialized_partitions(EVALUATION_RESPONSE),
     )

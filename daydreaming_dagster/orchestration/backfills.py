@@ -1,21 +1,21 @@
 """Submitting one Dagster backfill for exactly the valid evaluation pairs (the UI's Backfills page shows it)."""
 
 import time
+from pathlib import Path
 
 import dagster as dg
-from dagster._core.execution.backfill import PartitionBackfill
-from dagster._core.utils import make_new_backfill_id
 
-from .errors import invalid_pair_message
+from ..compat import PartitionBackfill, make_new_backfill_id
+from ..experiment.errors import invalid_pair_message
 
 EVALUATION_ASSETS = [dg.AssetKey("evaluation_prompt"), dg.AssetKey("evaluation_response")]
 
 
-def check_pairs(requested: list[str], valid: set[str]) -> None:
-    """Refuse, before anything runs, pairs the evaluation_tasks table does not list."""
+def check_pairs(requested: list[str], valid: set[str], evaluation_tasks_csv: Path | str) -> None:
+    """Refuse, before anything runs, pairs the evaluation_tasks table (at `evaluation_tasks_csv`) does not list."""
     for key in requested:
         if key not in valid:
-            raise ValueError(invalid_pair_message(key))
+            raise ValueError(invalid_pair_message(key, evaluation_tasks_csv))
 
 
 def submit_pair_backfill(

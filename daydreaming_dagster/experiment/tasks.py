@@ -9,8 +9,8 @@ from math import comb
 import pandas as pd
 
 from .errors import ExperimentError
-from .experiment import concept_content
 from .ids import combo_id, evaluation_task_id, generation_task_id
+from .loaders import concept_content
 
 COMBINATION_COLUMNS = ["combo_id", "position", "concept_id", "name", "content", "description_level"]
 GENERATION_TASK_COLUMNS = [

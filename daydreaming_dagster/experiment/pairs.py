@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-import dagster as dg
 import pandas as pd
 
 
@@ -42,10 +41,3 @@ def valid_pair_keys(
         keys = [k for k in keys if k not in exclude]
     return keys
 
-
-def valid_pair_partition_keys(evaluation_tasks: pd.DataFrame, **filters) -> list[dg.MultiPartitionKey]:
-    """The same pairs as MultiPartitionKey objects."""
-    return [
-        dg.MultiPartitionKey({"evaluation_tasks": e, "generation_tasks": g})
-        for e, g in (k.split("|", 1) for k in valid_pair_keys(evaluation_tasks, **filters))
-    ]

@@ -1,0 +1,187 @@
+"""`daydream run`: the whole experiment on the Dagster instance in DAGSTER_HOME, resumably.
+
+Order: task tables (registers keys) -> every generation partition not yet materialized -> every
+valid evaluation pair not yet materialized whose generation exists -> results. Partitions run in
+batches: each batch is one Dagster partition-range run over consecutive keys, which records a
+materialization for every partition in it (so `dagster dev` shows each one, and each stays
+re-runnable alone). Batches run on the worker pool (see worker.py); what a rerun may skip is
+decided in freshness.py."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from ..assets.common import MAX_PARTITIONS_PER_RUN
+from ..experiment.pairs import valid_pair_keys
+from ..store.layout import table_path
+from ..store.tables import read_table
+from .batches import Batch, batch_size, key_batches, pair_batches
+from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, tables_fingerprint
+from .worker import QUIET, BatchOutcome, WorkerPool, default_workers, execute, load_worker, partition_run_config
+
+
+@dataclass
+class StageReport:
+    name: str
+    total: int = 0
+    skipped: int = 0
+    succeeded: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Runner:
+    """Executes the stages; `progress` receives one line per update.
+
+    `concurrency` bounds the LLM calls in flight. Partitions run in batches (partition-range runs of
+    at most `max_batch` partitions) on `workers` processes; every run may start `concurrency` calls,
+    and a semaphore the workers share keeps the total within it, so a worker busy starting or
+    recording a run leaves its slots to the others."""
+
+    def __init__(
+        self,
+        output_root: Path,
+        concurrency: int,
+        replace_changed: bool,
+        progress: Callable[[str], None],
+        workers: int | None = None,
+        max_batch: int | None = None,
+        data_root: Path | None = None,
+    ):
+        self.output_root = Path(output_root)
+        # Given, a rerun skips the task tables when the experiment and code are unchanged.
+        self.data_root = Path(data_root) if data_root else None
+        self.concurrency = max(1, concurrency)
+        self.workers = max(1, workers or default_workers(self.concurrency))
+        self.parallel_calls = self.concurrency
+        self.max_batch = max(1, max_batch or MAX_PARTITIONS_PER_RUN)
+        self.replace_changed = replace_changed
+        self.progress = progress
+        self.instance = dg.DagsterInstance.get()
+        self._pool = WorkerPool(self.workers, self.concurrency)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _table(self, name: str):
+        return read_table(table_path(self.output_root, name))
+
+    def materialized(self, asset_name: str) -> set[str]:
+        return self.instance.get_materialized_partitions(dg.AssetKey(asset_name))
+
+    def run_single(self, job_name: str, tags: dict | None = None) -> StageReport:
+        report = StageReport(job_name, total=1)
+        started = time.monotonic()
+        outcome = execute(job_name, None, QUIET, tags)
+        report.seconds = time.monotonic() - started
+        if outcome.success:
+            report.succeeded = 1
+        else:
+            report.failures[job_name] = outcome.error or ""
+        return report
+
+    def run_partitions(
+        self, job_name: str, keys: list[str], done: set[str], batcher: Callable[[list[str], int], list[Batch]]
+    ) -> StageReport:
+        """Run every key not in `done`, in the batches `batcher(todo, size)` forms."""
+        if self.replace_changed:
+            # Materialized partitions may hold responses to a changed prompt; running them all is
+            # cheap because an unchanged stored response is reused without an LLM call.
+            done = set()
+        todo = [k for k in keys if k not in done]
+        report = StageReport(job_name, total=len(keys), skipped=len(keys) - len(todo))
+        self.progress(f"{job_name}: {len(todo)} to run, {report.skipped} already materialized")
+        if not todo:
+            return report
+        batches = batcher(todo, batch_size(len(todo), self.workers, self.max_batch))
+        run_config = partition_run_config(job_name, self.replace_changed, self.parallel_calls)
+        started, finished, step = time.monotonic(), 0, max(1, len(todo) // 20)
+        for outcome in self._outcomes(job_name, batches, run_config):
+            if outcome.success:
+                report.succeeded += len(outcome.keys)
+            else:
+                report.failures[outcome.keys[0]] = outcome.error or ""
+                self.progress(f"{job_name}: FAILED {outcome.keys[0]}: {outcome.error}")
+            before, finished = finished, finished + len(outcome.keys)
+            if finished == len(todo) or finished // step > before // step:
+                rate = finished / max(time.monotonic() - started, 1e-9)
+                self.progress(f"{job_name}: {finished}/{len(todo)} done ({len(report.failures)} failed, {rate:.1f}/s)")
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _outcomes(self, job_name: str, batches: list[Batch], run_config: dict) -> Iterable[BatchOutcome]:
+        """Every partition's outcome; a batch that fails is run again one partition per run, so each
+        partition that can succeed is materialized and each failure is recorded on its own partition
+        (answers the batch already paid for are stored, and those runs reuse them)."""
+        for outcome in self._run_batches(job_name, batches, run_config):
+            if outcome.success or len(outcome.keys) == 1:
+                yield outcome
+                continue
+            self.progress(
+                f"{job_name}: a batch of {len(outcome.keys)} failed ({outcome.error}); running its partitions one by one"
+            )
+            yield from self._run_batches(job_name, [Batch((k,)) for k in outcome.keys], run_config)
+
+    def _run_batches(self, job_name: str, batches: list[Batch], run_config: dict) -> Iterable[BatchOutcome]:
+        if self.workers == 1 or len(batches) == 1:
+            for batch in batches:
+                yield execute(job_name, batch, run_config)
+            return
+        futures = [self._pool.submit(job_name, batch, run_config) for batch in batches]
+        for future in as_completed(futures):
+            yield future.result()
+
+    def run(self) -> list[StageReport]:
+        fingerprint = tables_fingerprint(self.data_root) if self.data_root else None
+        if fingerprint and tables_current(self.instance, fingerprint):
+            self.progress("task_tables: up to date (experiment and code unchanged since they were built)")
+            reports = [StageReport("task_tables", total=1, skipped=1)]
+        else:
+            load_worker()  # loads the code location here: an invalid experiment config fails now
+            if self.workers > 1:
+                self._pool.start()  # the workers load it too, while the task tables build
+            reports = [self.run_single("task_tables", {TABLES_FINGERPRINT_TAG: fingerprint} if fingerprint else None)]
+            if reports[-1].failures:
+                return reports
+        generation_keys = self._table("generation_tasks")["generation_task_id"].tolist()
+        generation_order = self.instance.get_dynamic_partitions("generation_tasks")
+        reports.append(
+            self.run_partitions(
+                "generation",
+                generation_keys,
+                self.materialized("generation_response"),
+                lambda todo, size: key_batches(generation_order, todo, size),
+            )
+        )
+
+        generated = self.materialized("generation_response")
+        pairs = self._table("evaluation_tasks")
+        pair_keys = valid_pair_keys(pairs, generation_task=generated)
+        waiting = len(pairs) - len(pair_keys)
+        if waiting:
+            self.progress(f"evaluation: {waiting} pair(s) wait for a generation that is not materialized")
+
+        def pair_batcher(todo: list[str], size: int) -> list[Batch]:
+            as_pairs = [(g, e) for e, g in (k.split("|", 1) for k in todo)]
+            return pair_batches(generation_order, as_pairs, size)
+
+        reports.append(
+            self.run_partitions("evaluation", pair_keys, self.materialized("evaluation_response"), pair_batcher)
+        )
+        if results_current(self.instance):
+            self.progress("results: up to date (nothing they read has changed since they were built)")
+            reports.append(StageReport("results", total=1, skipped=1))
+        else:
+            reports.append(self.run_single("results"))
+        return reports
+
+
+def print_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

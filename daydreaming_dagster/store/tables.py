@@ -1,0 +1,32 @@
+"""Stored CSV tables read back as DataFrames, cached by file state (the only module of the store
+that imports pandas: processes that only write text do not pay for it)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pandas as pd
+
+# Tables are read by many partitions of one run and of many runs in one process; cache by file state.
+_TABLE_CACHE: dict[Path, tuple[tuple[int, int], pd.DataFrame]] = {}
+_TABLE_CACHE_LOCK = threading.Lock()
+
+
+def _string_columns(path: Path) -> dict[str, type]:
+    header = pd.read_csv(path, nrows=0).columns
+    return {c: str for c in header if c == "id" or c.endswith("_id") or c.endswith("_ids") or c == "model" or c.endswith("_model")}
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a stored CSV table, keeping id and model columns as strings; cached by (mtime, size)."""
+    stat = path.stat()
+    state = (stat.st_mtime_ns, stat.st_size)
+    with _TABLE_CACHE_LOCK:
+        cached = _TABLE_CACHE.get(path)
+    if cached and cached[0] == state:
+        return cached[1].copy()
+    df = pd.read_csv(path, dtype=_string_columns(path), keep_default_na=True)
+    with _TABLE_CACHE_LOCK:
+        _TABLE_CACHE[path] = (state, df)
+    return df.copy()
