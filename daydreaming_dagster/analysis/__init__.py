@@ -1,0 +1,4 @@
+"""Analysis: judge-score parsing, the result tables, judge agreement, usage and cost, figures.
+
+Pure functions of tables. May import the standard library, numpy, pandas, scipy, krippendorff,
+matplotlib (lazily: they cost seconds at start-up) and `experiment`; never Dagster or the store."""
