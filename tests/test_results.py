@@ -344,6 +344,7 @@ def offline_runner(data_root: Path, instance: dg.DagsterInstance):
     return settings.output_root, run
 
 
+@pytest.mark.slow
 def test_results_of_an_offline_run(experiment, instance, monkeypatch):
     monkeypatch.delenv("DAYDREAM_OUTPUT_ROOT", raising=False)
     out, run = offline_runner(experiment, instance)
