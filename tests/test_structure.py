@@ -121,9 +121,9 @@ def test_private_dagster_imports_live_only_in_compat():
         if path.name != "compat.py" and (modules := _private_dagster_imports(path))
     }
     assert offenders == {}
-    assert set(compat.PRIVATE_SYMBOLS) == {n for n in vars(compat) if not n.startswith("_") and n != "annotations"} - {
-        "PRIVATE_SYMBOLS"
-    }
+    imported = {alias.asname or alias.name for node in ast.parse(Path(compat.__file__).read_text()).body
+                if isinstance(node, ast.ImportFrom) and node.module.startswith("dagster._") for alias in node.names}
+    assert imported == set(compat.PRIVATE_SYMBOLS) == set(compat.WHY), "each private import is exported with its reason"
 
 
 # Which packages each layer may import (see each package's docstring).
