@@ -52,7 +52,12 @@ def build_resources(settings: Settings) -> dict:
     api_key = dg.EnvVar("OPENROUTER_API_KEY") if os.environ.get("OPENROUTER_API_KEY") else None
     return {
         "experiment_config": ExperimentConfig.for_experiment(str(settings.data_root), out),
-        "llm": LLMClientResource(backend=settings.backend, api_key=api_key, base_url=settings.base_url),
+        "llm": LLMClientResource(
+            backend=settings.backend,
+            api_key=api_key,
+            base_url=settings.base_url,
+            max_calls_in_flight=settings.max_calls_in_flight,
+        ),
         "responses": ResponseStore(base_path=out),
         "text_io_manager": TextIOManager(base_path=out),
         "table_io_manager": TableIOManager(base_path=out),
@@ -67,6 +72,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=[task_tables_job, generation_job, evaluation_job, results_job],
         sensors=[build_evaluation_sensor()],
         resources=build_resources(settings),
+        # Every run's steps in its own process: a run is a prompt step then a response step, so the
+        # multiprocess executor's two extra processes (each importing the code location, ~3 s of
+        # CPU) bought no parallelism; pools are honoured the same way.
+        executor=dg.in_process_executor,
     )
 
 
