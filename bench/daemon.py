@@ -3,15 +3,16 @@
 Against the test suite's OpenAI-protocol server with a fixed latency L, an experiment of ~2,000
 evaluation pairs whose generations are already materialized; one backfill of every valid pair
 (what `daydream backfill` and the UI's "Materialize all" submit) is run by `dagster-daemon`, which
-launches each run of up to 32 pairs as a new process. Calls in flight are bounded by the instance's
-`llm_api` pool (steps) x `parallel_calls` (calls per step); the defaults here give C = 16.
+launches each run of up to 32 pairs as a new process. Calls in flight are bounded by the machine's
+call slots (DAYDREAM_MAX_CALLS_IN_FLIGHT = C, shared by every run); each response step may start
+`parallel_calls` of them, and the `llm_api` pool and the run queue bound steps and runs.
 
 Prints, from submission to the last materialization: pairs/s and the ratio to the ideal C / L;
 runs, and runs failed; and per run the seconds from its creation to the start of its
 evaluation_response step (what a run spends before its first call).
 
-    uv run python bench/daemon.py [--pairs 2000] [--latency 2] [--pool 2] [--parallel-calls 8]
-                                  [--max-runs 4] [--postgres-home DIR]
+    uv run python bench/daemon.py [--pairs 2000] [--latency 2] [--calls 16] [--parallel-calls 16]
+                                  [--pool 8] [--max-runs 4]
 """
 
 from __future__ import annotations
@@ -96,12 +97,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--latency", type=float, default=2.0)
-    parser.add_argument("--pool", type=int, default=2, help="llm_api pool limit: response steps in flight")
-    parser.add_argument("--parallel-calls", type=int, default=8, help="calls in flight per response step")
+    parser.add_argument("--calls", type=int, default=16, help="C: machine-wide LLM calls in flight")
+    parser.add_argument("--pool", type=int, default=8, help="llm_api pool limit: response steps in flight")
+    parser.add_argument("--parallel-calls", type=int, default=16, help="calls in flight per response step, at most")
     parser.add_argument("--max-runs", type=int, default=4, help="max_concurrent_runs of the run queue")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
-    concurrency = args.pool * args.parallel_calls
+    concurrency = args.calls
     print(f"machine: {machine()}")
     server = start_server(0.0)
     daemon = None
@@ -116,6 +118,7 @@ def main() -> None:
                 "DAYDREAM_DATA_ROOT": str(root),
                 "OPENROUTER_API_KEY": "bench-key",
                 "OPENROUTER_BASE_URL": server.base_url,
+                "DAYDREAM_MAX_CALLS_IN_FLIGHT": str(args.calls),
             }
             setup = run_measured(SETUP, env)
             os.environ.update(env)
