@@ -76,11 +76,13 @@ def wait_for_backfill(instance, backfill_id: str, timeout_s: float) -> str:
     return "TIMED OUT"
 
 
-def run_figures(instance, backfill_id: str) -> tuple[list, list[float]]:
+def run_figures(instance, backfill_id: str) -> tuple[list, list[float], list[float]]:
+    """The backfill's runs; per run, seconds queued (created to started) and seconds from its start
+    to its evaluation_response step (the process start, loading the code location, the prompts)."""
     import dagster as dg
 
     runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-    before_call = []
+    queued, before_call = [], []
     for run in runs:
         record = instance.get_run_record_by_id(run.run_id)
         starts = [
@@ -88,9 +90,10 @@ def run_figures(instance, backfill_id: str) -> tuple[list, list[float]]:
             for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
             if e.step_key == "evaluation_response"
         ]
-        if starts:
-            before_call.append(starts[0] - record.create_timestamp.timestamp())
-    return runs, before_call
+        if starts and record.start_time:
+            queued.append(record.start_time - record.create_timestamp.timestamp())
+            before_call.append(starts[0] - record.start_time)
+    return runs, queued, before_call
 
 
 def main() -> None:
@@ -148,7 +151,7 @@ def main() -> None:
             last = instance.get_latest_materialization_event(dg.AssetKey("evaluation_response"))
             wall = (last.timestamp if last else time.time()) - t0
             cpu = busy_cpu_seconds() - cpu0
-            runs, before_call = run_figures(instance, backfill_id)
+            runs, queued, before_call = run_figures(instance, backfill_id)
             failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
             calls = len(server.requests) - generation_requests
     finally:
@@ -164,8 +167,8 @@ def main() -> None:
     print(f"  {len(runs)} runs, {len(failed)} failed; machine CPU {cpu:.0f} s")
     if before_call:
         print(
-            f"  per run, creation to first call: median {statistics.median(before_call):.1f} s, "
-            f"max {max(before_call):.1f} s"
+            f"  per run: queued {statistics.median(queued):.1f} s (median); from its start to its first call "
+            f"median {statistics.median(before_call):.1f} s, max {max(before_call):.1f} s"
         )
 
 
