@@ -69,6 +69,17 @@ class Tab:
     def sort_by(self, key: str, nth: int = 0) -> None:
         self.page.locator(f"#matrix-head th[data-sort='{key}']").nth(nth).click()
 
+    def scroll_matrix(self, fraction: float) -> None:
+        """Scroll the matrix to a fraction of its height and wait until the rows there are drawn."""
+        self.page.evaluate(
+            """async (fraction) => {
+                const box = document.getElementById("matrix-scroll");
+                box.scrollTop = fraction * (box.scrollHeight - box.clientHeight);
+                await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+            }""",
+            fraction,
+        )
+
     def open_row(self, nth: int = 0) -> str:
         """Click a matrix row; returns the generation id once its texts are shown."""
         self.page.locator("#matrix-body tr.row").nth(nth).click()

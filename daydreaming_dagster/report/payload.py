@@ -22,6 +22,9 @@ from ..experiment.ids import pair_key_str
 # Raw JSON bytes per text chunk: big enough that gzip finds the repeats between a generation's
 # texts and its neighbours' prompts, small enough to inflate in a few milliseconds on a click.
 CHUNK_BYTES = 256 * 1024
+# gzip level 3: a third of the time of the default level 6 for ~6% more bytes (measured on 10 MB of
+# answers); at 100,000 pairs that is seconds of every results run.
+COMPRESS_LEVEL = 3
 DEFAULT_SCALE = (0.0, 10.0)
 # Cell states of the matrix: no such pair, scored, parse failure, not answered yet.
 NOT_A_PAIR, SCORED, FAILED, UNANSWERED = "-", "s", "f", "u"
@@ -182,7 +185,7 @@ def _chunks(generation_ids: list[str], methods: list[str], texts: ReportTexts) -
         nonlocal current, size, total
         raw = json.dumps(current, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         total += len(raw)
-        chunks.append(gzip.compress(raw, compresslevel=6, mtime=0))
+        chunks.append(gzip.compress(raw, compresslevel=COMPRESS_LEVEL, mtime=0))
         current, size = [], 0
 
     for g in generation_ids:

@@ -337,10 +337,10 @@
     return chunks.get(i);
   }
 
-  function textBlock(text, missing) {
+  function textBlock(text, missing, cls = "") {
     return text === null || text === undefined
       ? el("p", { class: "text missing" }, missing)
-      : el("pre", { class: "text" }, text);
+      : el("pre", { class: `text ${cls}`.trim() }, text);
   }
 
   function linesBlock(text, verdictLine) {
@@ -389,7 +389,7 @@
     const cards = [];
     for (let m = 0; m < M; m++) if (CELLS.state[cell(g, m)] !== "-") cards.push(judgeCard(g, m, judges[m]));
     body.querySelector(".loading").replaceWith(
-      el("h3", null, "Prompt"), textBlock(prompt, "No prompt is stored for this generation."),
+      el("h3", null, "Prompt"), textBlock(prompt, "No prompt is stored for this generation.", "prompt"),
       el("h3", null, "Answer"), textBlock(answer, "No answer is stored for this generation yet."),
       el("h3", null, `Judges (${cards.length})`),
       cards.length ? el("div", { class: "judges" }, cards) : el("p", { class: "muted" }, "No evaluation method judges this generation."),
