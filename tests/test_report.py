@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 import pytest
 from playwright.sync_api import expect
@@ -125,6 +126,17 @@ def test_a_single_pair_is_a_whole_page():
     assert payload.data["counts"]["pairs"] == 1 and payload.data["generations"]["id"] == ["g1"]
     assert payload.data["agreement"]["alpha"] == 0.727
     assert len(payload.chunks) == 1
+
+
+def test_the_report_takes_its_inputs_through_dagster(experiment):
+    defs = build_definitions(Settings(data_root=experiment, backend="offline", base_url="http://unused"))
+    graph = defs.resolve_asset_graph()
+    node = graph.get(dg.AssetKey("results_report"))
+    parents = {key.path[-1] for key in node.parent_keys}
+    assert {"generation_prompt", "generation_response", "evaluation_response", "parsed_scores", "judge_agreement",
+            "llm_usage", "generation_tasks", "scores_by_combination"} <= parents
+    assert node.group_name == "results" and node.partitions_def is None
+    assert dg.AssetKey("results_report") in defs.resolve_job_def("results").asset_layer.executable_asset_keys
 
 
 # --------------------------------------------------------------------------- an offline run, in Chromium

@@ -394,10 +394,11 @@
       el("h3", null, `Judges (${cards.length})`),
       cards.length ? el("div", { class: "judges" }, cards) : el("p", { class: "muted" }, "No evaluation method judges this generation."),
     );
-    for (const mark of body.querySelectorAll(".ln.verdict")) {
-      const box = mark.parentElement;
-      box.scrollTop = Math.max(0, mark.offsetTop - box.offsetTop - box.clientHeight / 3);
-    }
+    // Scroll each judge's answer to its verdict line: read every position first, then write, so
+    // the browser lays the page out once rather than once per judge.
+    const marks = [...body.querySelectorAll(".ln.verdict")];
+    const tops = marks.map((mark) => mark.offsetTop - mark.parentElement.offsetTop - mark.parentElement.clientHeight / 3);
+    marks.forEach((mark, i) => { mark.parentElement.scrollTop = Math.max(0, tops[i]); });
     document.documentElement.dataset.detailReady = G.id[g];
   }
 
