@@ -17,11 +17,16 @@ from string import Template
 from .payload import Payload
 
 _STATIC = resources.files(__package__) / "static"
+# The page's script, in this order, inside one function scope (so they share their names and leak
+# none to `window`): each file is one part of the page, small enough to read at once.
+SCRIPT_PARTS = ("common.js", "summaries.js", "matrix.js", "detail.js", "main.js")
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 @dataclass(frozen=True)
 class Page:
+    """The HTML of a report and the sizes of its parts (for the asset's metadata and the benchmark)."""
+
     html: str
     data_bytes: int  # the matrix and summaries JSON
     text_bytes: int  # the texts' JSON before compression
@@ -41,11 +46,17 @@ def _static(name: str) -> str:
     return (_STATIC / name).read_text(encoding="utf-8")
 
 
+def page_script() -> str:
+    """The page's one script: the parts of `static/` in one strict-mode function scope."""
+    parts = "\n".join(_static(name) for name in SCRIPT_PARTS)
+    if "</script" in parts.lower():
+        raise ValueError("the report's JavaScript must not contain '</script'; it is inlined into the page.")
+    return f'\n(() => {{\n"use strict";\n{parts}\n}})();\n'
+
+
 def render_page(payload: Payload) -> Page:
     """The complete, self-contained HTML page of a payload."""
-    script = "\n" + _static("report.js") + "\n"
-    if "</script" in script.lower():
-        raise ValueError("report.js must not contain '</script'; it is inlined into the page.")
+    script = page_script()
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     encoded = [base64.b64encode(chunk).decode("ascii") for chunk in payload.chunks]
     blocks = "\n".join(

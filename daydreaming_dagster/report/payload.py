@@ -55,6 +55,8 @@ class ReportTexts:
 
 @dataclass(frozen=True)
 class Payload:
+    """What the page is made of: `data` for its JSON block, `chunks` for its text blocks."""
+
     data: dict
     chunks: list[bytes]  # gzip-compressed JSON, one list entry per generation of the chunk
     text_bytes: int  # the texts' JSON before compression
@@ -228,7 +230,7 @@ def build_payload(tables: ReportTables, texts: ReportTexts, *, title: str, gener
         "counts": {
             "generations": len(generation_ids),
             "answered": sum(1 for g in generation_ids if g in texts.answers),
-            "pairs": len(parsed),
+            "pairs": len(matrix["state"]) - matrix["state"].count(NOT_A_PAIR),
             "scored": matrix["state"].count(SCORED),
             "failed": matrix["state"].count(FAILED),
             "unanswered": matrix["state"].count(UNANSWERED),
