@@ -82,6 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary)
     if not failed:
         print(f"results: {settings.output_root / '5_results'}")
+        print(f"report: {settings.output_root / '5_results' / 'report.html'} (open it in a browser)")
     return 1 if failed else 0
 
 

@@ -11,7 +11,7 @@ import os
 
 import dagster as dg
 
-from .assets import core, llm_evaluation, llm_generation, raw_data, results
+from .assets import core, llm_evaluation, llm_generation, raw_data, report, results
 from .orchestration.sensors import build_evaluation_sensor
 from .resources.config import ExperimentConfig
 from .resources.io_managers import TableIOManager, TextIOManager
@@ -19,7 +19,7 @@ from .resources.llm import LLMClientResource
 from .resources.responses import ResponseStore
 from .settings import Settings
 
-ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results]
+ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results, report]
 ALL_ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 ALL_CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
@@ -41,7 +41,7 @@ evaluation_job = dg.define_asset_job(
 results_job = dg.define_asset_job(
     "results",
     selection=dg.AssetSelection.groups(results.GROUP),
-    description="Parse every judge answer and build the result tables.",
+    description="Parse every judge answer and build the result tables and the HTML report.",
 )
 
 

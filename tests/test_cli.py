@@ -140,6 +140,8 @@ def test_offline_run_materializes_everything(offline_run: OfflineRun):
     assert (run.home / "offline").is_dir()
     # it says where the results are
     assert str(run.out / "5_results") in run.proc.stdout
+    assert f"report: {run.out / '5_results' / 'report.html'}" in run.proc.stdout
+    assert (run.out / "5_results" / "report.html").read_text().startswith("<!doctype html>")
     assert "generation: 6 ran" in run.proc.stdout and "evaluation: 12 ran" in run.proc.stdout
 
 
