@@ -25,6 +25,7 @@ from daydreaming_dagster.report.payload import ReportTables, ReportTexts, build_
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.layout import table_path, text_path
 from daydreaming_dagster.store.tables import read_table
+from tests.browser import chromium_path
 from tests.experiment_factory import write_experiment
 from tests.test_results import E1, E2, EXAMPLE, offline_runner
 
@@ -184,6 +185,7 @@ def open_by_hash(tab, path: Path, generation: str) -> None:
 
 @pytest.mark.slow
 def test_report_of_an_offline_run_in_chromium(tmp_path, instance, monkeypatch, request):
+    chromium_path()  # no browser: skip (fail in CI) before running anything
     monkeypatch.delenv("DAYDREAM_OUTPUT_ROOT", raising=False)
     data_root = write_experiment(tmp_path / "data", generation_templates=("gen-a", "gen-b"))
     out, result, special = offline_report(data_root, instance)
@@ -256,6 +258,7 @@ def test_report_of_an_offline_run_in_chromium(tmp_path, instance, monkeypatch, r
 
 @pytest.mark.slow
 def test_report_of_a_single_pair_in_chromium(tmp_path, instance, monkeypatch, request):
+    chromium_path()
     monkeypatch.delenv("DAYDREAM_OUTPUT_ROOT", raising=False)
     data_root = write_experiment(tmp_path / "one", concepts=("alpha",), k=1, generators=("g1",), judges=("j1",))
     out, run = offline_runner(data_root, instance)

@@ -8,11 +8,13 @@ import pytest
 
 from daydreaming_dagster.report.page import render_page
 from daydreaming_dagster.report.payload import build_payload
+from tests.browser import chromium_path
 from tests.report_factory import large_report_inputs
 
 
 @pytest.mark.slow
 def test_report_of_100000_pairs_stays_usable(tmp_path, request):
+    chromium_path()  # no browser: skip (fail in CI) before building 100,000 pairs
     tables, texts = large_report_inputs(answer_words=60, judge_words=24)
     payload = build_payload(tables, texts, title="Results report: large", generated="now")
     path = tmp_path / "report.html"
