@@ -27,8 +27,17 @@ def _configure(args: argparse.Namespace) -> None:
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
     if os.environ.get("DAYDREAM_BACKEND") == "offline" and home.name != "offline":
         # Offline runs keep their own instance: their materializations must never make a real
-        # partition look finished.
+        # partition look finished. It gets the same kind of storage as the user's instance.
+        from .orchestration.offline_instance import OfflineInstanceError, prepare_offline_home
+
+        user_config = home / "dagster.yaml" if (home / "dagster.yaml").is_file() else INSTANCE_TEMPLATE
         home = home / "offline"
+        try:
+            if user_config.is_file():
+                prepare_offline_home(home, user_config)
+        except OfflineInstanceError as exc:
+            print(str(exc), file=sys.stderr)
+            raise SystemExit(2) from None
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").is_file() and INSTANCE_TEMPLATE.is_file():
         shutil.copy(INSTANCE_TEMPLATE, home / "dagster.yaml")

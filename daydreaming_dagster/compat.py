@@ -2,7 +2,7 @@
 
 Dagster offers no public API for these; each line says why it is needed. A Dagster upgrade that
 moves or removes one fails on import of this module, and `tests/test_compat.py` names each of them,
-so the break shows in one place. Pinned with `dagster==1.13.28` in pyproject.toml."""
+so the break shows in one place. Pinned with `dagster==1.13.27` in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ from dagster._core.instance.ref import InstanceRef  # noqa: F401
 # bench/scale.py times a sensor tick the way the code server evaluates it: through Dagster's
 # caching key loader over the instance.
 from dagster._core.instance.types import CachingDynamicPartitionsLoader  # noqa: F401
+
+# The pooled PostgreSQL storage is a storage of its own (dagster-postgres's three storages, one of
+# them a subclass), built on the same two bases as dagster-postgres's DagsterPostgresStorage.
+from dagster._core.storage.base_storage import DagsterStorage  # noqa: F401
 
 # The pooled SQLite instance storage subclasses Dagster's own SQLite storages and builds its
 # engine the way they do.
@@ -35,7 +39,7 @@ from dagster._core.storage.tags import (  # noqa: F401
     ASSET_PARTITION_RANGE_START_TAG,
 )
 from dagster._core.utils import make_new_backfill_id  # noqa: F401
-from dagster._serdes import ConfigurableClassData  # noqa: F401
+from dagster._serdes import ConfigurableClass, ConfigurableClassData  # noqa: F401
 
 PRIVATE_SYMBOLS = (
     "ASSET_PARTITION_RANGE_END_TAG",
@@ -49,5 +53,7 @@ PRIVATE_SYMBOLS = (
     "SQLITE_BUSY_TIMEOUT_SECONDS",
     "InstanceRef",
     "ConfigurableClassData",
+    "DagsterStorage",
+    "ConfigurableClass",
     "CachingDynamicPartitionsLoader",
 )
