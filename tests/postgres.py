@@ -58,7 +58,8 @@ class LocalPostgres:
     run_as: str | None
 
     @classmethod
-    def start(cls) -> LocalPostgres:
+    def start(cls, fsync: bool = False) -> LocalPostgres:
+        """A new server; `fsync` as a real server has it (the tests do without: throwaway data)."""
         try:
             import psycopg2  # noqa: F401
         except ImportError as exc:
@@ -69,7 +70,7 @@ class LocalPostgres:
         folder = Path(tempfile.mkdtemp(prefix="daydream-pg-"))
         server = cls(folder, bin_dir, _free_port(), SUPERUSER, uuid.uuid4().hex, run_as)
         try:
-            server._init_and_start()
+            server._init_and_start(fsync)
         except BaseException:
             server.stop()
             raise
@@ -82,7 +83,7 @@ class LocalPostgres:
             raise PostgresUnavailable(f"{Path(args[0]).name} failed: {(proc.stderr or proc.stdout).strip()[-2000:]}")
         return proc
 
-    def _init_and_start(self) -> None:
+    def _init_and_start(self, fsync: bool) -> None:
         if self.run_as:
             entry = pwd.getpwnam(self.run_as)
             os.chown(self.folder, entry.pw_uid, entry.pw_gid)
@@ -96,8 +97,10 @@ class LocalPostgres:
             "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync",
         )  # fmt: skip
         pwfile.unlink()
-        # Throwaway test data: no fsync; the socket in our own folder (not /var/run/postgresql).
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off -c max_connections=200"
+        # The socket in our own folder (not /var/run/postgresql).
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c max_connections=200"
+        if not fsync:
+            options += " -c fsync=off"
         self._as_server_user(
             str(self.bin_dir / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "server.log"),
             "-o", options, "-w", "-t", "60", "start",

@@ -132,3 +132,4 @@ def test_cli_refuses_before_doing_anything(tmp_path, monkeypatch, capsys):
     one_sentence(err)
     assert "mysql" in err and "Traceback" not in err
     assert os.listdir(home) == ["dagster.yaml"]
+

@@ -66,6 +66,34 @@ def pg_instance(postgres: LocalPostgres, tmp_path: Path, monkeypatch):
         yield instance, db_name
 
 
+def with_schema_and_driver(url: str, schema: str | None) -> str:
+    pytest.importorskip("dagster_postgres", reason="the postgres extra is not installed (`uv sync --extra postgres`)")
+    from daydreaming_dagster.orchestration.postgres_storage import with_schema_and_driver
+
+    return with_schema_and_driver(url, schema)
+
+
+@pytest.mark.parametrize(
+    "url, schema, expected",
+    [
+        ("postgresql://u:p@h:5432/d", None, "postgresql+psycopg2://u:p@h:5432/d"),
+        ("postgresql+psycopg2://u:p@h:5432/d", "daydream_offline", "postgresql+psycopg2://u:p@h:5432/d?options=-csearch_path%3Ddaydream_offline"),
+        (
+            "postgresql://u:p@h:5432/d?options=-c%20synchronous_commit%3Doff",
+            "s1",
+            "postgresql+psycopg2://u:p@h:5432/d?options=-c+synchronous_commit%3Doff+-csearch_path%3Ds1",
+        ),
+    ],
+)
+def test_postgres_url_gets_psycopg2_and_the_schema(url, schema, expected):
+    assert with_schema_and_driver(url, schema) == expected
+
+
+def test_a_schema_that_is_not_a_plain_name_is_refused():
+    with pytest.raises(ValueError, match=r"^PostgreSQL schema 'x; drop' in dagster.yaml is not a plain lower-case name"):
+        with_schema_and_driver("postgresql://u@h/d", "x; drop")
+
+
 # --------------------------------------------------------------------------- in process
 
 

@@ -54,7 +54,8 @@ def with_schema_and_driver(url: str, schema: str | None) -> str:
                 f"PostgreSQL schema {schema!r} in dagster.yaml is not a plain lower-case name "
                 "(letters, digits and _, not starting with a digit)."
             )
-        parsed = parsed.update_query_dict({"options": f"-csearch_path={schema}"})
+        options = " ".join(filter(None, [parsed.query.get("options"), f"-csearch_path={schema}"]))
+        parsed = parsed.update_query_dict({"options": options})
     return parsed.render_as_string(hide_password=False)
 
 
@@ -74,15 +75,27 @@ def create_schema(url: str, schema: str) -> None:
 
 
 class PooledPostgresEventLogStorage(PostgresEventLogStorage):
-    """dagster-postgres's event log, safe when several processes first use a pool at once.
+    """dagster-postgres's event log, minus two things that cost or fail on a pooled engine."""
 
-    Dagster initializes a pool's limit row on first use: INSERT, and on a unique violation (another
-    process inserted it first) UPDATE in the same transaction. PostgreSQL aborts a transaction at
-    its first failed statement, so the UPDATE fails too and so does the step: the first batches of
-    `daydream run` on a fresh PostgreSQL instance failed that way. When the row is there after
-    such a failure, another process has initialized the pool, which is all this call was for."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._tables_seen: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def has_table(self, table_name: str) -> bool:
+        # Dagster asks whether asset_event_tags exists at every materialization, on a second
+        # connection while it holds the first: on a pool that keeps one connection per storage,
+        # a new authenticated session each time (2 per partition). Migrations only ever add
+        # tables, so a table seen once is there for the life of this process.
+        if table_name not in self._tables_seen and super().has_table(table_name):
+            self._tables_seen.add(table_name)
+        return table_name in self._tables_seen
 
     def initialize_concurrency_limit_to_default(self, concurrency_key: str) -> bool:
+        # Dagster initializes a pool's limit row on first use: INSERT, and on a unique violation
+        # (another process inserted it first) UPDATE in the same transaction. PostgreSQL aborts a
+        # transaction at its first failed statement, so the UPDATE fails too and so does the step:
+        # the first batches of `daydream run` on a fresh instance failed that way. A row that is
+        # there after such a failure means another process initialized the pool: done.
         try:
             return super().initialize_concurrency_limit_to_default(concurrency_key)
         except db.exc.DBAPIError:
