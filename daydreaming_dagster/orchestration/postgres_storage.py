@@ -33,7 +33,12 @@ from dagster_postgres import (
     PostgresRunStorage,
     PostgresScheduleStorage,
 )
-from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config, retry_pg_creation_fn
+from dagster_postgres.utils import (
+    create_pg_engine,
+    get_token_provider_from_config,
+    pg_url_from_config,
+    retry_pg_creation_fn,
+)
 from sqlalchemy.pool import NullPool
 
 from ..compat import ConfigurableClass, DagsterStorage
@@ -59,14 +64,18 @@ def with_schema_and_driver(url: str, schema: str | None) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_schema(url: str, schema: str) -> None:
+def create_schema(url: str, schema: str, token_provider: Any = None) -> None:
     """Create `schema` unless it exists (two processes creating it at once is fine)."""
-    engine = db.create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    engine = create_pg_engine(url, token_provider, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
 
         def create() -> None:
             with engine.connect() as conn:
-                conn.execute(db.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                # Looked up first: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege on the
+                # database even when the schema exists, and a user may have only the schema's.
+                found = conn.execute(db.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).first()
+                if not found:
+                    conn.execute(db.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
         # A concurrent CREATE SCHEMA IF NOT EXISTS can still fail on pg_namespace's unique index.
         retry_pg_creation_fn(create)
@@ -128,7 +137,7 @@ class PooledPostgresStorage(DagsterStorage, ConfigurableClass):
         self.schema = schema
         url = with_schema_and_driver(postgres_url, schema)
         if schema and should_autocreate_tables:
-            create_schema(url, schema)
+            create_schema(url, schema, token_provider)
         self._run_storage = PostgresRunStorage(url, should_autocreate_tables, token_provider=token_provider)
         self._event_log_storage = PooledPostgresEventLogStorage(
             url, should_autocreate_tables, token_provider=token_provider
