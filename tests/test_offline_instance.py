@@ -133,3 +133,18 @@ def test_cli_refuses_before_doing_anything(tmp_path, monkeypatch, capsys):
     assert "mysql" in err and "Traceback" not in err
     assert os.listdir(home) == ["dagster.yaml"]
 
+
+
+def test_dagster_home_naming_the_offline_folder_gets_its_parents_kind(tmp_path, monkeypatch, capsys):
+    """DAGSTER_HOME=<postgres home>/offline before any offline run: PostgreSQL, not the SQLite template."""
+    home = home_with(tmp_path, PG_EXAMPLE)
+    monkeypatch.chdir(tmp_path)
+    for name in ("DAYDREAM_DATA_ROOT", "DAYDREAM_BACKEND", "DAYDREAM_OUTPUT_ROOT", "DAGSTER_HOME"):
+        monkeypatch.setenv(name, "placeholder")  # records the original value for teardown
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "offline"))
+    monkeypatch.delenv("DAYDREAM_BACKEND")
+    # `keys` stops early (no task tables yet), after configuring the instance
+    assert cli.main(["keys", "--offline", "--data-root", str(tmp_path / "data")]) == 2
+    storage = yaml.safe_load((home / "offline" / "dagster.yaml").read_text())["storage"]["custom"]
+    assert (storage["module"], storage["class"]) == POOLED and storage["config"]["schema"] == "daydream_offline"
+    assert os.environ["DAGSTER_HOME"] == str(home / "offline")
