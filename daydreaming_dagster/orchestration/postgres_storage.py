@@ -104,7 +104,10 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         # (another process inserted it first) UPDATE in the same transaction. PostgreSQL aborts a
         # transaction at its first failed statement, so the UPDATE fails too and so does the step:
         # the first batches of `daydream run` on a fresh instance failed that way. A row that is
-        # there after such a failure means another process initialized the pool: done.
+        # there after such a failure means another process initialized the pool: done. (The
+        # same path is why a changed `default_limit` never reaches an existing pool's row on
+        # PostgreSQL: stock fails the step, this keeps the old limit. `dagster instance
+        # concurrency set llm_api N` sets it.)
         try:
             return super().initialize_concurrency_limit_to_default(concurrency_key)
         except db.exc.DBAPIError:
