@@ -2,9 +2,9 @@
 
 Stock dagster-postgres builds its engines with NullPool: every statement opens a new TCP
 connection and authenticates (scram-sha-256 is a few round trips and a key derivation). A
-partition run stores dozens of events, so `daydream run --offline` on the sample opened ~5,800
-sessions and took 2-3x as long as on SQLite. `PooledPostgresStorage` is what dagster-postgres's
-`DagsterPostgresStorage` is (its run, event-log and schedule storages: same tables, same
+partition run stores dozens of events, so `daydream run --offline` of 420 partitions opened ~5,700
+sessions and took 2.7-4.8x as long per partition as on SQLite. `PooledPostgresStorage` is what
+dagster-postgres's `DagsterPostgresStorage` is (its run, event-log and schedule storages: same tables, same
 `postgres_db` / `postgres_url` config, same migrations), with each storage holding its
 connections open through dagster-postgres's public hook for that, `optimize_for_webserver`
 (which `dagster dev`'s webserver calls on its own instance). Every process that builds the
