@@ -25,10 +25,19 @@ def _configure(args: argparse.Namespace) -> None:
     if getattr(args, "offline", False):
         os.environ["DAYDREAM_BACKEND"] = "offline"
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
-    if os.environ.get("DAYDREAM_BACKEND") == "offline" and home.name != "offline":
+    if os.environ.get("DAYDREAM_BACKEND") == "offline":
         # Offline runs keep their own instance: their materializations must never make a real
-        # partition look finished.
-        home = home / "offline"
+        # partition look finished. It gets the same kind of storage as the user's instance.
+        from .orchestration.offline_instance import OfflineInstanceError, prepare_offline_home
+
+        user_home = home.parent if home.name == "offline" else home
+        home = user_home / "offline"
+        try:
+            if (user_home / "dagster.yaml").is_file():
+                prepare_offline_home(home, user_home / "dagster.yaml")
+        except OfflineInstanceError as exc:
+            print(str(exc), file=sys.stderr)
+            raise SystemExit(2) from None
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").is_file() and INSTANCE_TEMPLATE.is_file():
         shutil.copy(INSTANCE_TEMPLATE, home / "dagster.yaml")
