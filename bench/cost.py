@@ -7,9 +7,10 @@ Prints, per stage and model: calls planned and made, and input tokens, output to
 "expected (low-high)" next to the actual figure, for the first plan (nothing stored: default
 characters per token, answers bounded by max_tokens) and for the plan of the whole experiment
 made after the run (calibrated from the stored answers). Then the wall time of `daydream plan`,
-of a run with and without `--max-cost`, and the sentence a tight cap stops with.
+of a run with and without `--max-cost`, and the sentence a tight cap stops with. Last, what the
+cap's check costs on large output roots (synthetic sidecars).
 
-    uv run python bench/cost.py [--latency 0]
+    uv run python bench/cost.py [--latency 0] [--ledger-only]
 """
 
 from __future__ import annotations
@@ -97,12 +98,60 @@ def fresh(tmp: Path, name: str) -> Path:
     return data
 
 
+def ledger_at_scale(generations: int, methods: int) -> None:
+    """What the cap's check costs on a large output root: the first read of every paid sidecar (once
+    per process), a check when nothing changed, and one admission (lock, reservations, check, reserve)."""
+    import json
+
+    from daydreaming_dagster.assets.budget import SpendingGuard
+    from daydreaming_dagster.llm.requests import LLMRequest
+    from daydreaming_dagster.store.layout import sidecar_path, text_path
+    from daydreaming_dagster.store.spend import PaidLedger
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        record = {"backend": "openai", "model_id": "judge", "prompt_tokens": 900, "completion_tokens": 300,
+                  "provider_cost_usd": 0.001, "prompt_chars": 3600}
+        for g in range(generations):
+            paths = [text_path(root, "generation_response", f"g{g}")]
+            paths += [text_path(root, "evaluation_response", {"generation_tasks": f"g{g}", "evaluation_tasks": f"m{m}"})
+                      for m in range(methods)]
+            for path in paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sidecar_path(path).write_text(json.dumps(record))
+        time.sleep(2.5)  # past the ledger's settle time: folders count as unchanged
+        ledger = PaidLedger(root)
+        started = time.perf_counter()
+        ledger.tallies()
+        cold = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in range(20):
+            ledger.tallies()
+        warm = (time.perf_counter() - started) / 20
+        guard = SpendingGuard(1e9, root, {"judge": (1.0, 2.0)})
+        request = LLMRequest("judge", "x/judge", "p" * 3600, 0.0, 800)
+        guard.admit("warm-up", request)
+        started = time.perf_counter()
+        for i in range(20):
+            guard.admit(str(i), request)
+        admit = (time.perf_counter() - started) / 20
+        guard.settle_all()
+    n = generations * (methods + 1)
+    print(f"\nspend ledger, {n:,} paid sidecars in {generations:,} folders: first read {cold:.2f} s, "
+          f"check with nothing changed {warm * 1000:.1f} ms, one admission under the cap {admit * 1000:.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--ledger-only", action="store_true", help="only the spend ledger at scale")
     args = parser.parse_args()
     print(f"machine: {machine()}")
+    if args.ledger_only:
+        ledger_at_scale(2_016, 6)
+        ledger_at_scale(10_011, 10)
+        return
     server = start_server(args.latency)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -138,15 +187,17 @@ def main() -> None:
                    "OPENROUTER_BASE_URL": server.base_url}
             start = len(server.responses)
             out = subprocess.run(
-                [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(tight), "--max-cost", "0.5",
+                [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(tight), "--max-cost", "0.05",
                  "--concurrency", str(args.concurrency)],
                 env=env, capture_output=True, text=True, cwd=tmp / "tight",
             )
             spent = sum(b["usage"]["cost"] for b in server.responses[start:])
-            print(f"\n--max-cost 0.5: exit {out.returncode}, {len(server.responses) - start} calls paid, "
+            print(f"\n--max-cost 0.05: exit {out.returncode}, {len(server.responses) - start} calls paid, "
                   f"{usd(spent)} as the provider reported; it said:\n  {out.stderr.strip().splitlines()[-1]}")
     finally:
         server.stop()
+    ledger_at_scale(2_016, 6)
+    ledger_at_scale(10_011, 10)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ answer when that is stored; otherwise it is the template plus an answer still to
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,29 +63,24 @@ def generation_calls(
 ) -> StageCalls:
     """The generation tasks that are not `materialized` and, when `check_stored`, have no reusable answer."""
     store = _store(config)
-    members = {c: rows.sort_values("position") for c, rows in combos.groupby("combo_id")}
+    ordered = combos.sort_values(["combo_id", "position"])
+    concepts_of: dict[str, list[Concept]] = defaultdict(list)
+    for combo, name, content in zip(ordered["combo_id"], ordered["name"], ordered["content"]):
+        concepts_of[combo].append(Concept(name=name, content=content))
     texts = dict(zip(templates["template_id"], templates["text"]))
     out = StageCalls("generation")
-    for task in tasks.itertuples():
-        if task.generation_task_id in materialized:
+    columns = ["generation_task_id", "combo_id", "generation_template_id", "generation_model_id", "generation_model"]
+    for key, combo, template, model_id, model in zip(*(tasks[c] for c in columns)):
+        if key in materialized:
             continue
         out.partitions += 1
-        rows = members.get(task.combo_id, combos.iloc[0:0])
-        prompt = render_generation_prompt(
-            texts[task.generation_template_id], [Concept(name=r.name, content=r.content) for r in rows.itertuples()]
-        )
-        request = LLMRequest(
-            task.generation_model_id,
-            task.generation_model,
-            prompt,
-            config.generation_temperature,
-            config.generation_max_tokens,
-        )
-        if check_stored and _reusable(store, "generation_response", task.generation_task_id, request):
+        prompt = render_generation_prompt(texts[template], concepts_of[combo])
+        request = LLMRequest(model_id, model, prompt, config.generation_temperature, config.generation_max_tokens)
+        if check_stored and _reusable(store, "generation_response", key, request):
             out.reused += 1
             continue
         out.calls.append(
-            {"stage": "generation", "model_id": task.generation_model_id, "max_tokens": config.generation_max_tokens, "prompt_chars": len(prompt)}
+            {"stage": "generation", "model_id": model_id, "max_tokens": config.generation_max_tokens, "prompt_chars": len(prompt)}
         )
     return out
 
@@ -106,16 +102,15 @@ def evaluation_calls(
     prompts: dict[tuple[str, str], str] = {}
     shapes: dict[str, tuple[int, int]] = {}
     out = StageCalls("evaluation")
-    for row in pairs.itertuples():
-        g, e = row.generation_task_id, row.evaluation_task_id
+    columns = ["generation_task_id", "evaluation_task_id", "evaluation_template_id", "evaluation_model_id", "evaluation_model"]
+    for g, e, template, judge_id, judge in zip(*(pairs[c] for c in columns)):
         if pair_key_str(g, e) in materialized:
             continue
         out.partitions += 1
         if g not in answers:
             path = text_path(config.output_root, "generation_response", g)
             answers[g] = path.read_text(encoding="utf-8") if path.is_file() else None
-        call = {"stage": "evaluation", "model_id": row.evaluation_model_id, "max_tokens": config.evaluation_max_tokens}
-        template = row.evaluation_template_id
+        call = {"stage": "evaluation", "model_id": judge_id, "max_tokens": config.evaluation_max_tokens}
         if answers[g] is None:
             if template not in shapes:
                 empty = render_evaluation_prompt(texts[template], _SLOT)
@@ -130,9 +125,7 @@ def evaluation_calls(
         if (g, template) not in prompts:
             prompts[(g, template)] = render_evaluation_prompt(texts[template], answers[g])
         prompt = prompts[(g, template)]
-        request = LLMRequest(
-            row.evaluation_model_id, row.evaluation_model, prompt, config.evaluation_temperature, config.evaluation_max_tokens
-        )
+        request = LLMRequest(judge_id, judge, prompt, config.evaluation_temperature, config.evaluation_max_tokens)
         parts = {"generation_tasks": g, "evaluation_tasks": e}
         if check_stored and _reusable(store, "evaluation_response", parts, request):
             out.reused += 1
