@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from daydreaming_dagster.assets import budget
 from daydreaming_dagster.assets.budget import SpendingCapReached, SpendingGuard
 from daydreaming_dagster.llm.requests import LLMRequest
 from daydreaming_dagster.store.layout import text_path
@@ -152,3 +153,34 @@ def test_the_guard_refuses_what_it_cannot_bound(tmp_path):
         elsewhere.admit("a", request("gen"))
     release(held)
     elsewhere.admit("a", request("gen"))
+
+
+ANOTHER_PROCESS = """
+import sys
+from daydreaming_dagster.assets.budget import SpendingGuard
+from daydreaming_dagster.llm.requests import LLMRequest
+from daydreaming_dagster.store.layout import text_path
+from daydreaming_dagster.store.responses import write_response_once
+root, cap, cost = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+guard = SpendingGuard(cap, root, {"gen": (1.0, 2.0)})
+guard.admit("g9", LLMRequest("gen", "x/gen", "p" * 100, 0.0, 100))
+provenance = {"backend": "openai", "model_id": "gen", "prompt_tokens": 50, "completion_tokens": 100, "provider_cost_usd": cost}
+write_response_once(text_path(root, "generation_response", "g9"), "an answer", provenance)
+guard.settle("g9")
+"""
+
+
+def test_a_call_another_process_paid_since_the_last_full_count_is_never_overlooked(tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "FULL_COUNT_EVERY_S", 3600.0)  # however slowly the other process starts
+    w, paid = worst(), 0.9 * worst()
+    cap = 2 * w + paid / 2  # our two calls fit alone, not with the other process's answer as well
+    guard = SpendingGuard(cap, tmp_path, {"gen": (1.0, 2.0)})
+    guard.admit("a1", request("gen"))  # a full count: nothing paid yet
+
+    done = subprocess.run([sys.executable, "-c", ANOTHER_PROCESS, str(tmp_path), "100", str(paid)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert in_flight(tmp_path)[0].what == "a1"  # the other call came and went between our two checks
+
+    with pytest.raises(SpendingCapReached, match=r"^spending cap reached: \$0\.000232 spent and \$0\.000258 in flight"):
+        guard.admit("a2", request("gen"))
+    guard.settle_all()

@@ -266,6 +266,16 @@ def estimate_rows(table: pd.DataFrame, with_total: bool = True) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["stage", "model", "calls", "input tokens", "output tokens", "cost USD"])
 
 
+def text_table(df: pd.DataFrame, left: int = 2) -> str:
+    """A plain-text table: the first `left` columns aligned left (names), the others right (figures)."""
+    cells = [list(map(str, df.columns))] + [[str(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(df.columns))]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in cells
+    )
+
+
 def basis_lines(table: pd.DataFrame) -> list[str]:
     """Which figures are calibrated from stored answers and which are defaults, one line per model."""
     lines = []

@@ -9,7 +9,10 @@ capped."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..analysis.budget import (
@@ -25,7 +28,15 @@ from ..experiment.loaders import load_models
 from ..llm.requests import LLMRequest
 from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
-from ..store.reservations import Reservation, in_flight, release, reserve, spending_lock
+from ..store.reservations import (
+    Reservation,
+    admissions_end,
+    admissions_since,
+    in_flight,
+    release,
+    reserve,
+    spending_lock,
+)
 from ..store.spend import Tally, paid_tallies
 
 # Metadata key of a step failure caused by the cap: `daydream run` then stops instead of retrying.
@@ -64,9 +75,32 @@ def spent_usd(tallies: dict[tuple[str, str, str], Tally], prices) -> tuple[float
     return total, unknown
 
 
-def min_chars_per_token(tallies: dict[tuple[str, str, str], Tally], model_id: str) -> float | None:
-    seen = [t.min_chars_per_token for (_, m, _), t in tallies.items() if m == model_id and t.min_chars_per_token]
-    return min(seen) if seen else None
+def min_chars_per_token(tallies: dict[tuple[str, str, str], Tally]) -> dict[str, float]:
+    """The fewest prompt characters per token any paid answer of each model showed."""
+    out: dict[str, float] = {}
+    for (_, model_id, _), t in tallies.items():
+        if t.min_chars_per_token:
+            out[model_id] = min(out.get(model_id, math.inf), t.min_chars_per_token)
+    return out
+
+
+# A full count reads every folder of paid answers (~5 ms per 1,000 generations); between full
+# counts a process bounds the total by its last count plus the worst cases admitted since, which
+# only overestimates (an answer costs at most its worst case at list prices). It counts in full
+# when that bound leaves no room, and at least this often, so prices a provider reports above the
+# list and answers paid by processes without a cap show up soon.
+FULL_COUNT_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class _Count:
+    total: float  # paid + in flight at worst case, when counted
+    log_offset: int  # the admissions log's end then
+    min_chars_per_token: dict[str, float]
+    at: float  # time.monotonic()
+
+
+_LAST_COUNT: dict[tuple, _Count] = {}
 
 
 class SpendingGuard:
@@ -77,6 +111,7 @@ class SpendingGuard:
         self.root = Path(output_root)
         self.prices = prices
         self._held: dict[str, Reservation] = {}
+        self._count_key = (self.root.resolve(), tuple(sorted(prices.items())))
 
     @classmethod
     def for_step(
@@ -101,21 +136,43 @@ class SpendingGuard:
         if price is None:
             raise SpendingCapReached(unpriced_sentence([request.model_id]))
         with spending_lock(self.root):
-            flights = in_flight(self.root)  # first the calls in flight, then what they stored
-            tallies = paid_tallies(self.root)
-            spent, unknown = spent_usd(tallies, self.prices)
-            if unknown:
-                raise SpendingCapReached(unknown_spend_sentence(unknown, self.cap))
-            unbounded = sorted({r.model_id for r in flights if r.worst_usd is None})
-            if unbounded:
-                raise SpendingCapReached(unpriced_sentence(unbounded))
-            flying = sum(r.worst_usd for r in flights)
-            worst = worst_case_usd(
-                len(request.prompt), request.max_tokens, price, min_chars_per_token(tallies, request.model_id)
-            )
-            if spent + flying + worst > self.cap:
-                raise SpendingCapReached(cap_sentence(request.model_id, worst, spent, flying, self.cap))
-            self._held[key] = reserve(self.root, worst, request.model_id, key)
+            count = self._recent_count()
+            if count is not None:
+                bound, ratios = count
+                worst = worst_case_usd(len(request.prompt), request.max_tokens, price, ratios.get(request.model_id))
+                if bound + worst <= self.cap:
+                    self._held[key] = reserve(self.root, worst, request.model_id, key)
+                    return
+            self._admit_after_full_count(key, request, price)
+
+    def _recent_count(self) -> tuple[float, dict[str, float]] | None:
+        """An upper bound of what is paid and in flight now, from this process's last full count and
+        the worst cases admitted since (see admissions_since); None when a full count is due."""
+        last = _LAST_COUNT.get(self._count_key)
+        if last is None or time.monotonic() - last.at > FULL_COUNT_EVERY_S:
+            return None
+        since, _ = admissions_since(self.root, last.log_offset)
+        if math.isnan(since):
+            return None
+        return last.total + since, last.min_chars_per_token
+
+    def _admit_after_full_count(self, key: str, request: LLMRequest, price) -> None:
+        flights = in_flight(self.root)  # first the calls in flight, then what they stored
+        tallies = paid_tallies(self.root)
+        log_offset = admissions_end(self.root)
+        spent, unknown = spent_usd(tallies, self.prices)
+        if unknown:
+            raise SpendingCapReached(unknown_spend_sentence(unknown, self.cap))
+        unbounded = sorted({r.model_id for r in flights if r.worst_usd is None})
+        if unbounded:
+            raise SpendingCapReached(unpriced_sentence(unbounded))
+        flying = sum(r.worst_usd for r in flights)
+        ratios = min_chars_per_token(tallies)
+        _LAST_COUNT[self._count_key] = _Count(spent + flying, log_offset, ratios, time.monotonic())
+        worst = worst_case_usd(len(request.prompt), request.max_tokens, price, ratios.get(request.model_id))
+        if spent + flying + worst > self.cap:
+            raise SpendingCapReached(cap_sentence(request.model_id, worst, spent, flying, self.cap))
+        self._held[key] = reserve(self.root, worst, request.model_id, key)
 
     def settle(self, key: str) -> None:
         """The call of `key` is over and its answer, if any, is stored."""

@@ -15,7 +15,7 @@ import dagster as dg
 import pandas as pd
 
 from ..analysis.budget import price_table
-from ..analysis.estimate import basis_lines, estimate, estimate_rows, usd
+from ..analysis.estimate import basis_lines, estimate, estimate_rows, text_table, usd
 from ..analysis.usage import model_prices
 from ..assets.budget import spent_usd
 from ..assets.estimates import StageCalls, evaluation_calls, generation_calls, stored_samples
@@ -111,7 +111,7 @@ def format_plan(plan: Plan, offline: bool) -> str:
     if not plan.calls:
         lines.append("Nothing to pay for: every call is made (or its stored answer is reused).")
     else:
-        lines += ["", estimate_rows(plan.table).to_string(index=False), ""]
+        lines += ["", text_table(estimate_rows(plan.table)), ""]
         lines.append("Each figure: expected, then (low-high). What they rest on:")
         lines += [f"  {line}" for line in basis_lines(plan.table)]
         if any(s.waiting for s in plan.stages):

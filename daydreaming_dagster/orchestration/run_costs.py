@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 
 from ..analysis.budget import price_table, tokens_cost, unpriced_sentence
-from ..analysis.estimate import span, tokens, usd
+from ..analysis.estimate import span, text_table, tokens, usd
 from ..analysis.usage import model_prices
 from ..experiment.errors import ExperimentError
 from ..resources.config import ExperimentConfig
@@ -81,7 +81,7 @@ class RunCosts:
         lines = [
             "Estimate before the run vs what it paid for (tokens as the provider reported them; "
             "* marks a figure outside the estimate's bounds):",
-            pd.DataFrame(rows, columns=COMPARISON_COLUMNS).to_string(index=False),
+            text_table(pd.DataFrame(rows, columns=COMPARISON_COLUMNS)),
         ]
         return "\n".join(lines)
 

@@ -27,6 +27,9 @@ except ImportError:  # Windows: no advisory locks
     fcntl = None
 
 FOLDER = ".spend"
+# One line per call admitted under a cap, its worst case: lets a check that just counted everything
+# bound what happened since by reading only the lines after it (see admissions_since).
+ADMISSIONS = "admitted.log"
 # A call retries for at most ~15 minutes (6 attempts of 120 s plus backoff); a reservation of
 # another host that is much older than that belongs to a process that died.
 STALE_AFTER_S = 6 * 3600.0
@@ -86,7 +89,37 @@ def reserve(root: Path, worst_usd: float | None, model_id: str, what: str) -> Re
         os.write(fd, json.dumps(record).encode("utf-8"))
     finally:
         os.close(fd)
+    _log_admission(root, worst_usd)
     return Reservation(path=path, **record)
+
+
+def _log_admission(root: Path, worst_usd: float | None) -> None:
+    fd = os.open(spend_folder(root) / ADMISSIONS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        os.write(fd, f"{'nan' if worst_usd is None else repr(float(worst_usd))}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def admissions_end(root: Path) -> int:
+    try:
+        return os.stat(spend_folder(root) / ADMISSIONS).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def admissions_since(root: Path, offset: int) -> tuple[float, int]:
+    """The worst cases of every call admitted after byte `offset` of the admissions log (NaN if one
+    is unknown), and the log's end: read under `spending_lock`, it bounds what was paid or put in
+    flight since a check that saw the log end at `offset`."""
+    path = spend_folder(root) / ADMISSIONS
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        return 0.0, 0
+    return sum(float(line) for line in data.split()), offset + len(data)
 
 
 def release(reservation: Reservation) -> None:
