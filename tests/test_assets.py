@@ -224,7 +224,8 @@ def test_evaluation_tasks_with_a_dangling_generation_id_registers_nothing(experi
     fast_instance.add_dynamic_partitions("generation_tasks", ["gen-registered"])
     context = dg.build_asset_context(instance=fast_instance)
     with pytest.raises(dg.Failure) as info:
-        core.evaluation_tasks(context, generation, load_templates(raw, "evaluation"), load_models(raw))
+        config = ExperimentConfig.for_experiment(str(experiment), str(experiment))
+        core.evaluation_tasks(context, generation, load_templates(raw, "evaluation"), load_models(raw), config)
     message = info.value.description
     assert "gen-ghost" in message and "gen-phantom" in message
     assert "gen-registered" not in message

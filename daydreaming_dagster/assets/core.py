@@ -14,7 +14,7 @@ from ..experiment.tasks import (
     missing_generation_keys,
 )
 from ..resources.config import ExperimentConfig
-from .common import experiment_errors_as_failures, md_preview
+from .common import experiment_errors_as_failures, md_preview, table_output
 from .partitions import evaluation_tasks_partitions, generation_tasks_partitions
 
 GROUP = "task_definitions"
@@ -45,9 +45,9 @@ def content_combinations(
     """Every k-subset of the active concepts, one row per (combo_id, concept), with the description used."""
     with experiment_errors_as_failures():
         df = build_content_combinations(concepts, experiment_config.k, experiment_config.description_level)
-    return dg.Output(
+    return table_output(
         df,
-        metadata={
+        {
             "combinations": int(df["combo_id"].nunique()),
             "k": experiment_config.k,
             "description_level": experiment_config.description_level,
@@ -62,17 +62,22 @@ def generation_tasks(
     content_combinations: pd.DataFrame,
     generation_templates: pd.DataFrame,
     llm_models: pd.DataFrame,
+    experiment_config: ExperimentConfig,
 ) -> dg.Output[pd.DataFrame]:
-    """Combinations x active generation templates x generation models; registers the generation keys."""
+    """Combinations x active generation templates x generation models (x `generation_replicates`);
+    registers the generation keys."""
     with experiment_errors_as_failures():
-        df = build_generation_tasks(content_combinations, generation_templates, llm_models)
+        df = build_generation_tasks(
+            content_combinations, generation_templates, llm_models, experiment_config.generation_replicates
+        )
     registration = register_keys(
         context.instance, generation_tasks_partitions.name, df["generation_task_id"].tolist()
     )
-    return dg.Output(
+    return table_output(
         df,
-        metadata={
+        {
             "generation_tasks": len(df),
+            "generation_replicates": experiment_config.generation_replicates,
             **registration,
             "preview": md_preview(df, ["generation_task_id", "concept_ids", "generation_template_id", "generation_model_id"]),
         },
@@ -85,13 +90,17 @@ def evaluation_tasks(
     generation_tasks: pd.DataFrame,
     evaluation_templates: pd.DataFrame,
     llm_models: pd.DataFrame,
+    experiment_config: ExperimentConfig,
 ) -> dg.Output[pd.DataFrame]:
-    """The valid evaluation pairs: every generation task x active evaluation template x judge model.
+    """The valid evaluation pairs: every generation task x active evaluation template x judge model
+    (x `evaluation_replicates`).
 
-    `evaluation_task_id` is the method key (template x judge); (generation_task_id,
-    evaluation_task_id) is one pair and one partition of the evaluation assets."""
+    `evaluation_task_id` is the method key (template x judge, and `__r<n>` from replicate 2 on);
+    (generation_task_id, evaluation_task_id) is one pair and one partition of the evaluation assets."""
     with experiment_errors_as_failures():
-        df = build_evaluation_tasks(generation_tasks, evaluation_templates, llm_models)
+        df = build_evaluation_tasks(
+            generation_tasks, evaluation_templates, llm_models, experiment_config.evaluation_replicates
+        )
     missing = missing_generation_keys(df, context.instance.get_dynamic_partitions(generation_tasks_partitions.name))
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
@@ -103,11 +112,12 @@ def evaluation_tasks(
         )
     methods = df["evaluation_task_id"].drop_duplicates().tolist()
     registration = register_keys(context.instance, evaluation_tasks_partitions.name, methods)
-    return dg.Output(
+    return table_output(
         df,
-        metadata={
+        {
             "evaluation_pairs": len(df),
             "evaluation_methods": len(methods),
+            "evaluation_replicates": experiment_config.evaluation_replicates,
             **registration,
             "preview": md_preview(df, ["generation_task_id", "evaluation_task_id", "evaluation_model_id"]),
         },
