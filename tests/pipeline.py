@@ -12,6 +12,7 @@ from daydreaming_dagster.assets import (
     llm_evaluation,
     llm_generation,
     raw_data,
+    reliability,
     results,
 )
 from daydreaming_dagster.compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -26,7 +27,7 @@ from daydreaming_dagster.resources.responses import ResponseStore
 from daydreaming_dagster.store.layout import table_path, text_path
 
 KEY = "sk-or-v1-PAIDTEST-5f0c2b7e9a41d3c8"
-ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, results])
+ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, results, reliability])
 TASK_TABLES = dg.AssetSelection.groups(raw_data.GROUP, core.GROUP)
 REPLACE_CHANGED = {"ops": {"generation_response": {"config": {"replace_changed": True}}}}
 
