@@ -20,9 +20,12 @@ import dagster as dg
 
 from ..assets.common import MAX_PARTITIONS_PER_RUN
 from ..experiment.pairs import valid_pair_keys
+from ..resources.config import ExperimentConfig
+from ..settings import Settings
 from ..store.layout import table_path
 from ..store.tables import read_table
 from .batches import Batch, batch_size, key_batches, pair_batches
+from .changes import ChangeCheck, StageCheck, change_report
 from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, tables_fingerprint
 from .worker import QUIET, BatchOutcome, WorkerPool, default_workers, execute, load_worker, partition_run_config
 
@@ -73,6 +76,10 @@ class Runner:
     def _table(self, name: str):
         return read_table(table_path(self.output_root, name))
 
+    def _config(self) -> ExperimentConfig:
+        data_root = self.data_root or Settings.from_env().data_root
+        return ExperimentConfig.for_experiment(str(data_root), str(self.output_root))
+
     def materialized(self, asset_name: str) -> set[str]:
         return self.instance.get_materialized_partitions(dg.AssetKey(asset_name))
 
@@ -88,20 +95,25 @@ class Runner:
         return report
 
     def run_partitions(
-        self, job_name: str, keys: list[str], done: set[str], batcher: Callable[[list[str], int], list[Batch]]
+        self,
+        job_name: str,
+        keys: list[str],
+        done: set[str],
+        batcher: Callable[[list[str], int], list[Batch]],
+        changed: set[str] = frozenset(),
+        run_config: dict | None = None,
     ) -> StageReport:
-        """Run every key not in `done`, in the batches `batcher(todo, size)` forms."""
-        if self.replace_changed:
-            # Materialized partitions may hold responses to a changed prompt; running them all is
-            # cheap because an unchanged stored response is reused without an LLM call.
-            done = set()
+        """Run every key not in `done`, in the batches `batcher(todo, size)` forms. Keys in `changed`
+        hold an answer to another request (see changes.py): skipped, or with --replace-changed run
+        again, whether materialized or not; no other materialized key is run."""
+        done = (set(done) - changed) if self.replace_changed else set(done) | changed
         todo = [k for k in keys if k not in done]
         report = StageReport(job_name, total=len(keys), skipped=len(keys) - len(todo))
-        self.progress(f"{job_name}: {len(todo)} to run, {report.skipped} already materialized")
+        self.progress(f"{job_name}: {len(todo)} to run, {report.skipped} already materialized or out of date")
         if not todo:
             return report
         batches = batcher(todo, batch_size(len(todo), self.workers, self.max_batch))
-        run_config = partition_run_config(job_name, self.replace_changed, self.parallel_calls)
+        run_config = run_config or partition_run_config(job_name, self.replace_changed, self.parallel_calls)
         started, finished, step = time.monotonic(), 0, max(1, len(todo) // 20)
         for outcome in self._outcomes(job_name, batches, run_config):
             if outcome.success:
@@ -138,9 +150,18 @@ class Runner:
         for future in as_completed(futures):
             yield future.result()
 
+    def refresh_prompts(self, job_name: str, asset_name: str, check: StageCheck, batcher) -> list[StageReport]:
+        """Render again the prompts of out-of-date partitions that are left as they are, so that
+        Dagster shows their answers stale (the prompt's data version is its digest): no LLM call."""
+        keys = check.prompts_to_refresh(self.output_root, asset_name)
+        return [self.run_partitions(job_name, keys, set(), batcher, run_config=QUIET)] if keys else []
+
     def run(self) -> list[StageReport]:
         fingerprint = tables_fingerprint(self.data_root) if self.data_root else None
-        if fingerprint and tables_current(self.instance, fingerprint):
+        rebuilt = not (fingerprint and tables_current(self.instance, fingerprint))
+        # Answers can have gone out of date only if the experiment, the code or an answer changed.
+        checking = rebuilt or self.replace_changed or not results_current(self.instance)
+        if not rebuilt:
             self.progress("task_tables: up to date (experiment and code unchanged since they were built)")
             reports = [StageReport("task_tables", total=1, skipped=1)]
         else:
@@ -150,16 +171,30 @@ class Runner:
             reports = [self.run_single("task_tables", {TABLES_FINGERPRINT_TAG: fingerprint} if fingerprint else None)]
             if reports[-1].failures:
                 return reports
+        checker = ChangeCheck(self.output_root, self._config(), self.instance) if checking else None
+        generation_changes = checker.generations() if checker else StageCheck("generation")
+        evaluation_changes = checker.evaluations() if checker else StageCheck("evaluation")
+        for line in change_report(generation_changes, evaluation_changes, self._table("evaluation_tasks"), self.replace_changed):
+            self.progress(line)
         generation_keys = self._table("generation_tasks")["generation_task_id"].tolist()
         generation_order = self.instance.get_dynamic_partitions("generation_tasks")
+
+        def generation_batcher(todo: list[str], size: int) -> list[Batch]:
+            return key_batches(generation_order, todo, size)
+
         reports.append(
             self.run_partitions(
                 "generation",
                 generation_keys,
                 self.materialized("generation_response"),
-                lambda todo, size: key_batches(generation_order, todo, size),
+                generation_batcher,
+                generation_changes.keys(),
             )
         )
+        if not self.replace_changed:
+            reports += self.refresh_prompts("generation_prompts", "generation_prompt", generation_changes, generation_batcher)
+        elif checker and reports[-1].succeeded:
+            evaluation_changes = checker.evaluations()  # re-asked generations make their pairs out of date
 
         generated = self.materialized("generation_response")
         pairs = self._table("evaluation_tasks")
@@ -173,8 +208,12 @@ class Runner:
             return pair_batches(generation_order, as_pairs, size)
 
         reports.append(
-            self.run_partitions("evaluation", pair_keys, self.materialized("evaluation_response"), pair_batcher)
+            self.run_partitions(
+                "evaluation", pair_keys, self.materialized("evaluation_response"), pair_batcher, evaluation_changes.keys()
+            )
         )
+        if not self.replace_changed:
+            reports += self.refresh_prompts("evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_batcher)
         if results_current(self.instance):
             self.progress("results: up to date (nothing they read has changed since they were built)")
             reports.append(StageReport("results", total=1, skipped=1))
