@@ -93,6 +93,18 @@ class Pipeline:
     def evaluate(self, pair: dg.MultiPartitionKey, run_config=None) -> dg.ExecuteInProcessResult:
         return self.materialize(["evaluation_prompt", "evaluation_response"], pair, run_config)
 
+    def generate_all(self, run_config=None) -> None:
+        """Every generation task, in one run over their range."""
+        assert self.materialize_range(["generation_prompt", "generation_response"], self.generation_keys(), run_config).success
+
+    def evaluate_all(self, run_config=None) -> None:
+        """Every pair, one run per evaluation method over the range of its generations (how batches run)."""
+        by_method: dict[str, list[dg.MultiPartitionKey]] = {}
+        for pair in self.pairs():
+            by_method.setdefault(pair.keys_by_dimension["evaluation_tasks"], []).append(pair)
+        for pairs in by_method.values():
+            assert self.materialize_range(["evaluation_prompt", "evaluation_response"], pairs, run_config).success
+
     def response_path(self, key: str) -> Path:
         return text_path(self.root, "generation_response", key)
 
