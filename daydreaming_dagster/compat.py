@@ -9,6 +9,13 @@ from __future__ import annotations
 # One backfill of exactly the valid pairs: `instance.add_backfill` takes a PartitionBackfill, and a
 # sensor that asks for a backfill hands RunRequest.for_asset_graph_subset an AssetGraphSubset.
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset  # noqa: F401
+
+# Dagster's staleness (what the UI shows as stale, and why) has no public API in 1.13: the tests of
+# change tracking read it the way the webserver does, through the resolver and a loading context
+# (LoadingContextForTest, below).
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus  # noqa: F401
+
+# (the backfill, above)
 from dagster._core.execution.backfill import PartitionBackfill  # noqa: F401
 
 # `daydream run`'s worker instance is a DagsterInstance subclass (Dagster's supported seam for a
@@ -18,6 +25,9 @@ from dagster._core.instance.ref import InstanceRef  # noqa: F401
 # bench/scale.py times a sensor tick the way the code server evaluates it: through Dagster's
 # caching key loader over the instance.
 from dagster._core.instance.types import CachingDynamicPartitionsLoader  # noqa: F401
+
+# (staleness, above)
+from dagster._core.loader import LoadingContextForTest  # noqa: F401
 
 # The pooled SQLite instance storage subclasses Dagster's own SQLite storages and builds its
 # engine the way they do.
@@ -50,4 +60,7 @@ PRIVATE_SYMBOLS = (
     "InstanceRef",
     "ConfigurableClassData",
     "CachingDynamicPartitionsLoader",
+    "CachingStaleStatusResolver",
+    "StaleStatus",
+    "LoadingContextForTest",
 )

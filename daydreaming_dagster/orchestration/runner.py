@@ -109,7 +109,9 @@ class Runner:
         done = (set(done) - changed) if self.replace_changed else set(done) | changed
         todo = [k for k in keys if k not in done]
         report = StageReport(job_name, total=len(keys), skipped=len(keys) - len(todo))
-        self.progress(f"{job_name}: {len(todo)} to run, {report.skipped} already materialized or out of date")
+        kept = 0 if self.replace_changed else sum(1 for k in keys if k in changed)
+        aside = f", {kept} out of date (kept as they are)" if kept else ""
+        self.progress(f"{job_name}: {len(todo)} to run, {report.skipped - kept} already materialized{aside}")
         if not todo:
             return report
         batches = batcher(todo, batch_size(len(todo), self.workers, self.max_batch))
