@@ -152,10 +152,13 @@ class Runner:
         for future in as_completed(futures):
             yield future.result()
 
-    def refresh_prompts(self, job_name: str, asset_name: str, check: StageCheck, batcher) -> list[StageReport]:
+    def refresh_prompts(
+        self, job_name: str, asset_name: str, check: StageCheck, batcher, runnable: list[str]
+    ) -> list[StageReport]:
         """Render again the prompts of out-of-date partitions that are left as they are, so that
         Dagster shows their answers stale (the prompt's data version is its digest): no LLM call."""
-        keys = check.prompts_to_refresh(self.output_root, asset_name)
+        stale = set(check.prompts_to_refresh(self.output_root, asset_name))
+        keys = [k for k in runnable if k in stale]
         return [self.run_partitions(job_name, keys, set(), batcher, run_config=QUIET)] if keys else []
 
     def run(self) -> list[StageReport]:
@@ -176,7 +179,8 @@ class Runner:
         checker = ChangeCheck(self.output_root, self._config(), self.instance) if checking else None
         generation_changes = checker.generations() if checker else StageCheck("generation")
         evaluation_changes = checker.evaluations() if checker else StageCheck("evaluation")
-        for line in change_report(generation_changes, evaluation_changes, self._table("evaluation_tasks"), self.replace_changed):
+        pairs = self._table("evaluation_tasks")
+        for line in change_report(generation_changes, evaluation_changes, pairs, self.replace_changed):
             self.progress(line)
         generation_keys = self._table("generation_tasks")["generation_task_id"].tolist()
         generation_order = self.instance.get_dynamic_partitions("generation_tasks")
@@ -194,12 +198,13 @@ class Runner:
             )
         )
         if not self.replace_changed:
-            reports += self.refresh_prompts("generation_prompts", "generation_prompt", generation_changes, generation_batcher)
+            reports += self.refresh_prompts(
+                "generation_prompts", "generation_prompt", generation_changes, generation_batcher, generation_keys
+            )
         elif checker and reports[-1].succeeded:
             evaluation_changes = checker.evaluations()  # re-asked generations make their pairs out of date
 
         generated = self.materialized("generation_response")
-        pairs = self._table("evaluation_tasks")
         pair_keys = valid_pair_keys(pairs, generation_task=generated)
         waiting = len(pairs) - len(pair_keys)
         if waiting:
@@ -215,7 +220,9 @@ class Runner:
             )
         )
         if not self.replace_changed:
-            reports += self.refresh_prompts("evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_batcher)
+            reports += self.refresh_prompts(
+                "evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_batcher, pair_keys
+            )
         if results_current(self.instance):
             self.progress("results: up to date (nothing they read has changed since they were built)")
             reports.append(StageReport("results", total=1, skipped=1))
