@@ -1,5 +1,6 @@
 """The assets, one module per asset group: `raw_data`, `core` (group `task_definitions`),
-`llm_generation`, `llm_evaluation`, `results`; `partitions` holds the partition definitions, and
+`llm_generation`, `llm_evaluation`, `results` (with `reliability`, the replicate tables of the same
+group); `partitions` holds the partition definitions, and
 `common` and `responding` the helpers they share.
 
 Thin: each asset fetches its inputs, calls pure functions of `experiment` and `analysis`, and
