@@ -37,6 +37,9 @@ def _configure(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _configure(args)
+    # The workers' calls also take machine-wide call slots, as many as --concurrency, so a run
+    # started from the UI at the same time shares them (see llm/slots.py).
+    os.environ["DAYDREAM_MAX_CALLS_IN_FLIGHT"] = str(max(1, args.concurrency))
     from .settings import Settings
 
     settings = Settings.from_env()
@@ -79,6 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary)
     if not failed:
         print(f"results: {settings.output_root / '5_results'}")
+        print(f"report: {settings.output_root / '5_results' / 'report.html'} (open it in a browser)")
     return 1 if failed else 0
 
 

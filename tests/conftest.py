@@ -7,7 +7,7 @@ import pytest
 
 from tests.experiment_factory import write_experiment
 
-pytest_plugins = ["tests.openai_server", "tests.pipeline"]
+pytest_plugins = ["tests.openai_server", "tests.pipeline", "tests.browser"]
 
 
 @pytest.fixture

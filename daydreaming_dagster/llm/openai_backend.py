@@ -8,6 +8,7 @@ back as a good one. The API key is never put into an exception, a log line or a 
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -21,7 +22,7 @@ import openai
 import tenacity
 
 from .requests import MISSING_KEY_MESSAGE, IncompleteResponseError, LLMError, LLMRequest, LLMResponse, now_iso, who
-from .slots import call_slot
+from .slots import FileCallSlots, call_slot
 
 # Statuses worth another attempt: request timeout, rate limit, and server-side failures
 # (including the 52x family that CDNs in front of providers answer with).  501 (not
@@ -64,6 +65,7 @@ class OpenAIBackend:
         max_wait_s: float = 60.0,
         backoff_base_s: float = 1.0,
         log: logging.Logger | None = None,
+        machine_slots: FileCallSlots | None = None,
     ) -> None:
         # A key pasted into .env often ends with a newline.
         self._api_key = (api_key or "").strip()
@@ -73,6 +75,7 @@ class OpenAIBackend:
         self.max_wait_s = max_wait_s
         self.backoff_base_s = backoff_base_s
         self._log = log or logging.getLogger(__name__)
+        self._machine_slots = machine_slots
         self._client: openai.OpenAI | None = None
 
     def __repr__(self) -> str:  # never shows the key
@@ -86,7 +89,7 @@ class OpenAIBackend:
     def complete(self, request: LLMRequest) -> LLMResponse:
         """One chat completion for `request`; raises LLMError (or IncompleteResponseError)."""
         self.check_ready()
-        with call_slot():
+        with call_slot(), self._machine_slots.hold() if self._machine_slots else contextlib.nullcontext():
             return self._complete(request)
 
     def close(self) -> None:
