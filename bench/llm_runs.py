@@ -65,4 +65,5 @@ def daydream_run(
         "cpu": cpu,
         "requests": len(server.requests) - before,
         "stages": stages,
+        "log": out.stderr.splitlines(),
     }

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dagster._config import process_config
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.execution.backfill import PartitionBackfill
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.instance.types import CachingDynamicPartitionsLoader
 from dagster._core.storage.base_storage import DagsterStorage
+from dagster._core.loader import LoadingContextForTest
 from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import ConsolidatedSqliteEventLogStorage
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.sql import create_engine
@@ -41,6 +43,10 @@ WHY = {
     "CachingDynamicPartitionsLoader": "bench/scale.py times a sensor tick the way the code server evaluates it",
     "process_config": "tests/test_deploy.py validates deploy/'s run launcher and compute log configs",
     "dagster_instance_config": "and reads deploy/'s dagster.yaml files the way Dagster does",
+    "CachingStaleStatusResolver": "tests/test_changes.py reads Dagster's staleness (what the UI shows as stale, "
+    "and why), which has no public API, the way the webserver does",
+    "StaleStatus": "the status that resolver gives",
+    "LoadingContextForTest": "the loading context the resolver needs outside a webserver request",
 }
 
 __all__ = [
@@ -50,11 +56,14 @@ __all__ = [
     "AssetGraphSubset",
     "CachingDynamicPartitionsLoader",
     "ConfigurableClass",
+    "CachingStaleStatusResolver",
     "ConfigurableClassData",
     "ConsolidatedSqliteEventLogStorage",
     "DagsterStorage",
     "InstanceRef",
+    "LoadingContextForTest",
     "PartitionBackfill",
+    "StaleStatus",
     "SqliteRunStorage",
     "create_engine",
     "dagster_instance_config",

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..experiment.ids import pair_key_str
 from .agreement import overall_reliability, pairwise_agreement, score_summary
+from .reliability import METHOD, with_methods
 from .scoring import read_verdict
 
 PARSED_SCORE_COLUMNS = [
@@ -22,6 +23,8 @@ PARSED_SCORE_COLUMNS = [
     "generation_model_id",
     "evaluation_template_id",
     "evaluation_model_id",
+    "generation_replicate",
+    "evaluation_replicate",
     "score",
     "parse_error",
     "response_path",
@@ -59,9 +62,17 @@ def parse_scores(
     """One row per pair of the evaluation table: the judge's score, or why there is none, and
     `score_line`, the line of the answer (1-based) the score statement was read from."""
     scales = evaluation_templates.set_index("template_id")[["score_min", "score_max"]]
-    table = evaluation_tasks.merge(
+    generation_tasks = _with_replicate(generation_tasks, "generation_replicate")
+    table = _with_replicate(evaluation_tasks, "evaluation_replicate").merge(
         generation_tasks[
-            ["generation_task_id", "combo_id", "concept_ids", "generation_template_id", "generation_model_id"]
+            [
+                "generation_task_id",
+                "combo_id",
+                "concept_ids",
+                "generation_template_id",
+                "generation_model_id",
+                "generation_replicate",
+            ]
         ],
         on="generation_task_id",
         how="left",
@@ -86,6 +97,11 @@ def parse_scores(
     table["response_path"] = paths
     table["score_line"] = pd.array(lines, dtype="Int64")
     return table[PARSED_SCORE_COLUMNS]
+
+
+def _with_replicate(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """A task table with its replicate column (tables built before replicates existed lack it: 1)."""
+    return table if column in table.columns else table.assign(**{column: 1})
 
 
 def parse_rates(parsed: pd.DataFrame) -> pd.DataFrame:
@@ -159,11 +175,13 @@ def judge_agreement_table(parsed: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 
     One row per pair (Spearman, mean absolute difference, Krippendorff's alpha of the two), then a
     last row `all judges` with the overall alpha (interval) over every generation scored at least
-    twice. Returns the table and the overall reliability dict."""
-    args = ("generation_task_id", "evaluation_task_id", "score")
+    twice. Returns the table and the overall reliability dict. The replicates of a method count
+    as that one method, by their mean score (their agreement with each other is judge_reliability's)."""
+    parsed = with_methods(parsed)
+    args = ("generation_task_id", METHOD, "score")
     pairs = pairwise_agreement(parsed, *args)
     alphas = [
-        overall_reliability(parsed[parsed["evaluation_task_id"].isin([a, b])], *args)["krippendorff_alpha_interval"]
+        overall_reliability(parsed[parsed[METHOD].isin([a, b])], *args)["krippendorff_alpha_interval"]
         for a, b in zip(pairs["judge_a"], pairs["judge_b"])
     ]
     pairs = pairs.assign(n_judges=2, krippendorff_alpha=pd.Series(alphas, index=pairs.index, dtype="float64"))

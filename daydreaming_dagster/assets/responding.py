@@ -16,7 +16,7 @@ import dagster as dg
 from ..llm.requests import IncompleteResponseError, LLMError, LLMRequest, LLMResponse
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
-from ..store.responses import StoredResponseConflict
+from ..store.responses import StoredResponseConflict, content_digest
 from .budget import CAP_REACHED, SpendingCapReached, SpendingGuard
 from .common import partition_output, per_partition_type, text_preview
 
@@ -108,7 +108,10 @@ def respond(
 
     if failures:
         raise _summary_failure(asset_name, failures, len(answers), len(asks) - len(answers) - len(failures))
-    return partition_output(context, {a.key: answers[a.key] for a in asks}, metadata)
+    # Each answer's data version is the digest of its text: what is built from it (an evaluation
+    # prompt quoting a generation) goes stale in Dagster only when the answer itself changes.
+    versions = {a.key: content_digest(answers[a.key].text.encode("utf-8"))["response_sha256"] for a in asks}
+    return partition_output(context, {a.key: answers[a.key] for a in asks}, metadata, versions)
 
 
 def _complete_all(llm: LLMClientResource, asks: list[Ask], parallel: int, guard: SpendingGuard | None = None):

@@ -20,9 +20,12 @@ import dagster as dg
 
 from ..assets.common import MAX_PARTITIONS_PER_RUN
 from ..experiment.pairs import valid_pair_keys
+from ..resources.config import ExperimentConfig
+from ..settings import Settings
 from ..store.layout import table_path
 from ..store.tables import read_table
 from .batches import Batch, batch_size, key_batches, pair_batches
+from .changes import ChangeCheck, StageCheck, change_report
 from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, tables_fingerprint
 from .worker import QUIET, BatchOutcome, WorkerPool, default_workers, execute, load_worker, partition_run_config
 
@@ -77,6 +80,10 @@ class Runner:
     def _table(self, name: str):
         return read_table(table_path(self.output_root, name))
 
+    def _config(self) -> ExperimentConfig:
+        data_root = self.data_root or Settings.from_env().data_root
+        return ExperimentConfig.for_experiment(str(data_root), str(self.output_root))
+
     def materialized(self, asset_name: str) -> set[str]:
         return self.instance.get_materialized_partitions(dg.AssetKey(asset_name))
 
@@ -92,20 +99,29 @@ class Runner:
         return report
 
     def run_partitions(
-        self, job_name: str, keys: list[str], done: set[str], batcher: Callable[[list[str], int], list[Batch]]
+        self,
+        job_name: str,
+        keys: list[str],
+        done: set[str],
+        batcher: Callable[[list[str], int], list[Batch]],
+        changed: set[str] = frozenset(),
+        run_config: dict | None = None,
     ) -> StageReport:
-        """Run every key not in `done`, in the batches `batcher(todo, size)` forms."""
-        if self.replace_changed:
-            # Materialized partitions may hold responses to a changed prompt; running them all is
-            # cheap because an unchanged stored response is reused without an LLM call.
-            done = set()
+        """Run every key not in `done`, in the batches `batcher(todo, size)` forms. Keys in `changed`
+        hold an answer to another request (see changes.py): skipped, or with --replace-changed run
+        again, whether materialized or not; no other materialized key is run."""
+        done = (set(done) - changed) if self.replace_changed else set(done) | changed
         todo = [k for k in keys if k not in done]
         report = StageReport(job_name, total=len(keys), skipped=len(keys) - len(todo))
-        self.progress(f"{job_name}: {len(todo)} to run, {report.skipped} already materialized")
+        kept = 0 if self.replace_changed else sum(1 for k in keys if k in changed)
+        aside = f", {kept} out of date (kept as they are)" if kept else ""
+        self.progress(f"{job_name}: {len(todo)} to run, {report.skipped - kept} already materialized{aside}")
         if not todo:
             return report
         batches = batcher(todo, batch_size(len(todo), self.workers, self.max_batch))
-        run_config = partition_run_config(job_name, self.replace_changed, self.parallel_calls, self.max_cost_usd)
+        run_config = run_config or partition_run_config(
+            job_name, self.replace_changed, self.parallel_calls, self.max_cost_usd
+        )
         started, finished, step = time.monotonic(), 0, max(1, len(todo) // 20)
         for outcome in self._outcomes(job_name, batches, run_config):
             if outcome.cap_reached:
@@ -158,9 +174,21 @@ class Runner:
                     waiting.cancel()
             yield outcome
 
+    def refresh_prompts(
+        self, job_name: str, asset_name: str, check: StageCheck, batcher, runnable: list[str]
+    ) -> list[StageReport]:
+        """Render again the prompts of out-of-date partitions that are left as they are, so that
+        Dagster shows their answers stale (the prompt's data version is its digest): no LLM call."""
+        stale = set(check.prompts_to_refresh(self.output_root, asset_name))
+        keys = [k for k in runnable if k in stale]
+        return [self.run_partitions(job_name, keys, set(), batcher, run_config=QUIET)] if keys else []
+
     def run(self) -> list[StageReport]:
         fingerprint = tables_fingerprint(self.data_root) if self.data_root else None
-        if fingerprint and tables_current(self.instance, fingerprint):
+        rebuilt = not (fingerprint and tables_current(self.instance, fingerprint))
+        # Answers can have gone out of date only if the experiment, the code or an answer changed.
+        checking = rebuilt or self.replace_changed or not results_current(self.instance)
+        if not rebuilt:
             self.progress("task_tables: up to date (experiment and code unchanged since they were built)")
             reports = [StageReport("task_tables", total=1, skipped=1)]
         else:
@@ -170,19 +198,34 @@ class Runner:
             reports = [self.run_single("task_tables", {TABLES_FINGERPRINT_TAG: fingerprint} if fingerprint else None)]
             if reports[-1].failures:
                 return reports
+        checker = ChangeCheck(self.output_root, self._config(), self.instance) if checking else None
+        generation_changes = checker.generations() if checker else StageCheck("generation")
+        evaluation_changes = checker.evaluations() if checker else StageCheck("evaluation")
+        pairs = self._table("evaluation_tasks")
+        for line in change_report(generation_changes, evaluation_changes, pairs, self.replace_changed):
+            self.progress(line)
         generation_keys = self._table("generation_tasks")["generation_task_id"].tolist()
         generation_order = self.instance.get_dynamic_partitions("generation_tasks")
-        reports.append(
-            self.run_partitions(
-                "generation",
-                generation_keys,
-                self.materialized("generation_response"),
-                lambda todo, size: key_batches(generation_order, todo, size),
-            )
+
+        def generation_batcher(todo: list[str], size: int) -> list[Batch]:
+            return key_batches(generation_order, todo, size)
+
+        generation = self.run_partitions(
+            "generation",
+            generation_keys,
+            self.materialized("generation_response"),
+            generation_batcher,
+            generation_changes.keys(),
         )
+        reports.append(generation)
+        if not self.replace_changed:
+            reports += self.refresh_prompts(
+                "generation_prompts", "generation_prompt", generation_changes, generation_batcher, generation_keys
+            )
+        elif checker and generation.succeeded:
+            evaluation_changes = checker.evaluations()  # re-asked generations make their pairs out of date
 
         generated = self.materialized("generation_response")
-        pairs = self._table("evaluation_tasks")
         pair_keys = valid_pair_keys(pairs, generation_task=generated)
         waiting = len(pairs) - len(pair_keys)
         if waiting:
@@ -192,12 +235,22 @@ class Runner:
             as_pairs = [(g, e) for e, g in (k.split("|", 1) for k in todo)]
             return pair_batches(generation_order, as_pairs, size)
 
-        if reports[-1].cap_reached:
+        if generation.cap_reached:
             self.progress("evaluation: not started: the spending cap was reached")
         else:
             reports.append(
-                self.run_partitions("evaluation", pair_keys, self.materialized("evaluation_response"), pair_batcher)
+                self.run_partitions(
+                    "evaluation",
+                    pair_keys,
+                    self.materialized("evaluation_response"),
+                    pair_batcher,
+                    evaluation_changes.keys(),
+                )
             )
+            if not self.replace_changed:
+                reports += self.refresh_prompts(
+                    "evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_batcher, pair_keys
+                )
         if results_current(self.instance):
             self.progress("results: up to date (nothing they read has changed since they were built)")
             reports.append(StageReport("results", total=1, skipped=1))

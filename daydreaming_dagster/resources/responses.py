@@ -27,6 +27,7 @@ _FIELD_WORDS = {
     "model": "provider model",
     "temperature": "temperature",
     "max_tokens": "max_tokens",
+    "replicate": "replicate",
 }
 
 
