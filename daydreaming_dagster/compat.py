@@ -13,8 +13,8 @@ from dagster._core.execution.backfill import PartitionBackfill
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.instance.types import CachingDynamicPartitionsLoader
-from dagster._core.storage.base_storage import DagsterStorage
 from dagster._core.loader import LoadingContextForTest
+from dagster._core.storage.base_storage import DagsterStorage
 from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import ConsolidatedSqliteEventLogStorage
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.sql import create_engine
