@@ -53,7 +53,7 @@ def build_resources(settings: Settings) -> dict:
     return {
         "experiment_config": ExperimentConfig.for_experiment(str(settings.data_root), out),
         "llm": LLMClientResource(backend=settings.backend, api_key=api_key, base_url=settings.base_url),
-        "responses": ResponseStore(base_path=out),
+        "responses": ResponseStore.at(out),
         "text_io_manager": TextIOManager(base_path=out),
         "table_io_manager": TableIOManager(base_path=out),
     }
