@@ -9,7 +9,13 @@ from __future__ import annotations
 # One backfill of exactly the valid pairs: `instance.add_backfill` takes a PartitionBackfill, and a
 # sensor that asks for a backfill hands RunRequest.for_asset_graph_subset an AssetGraphSubset.
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset  # noqa: F401
-from dagster._core.execution.backfill import PartitionBackfill  # noqa: F401
+
+# `daydream run` leaves to other runs the partitions they are materializing: a run's single
+# partition is in this tag, and a backfill the daemon works on is found by its status.
+from dagster._core.execution.backfill import (
+    BulkActionStatus,  # noqa: F401
+    PartitionBackfill,  # noqa: F401
+)
 
 # `daydream run`'s worker instance is a DagsterInstance subclass (Dagster's supported seam for a
 # custom instance, `instance_class` in dagster.yaml); the runner names it in the instance's ref.
@@ -25,7 +31,14 @@ from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import
     ConsolidatedSqliteEventLogStorage,
 )
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage  # noqa: F401
-from dagster._core.storage.sql import create_engine  # noqa: F401
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage  # noqa: F401
+
+# `daydream repair-instance` keeps the schema version of Dagster's alembic scripts (their head) in an
+# instance whose databases were stamped twice; the scripts' location is Dagster's own.
+from dagster._core.storage.sql import (
+    ALEMBIC_SCRIPTS_LOCATION,  # noqa: F401
+    create_engine,  # noqa: F401
+)
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS  # noqa: F401
 
 # A run over a partition-key range (how batches and backfills put up to 32 partitions in one run):
@@ -33,6 +46,7 @@ from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS  # noqa: F4
 from dagster._core.storage.tags import (  # noqa: F401
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,  # noqa: F401
 )
 from dagster._core.utils import make_new_backfill_id  # noqa: F401
 from dagster._serdes import ConfigurableClassData  # noqa: F401
@@ -40,11 +54,15 @@ from dagster._serdes import ConfigurableClassData  # noqa: F401
 PRIVATE_SYMBOLS = (
     "ASSET_PARTITION_RANGE_END_TAG",
     "ASSET_PARTITION_RANGE_START_TAG",
+    "PARTITION_NAME_TAG",
+    "BulkActionStatus",
     "AssetGraphSubset",
     "PartitionBackfill",
     "make_new_backfill_id",
     "ConsolidatedSqliteEventLogStorage",
     "SqliteRunStorage",
+    "SqliteScheduleStorage",
+    "ALEMBIC_SCRIPTS_LOCATION",
     "create_engine",
     "SQLITE_BUSY_TIMEOUT_SECONDS",
     "InstanceRef",
