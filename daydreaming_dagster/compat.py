@@ -22,7 +22,7 @@ from dagster._core.execution.backfill import (
 from dagster._core.instance.ref import InstanceRef  # noqa: F401
 
 # bench/scale.py times a sensor tick the way the code server evaluates it: through Dagster's
-# caching key loader over the instance.
+# caching key loader over the instance; the overlap check reads each key list once through it.
 from dagster._core.instance.types import CachingDynamicPartitionsLoader  # noqa: F401
 
 # The pooled SQLite instance storage subclasses Dagster's own SQLite storages and builds its

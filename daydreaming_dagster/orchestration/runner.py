@@ -35,8 +35,9 @@ STAGES = {
     "generation": ({"generation_prompt", "generation_response"}, generation_tasks_partitions),
     "evaluation": ({"evaluation_prompt", "evaluation_response"}, evaluation_pairs_partitions),
 }
-# How often a runner looks again whether another run of an unpartitioned stage has finished.
+# How often, and how long, a runner waits for another run that is building an unpartitioned stage.
 WAIT_POLL_S = 1.0
+STAGE_WAIT_S = 600.0
 
 
 @dataclass
@@ -107,7 +108,16 @@ class Runner:
             self.progress(f"{job_name}: waiting for {other}, which is building it")
             # Judge freshness only once the other run has finished: a run that finishes between
             # a stale "not current" and our next try would be built twice.
+            waited = time.monotonic()
             while self._in_progress(other):
+                if time.monotonic() - waited > STAGE_WAIT_S:
+                    report.failures[job_name] = (
+                        f"{other} has been building {job_name} for over {STAGE_WAIT_S / 60:.0f} min; if it is "
+                        "no longer running (its process was killed), terminate it on the Dagster UI's Runs page "
+                        "and run again."
+                    )
+                    report.seconds = time.monotonic() - started
+                    return report
                 time.sleep(WAIT_POLL_S)
             if current is not None and current():
                 self.progress(f"{job_name}: up to date (built by {other})")

@@ -90,6 +90,7 @@ def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | N
             if keys is None:
                 left[job_name] = next(iter(taken.values()))
             else:
+                taken = {k: v for k, v in taken.items() if k in keys} or dict.fromkeys(keys, next(iter(taken.values())))
                 left.update(taken)
                 pieces[:0] = _free_pieces(keys, taken)
             continue
