@@ -1,71 +1,80 @@
 """Every private Dagster symbol the project uses, imported here and nowhere else.
 
-Dagster offers no public API for these; each line says why it is needed. A Dagster upgrade that
-moves or removes one fails on import of this module, and `tests/test_compat.py` names each of them,
-so the break shows in one place. Pinned with `dagster==1.13.28` in pyproject.toml."""
+Dagster offers no public API for these; `WHY` says what each is needed for. A Dagster upgrade that
+moves or removes one fails on import of this module, and `tests/test_structure.py` names each of
+them, so the break shows in one place. Dagster is pinned in pyproject.toml."""
 
 from __future__ import annotations
 
-# One backfill of exactly the valid pairs: `instance.add_backfill` takes a PartitionBackfill, and a
-# sensor that asks for a backfill hands RunRequest.for_asset_graph_subset an AssetGraphSubset.
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset  # noqa: F401
-
-# `daydream run` leaves to other runs the partitions they are materializing: a run's single
-# partition is in this tag, and a backfill the daemon works on is found by its status.
-from dagster._core.execution.backfill import (
-    BulkActionStatus,  # noqa: F401
-    PartitionBackfill,  # noqa: F401
-)
-
-# `daydream run`'s worker instance is a DagsterInstance subclass (Dagster's supported seam for a
-# custom instance, `instance_class` in dagster.yaml); the runner names it in the instance's ref.
-from dagster._core.instance.ref import InstanceRef  # noqa: F401
-
-# bench/scale.py times a sensor tick the way the code server evaluates it: through Dagster's
-# caching key loader over the instance; the overlap check reads each key list once through it.
-from dagster._core.instance.types import CachingDynamicPartitionsLoader  # noqa: F401
-
-# The pooled SQLite instance storage subclasses Dagster's own SQLite storages and builds its
-# engine the way they do.
-from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import (  # noqa: F401
-    ConsolidatedSqliteEventLogStorage,
-)
-from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage  # noqa: F401
-from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage  # noqa: F401
-
-# `daydream repair-instance` keeps the schema version of Dagster's alembic scripts (their head) in an
-# instance whose databases were stamped twice; the scripts' location is Dagster's own.
-from dagster._core.storage.sql import (
-    ALEMBIC_SCRIPTS_LOCATION,  # noqa: F401
-    create_engine,  # noqa: F401
-)
-from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS  # noqa: F401
-
-# A run over a partition-key range (how batches and backfills put up to 32 partitions in one run):
-# `execute_in_process` takes one partition key, the range goes in these two run tags.
-from dagster._core.storage.tags import (  # noqa: F401
+from dagster._config import process_config
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.instance.types import CachingDynamicPartitionsLoader
+from dagster._core.storage.base_storage import DagsterStorage
+from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import ConsolidatedSqliteEventLogStorage
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sql import ALEMBIC_SCRIPTS_LOCATION, create_engine
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,  # noqa: F401
+    PARTITION_NAME_TAG,
 )
-from dagster._core.utils import make_new_backfill_id  # noqa: F401
-from dagster._serdes import ConfigurableClassData  # noqa: F401
+from dagster._core.utils import make_new_backfill_id
+from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
-PRIVATE_SYMBOLS = (
+WHY = {
+    "ASSET_PARTITION_RANGE_START_TAG": "a run over a partition-key range (batches of up to 32 partitions): "
+    "execute_in_process takes one partition key, a range goes in these two run tags",
+    "ASSET_PARTITION_RANGE_END_TAG": "the other end of that range",
+    "PartitionBackfill": "`daydream backfill` stores one backfill of exactly the valid pairs (instance.add_backfill)",
+    "make_new_backfill_id": "the id of that backfill, made the way Dagster makes them",
+    "AssetGraphSubset": "a sensor asks for one backfill of many pairs through RunRequest.for_asset_graph_subset",
+    "ConsolidatedSqliteEventLogStorage": "the pooled SQLite event log subclasses Dagster's own",
+    "SqliteRunStorage": "the pooled SQLite run storage subclasses Dagster's own",
+    "create_engine": "the pooled storages build their engine the way Dagster's SQLite storages do",
+    "SQLITE_BUSY_TIMEOUT_SECONDS": "and with the same busy timeout",
+    "InstanceRef": "`daydream run`'s workers name their DagsterInstance subclass in the instance's ref "
+    "(Dagster's supported seam for a custom instance class)",
+    "ConfigurableClassData": "how a ref names that class",
+    "DagsterStorage": "the pooled PostgreSQL storage is a storage of its own, on the same base as "
+    "dagster-postgres's DagsterPostgresStorage",
+    "ConfigurableClass": "and, like it, configured from dagster.yaml",
+    "CachingDynamicPartitionsLoader": "bench/scale.py times a sensor tick the way the code server evaluates it; "
+    "the overlap check (orchestration/overlap.py) reads each key list once through it",
+    "PARTITION_NAME_TAG": "`daydream run` leaves to other runs the partitions they are materializing: "
+    "a run of one partition names it in this tag",
+    "BulkActionStatus": "and a backfill the daemon is working on has this status (REQUESTED)",
+    "SqliteScheduleStorage": "the schedule storage of the project's instance is Dagster's, created under a lock",
+    "ALEMBIC_SCRIPTS_LOCATION": "`daydream repair-instance` keeps the schema version of Dagster's alembic scripts "
+    "(their head) in a database that two processes stamped at once",
+    "process_config": "tests/test_deploy.py validates deploy/'s run launcher and compute log configs",
+    "dagster_instance_config": "and reads deploy/'s dagster.yaml files the way Dagster does",
+}
+
+__all__ = [
     "ASSET_PARTITION_RANGE_END_TAG",
     "ASSET_PARTITION_RANGE_START_TAG",
+    "ALEMBIC_SCRIPTS_LOCATION",
     "PARTITION_NAME_TAG",
-    "BulkActionStatus",
+    "SQLITE_BUSY_TIMEOUT_SECONDS",
     "AssetGraphSubset",
-    "PartitionBackfill",
-    "make_new_backfill_id",
+    "BulkActionStatus",
+    "CachingDynamicPartitionsLoader",
+    "ConfigurableClass",
+    "ConfigurableClassData",
     "ConsolidatedSqliteEventLogStorage",
+    "DagsterStorage",
+    "InstanceRef",
+    "PartitionBackfill",
     "SqliteRunStorage",
     "SqliteScheduleStorage",
-    "ALEMBIC_SCRIPTS_LOCATION",
     "create_engine",
-    "SQLITE_BUSY_TIMEOUT_SECONDS",
-    "InstanceRef",
-    "ConfigurableClassData",
-    "CachingDynamicPartitionsLoader",
-)
+    "dagster_instance_config",
+    "make_new_backfill_id",
+    "process_config",
+]
+PRIVATE_SYMBOLS = tuple(__all__)

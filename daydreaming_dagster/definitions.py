@@ -11,7 +11,7 @@ import os
 
 import dagster as dg
 
-from .assets import core, llm_evaluation, llm_generation, raw_data, results
+from .assets import core, llm_evaluation, llm_generation, raw_data, report, results
 from .orchestration.sensors import build_evaluation_sensor
 from .resources.config import ExperimentConfig
 from .resources.io_managers import TableIOManager, TextIOManager
@@ -19,7 +19,7 @@ from .resources.llm import LLMClientResource
 from .resources.responses import ResponseStore
 from .settings import Settings
 
-ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results]
+ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results, report]
 ALL_ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 ALL_CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
@@ -41,7 +41,7 @@ evaluation_job = dg.define_asset_job(
 results_job = dg.define_asset_job(
     "results",
     selection=dg.AssetSelection.groups(results.GROUP),
-    description="Parse every judge answer and build the result tables.",
+    description="Parse every judge answer and build the result tables and the HTML report.",
 )
 
 
@@ -52,7 +52,12 @@ def build_resources(settings: Settings) -> dict:
     api_key = dg.EnvVar("OPENROUTER_API_KEY") if os.environ.get("OPENROUTER_API_KEY") else None
     return {
         "experiment_config": ExperimentConfig.for_experiment(str(settings.data_root), out),
-        "llm": LLMClientResource(backend=settings.backend, api_key=api_key, base_url=settings.base_url),
+        "llm": LLMClientResource(
+            backend=settings.backend,
+            api_key=api_key,
+            base_url=settings.base_url,
+            max_calls_in_flight=settings.max_calls_in_flight,
+        ),
         "responses": ResponseStore.at(out),
         "text_io_manager": TextIOManager(base_path=out),
         "table_io_manager": TableIOManager(base_path=out),
@@ -67,6 +72,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=[task_tables_job, generation_job, evaluation_job, results_job],
         sensors=[build_evaluation_sensor()],
         resources=build_resources(settings),
+        # Every run's steps in its own process: a run is a prompt step then a response step, so the
+        # multiprocess executor's two extra processes (each importing the code location, ~3 s of
+        # CPU) bought no parallelism; pools are honoured the same way.
+        executor=dg.in_process_executor,
     )
 
 

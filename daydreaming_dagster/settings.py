@@ -8,6 +8,9 @@ from pathlib import Path
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 BACKENDS = ("openai", "offline")
+# LLM calls in flight at once from this machine to one API, across every process (runs the daemon
+# launches, `daydream run`'s workers): DAYDREAM_MAX_CALLS_IN_FLIGHT.
+DEFAULT_MAX_CALLS_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,7 @@ class Settings:
     data_root: Path
     backend: str
     base_url: str
+    max_calls_in_flight: int = DEFAULT_MAX_CALLS_IN_FLIGHT
 
     @property
     def offline(self) -> bool:
@@ -36,8 +40,12 @@ class Settings:
         backend = os.environ.get("DAYDREAM_BACKEND", "openai").strip().lower() or "openai"
         if backend not in BACKENDS:
             raise ValueError(f"DAYDREAM_BACKEND is {backend!r}; use one of {', '.join(BACKENDS)}.")
+        calls = os.environ.get("DAYDREAM_MAX_CALLS_IN_FLIGHT", str(DEFAULT_MAX_CALLS_IN_FLIGHT)).strip()
+        if not calls.isdigit() or int(calls) < 1:
+            raise ValueError(f"DAYDREAM_MAX_CALLS_IN_FLIGHT is {calls!r}; use a whole number of at least 1.")
         return cls(
             data_root=Path(os.environ.get("DAYDREAM_DATA_ROOT", "data")),
             backend=backend,
             base_url=os.environ.get("OPENROUTER_BASE_URL", DEFAULT_BASE_URL),
+            max_calls_in_flight=int(calls),
         )

@@ -280,6 +280,7 @@ def in_process_daydream(tmp_path, monkeypatch):
     return experiment
 
 
+@pytest.mark.slow
 def test_a_rerun_rebuilds_task_tables_and_results_only_when_what_they_are_built_from_changed(
     in_process_daydream, capsys
 ):
@@ -307,6 +308,7 @@ def test_a_rerun_rebuilds_task_tables_and_results_only_when_what_they_are_built_
     assert summary.is_file()
 
 
+@pytest.mark.slow
 def test_daydream_run_batches_and_reruns_a_failed_batch_one_partition_per_run_paying_each_answer_once(
     in_process_daydream, openai_server, monkeypatch, capsys
 ):

@@ -115,6 +115,7 @@ def dagster_env(run: OfflineRun) -> dict[str, str]:
 # --------------------------------------------------------------------------- a. offline end-to-end
 
 
+@pytest.mark.slow
 def test_offline_run_materializes_everything(offline_run: OfflineRun):
     run = offline_run
     assert run.proc.returncode == 0, explain(run.proc)
@@ -139,6 +140,8 @@ def test_offline_run_materializes_everything(offline_run: OfflineRun):
     assert (run.home / "offline").is_dir()
     # it says where the results are
     assert str(run.out / "5_results") in run.proc.stdout
+    assert f"report: {run.out / '5_results' / 'report.html'}" in run.proc.stdout
+    assert (run.out / "5_results" / "report.html").read_text().startswith("<!doctype html>")
     assert "generation: 6 ran" in run.proc.stdout and "evaluation: 12 ran" in run.proc.stdout
 
 
@@ -213,6 +216,7 @@ def after_run(offline_run: OfflineRun) -> AfterRun:
     return AfterRun(**done, responses_before=responses_before, valid_key=valid_key, invalid_key=invalid_key, prompt=prompt)
 
 
+@pytest.mark.slow
 def test_second_offline_run_calls_no_llm(offline_run: OfflineRun, after_run: AfterRun):
     again = after_run.again
     assert again.returncode == 0, explain(again)
@@ -224,6 +228,7 @@ def test_second_offline_run_calls_no_llm(offline_run: OfflineRun, after_run: Aft
     assert response_state(offline_run) == after_run.responses_before
 
 
+@pytest.mark.slow
 def test_keys_prints_exactly_the_valid_pairs(after_run: AfterRun):
     proc = after_run.keys
     assert proc.returncode == 0, explain(proc)
@@ -232,6 +237,7 @@ def test_keys_prints_exactly_the_valid_pairs(after_run: AfterRun):
     assert len(lines) == len(set(lines)) == 12
 
 
+@pytest.mark.slow
 def test_keys_filters_by_generation_task(offline_run: OfflineRun, monkeypatch, capsys):
     from daydreaming_dagster import cli
 
@@ -248,6 +254,7 @@ def test_keys_filters_by_generation_task(offline_run: OfflineRun, monkeypatch, c
     assert sorted(capsys.readouterr().out.splitlines()) == [f"{METHOD_IDS[0]}|{g}" for g in GENERATION_IDS]
 
 
+@pytest.mark.slow
 def test_dagster_cli_materializes_a_printed_pair(offline_run: OfflineRun, after_run: AfterRun):
     assert after_run.valid_key in after_run.keys.stdout.splitlines()
     assert after_run.valid.returncode == 0, explain(after_run.valid)
@@ -256,6 +263,7 @@ def test_dagster_cli_materializes_a_printed_pair(offline_run: OfflineRun, after_
     assert generation_text in after_run.prompt.read_text()
 
 
+@pytest.mark.slow
 def test_dagster_cli_refuses_an_unknown_pair(offline_run: OfflineRun, after_run: AfterRun):
     proc = after_run.invalid
     assert proc.returncode != 0, explain(proc)

@@ -322,6 +322,7 @@ def test_an_invalid_price_names_the_model(value):
 # --------------------------------------------------------------------------- 6. daydream run through faults
 
 
+@pytest.mark.slow
 def test_daydream_run_survives_transient_faults_stores_each_response_once_and_reruns_for_free(
     openai_server, tmp_path, monkeypatch, capsys
 ):

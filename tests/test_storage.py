@@ -208,6 +208,7 @@ KILLED_WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_writer_killed_at_random_moments_never_leaves_a_partial_response(tmp_path):
     folder = tmp_path / "3_generation" / "generation_response"
     count = 60  # more than the killed writers can finish

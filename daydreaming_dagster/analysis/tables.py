@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..experiment.ids import pair_key_str
 from .agreement import overall_reliability, pairwise_agreement, score_summary
-from .scoring import explain_parse
+from .scoring import read_verdict
 
 PARSED_SCORE_COLUMNS = [
     "generation_task_id",
@@ -25,6 +25,7 @@ PARSED_SCORE_COLUMNS = [
     "score",
     "parse_error",
     "response_path",
+    "score_line",
 ]
 NO_RESPONSE = "no evaluation response stored"
 # A method whose judge answers parse less often than this needs a look (prompt, parser or model).
@@ -55,7 +56,8 @@ def parse_scores(
     answers: dict[str, str],
     response_path,
 ) -> pd.DataFrame:
-    """One row per pair of the evaluation table: the judge's score, or why there is none."""
+    """One row per pair of the evaluation table: the judge's score, or why there is none, and
+    `score_line`, the line of the answer (1-based) the score statement was read from."""
     scales = evaluation_templates.set_index("template_id")[["score_min", "score_max"]]
     table = evaluation_tasks.merge(
         generation_tasks[
@@ -64,7 +66,7 @@ def parse_scores(
         on="generation_task_id",
         how="left",
     )
-    scores, errors, paths = [], [], []
+    scores, errors, paths, lines = [], [], [], []
     for row in table.itertuples(index=False):
         key = pair_key_str(row.generation_task_id, row.evaluation_task_id)
         text = answers.get(key)
@@ -72,14 +74,17 @@ def parse_scores(
         if text is None:
             scores.append(None)
             errors.append(NO_RESPONSE)
+            lines.append(None)
             continue
         scale = tuple(scales.loc[row.evaluation_template_id]) if row.evaluation_template_id in scales.index else (0.0, 10.0)
-        score, reason = explain_parse(text, scale)
-        scores.append(None if reason else score)
-        errors.append(reason or None)
+        verdict = read_verdict(text, scale)
+        scores.append(None if verdict.reason else verdict.score)
+        errors.append(verdict.reason or None)
+        lines.append(None if verdict.line is None else verdict.line + 1)
     table["score"] = pd.Series(scores, index=table.index, dtype="float64")
     table["parse_error"] = pd.Series(errors, index=table.index, dtype="object")
     table["response_path"] = paths
+    table["score_line"] = pd.array(lines, dtype="Int64")
     return table[PARSED_SCORE_COLUMNS]
 
 

@@ -16,6 +16,7 @@ from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from ..store.layout import table_path, text_path
+from .budget import SpendingGuard
 from .common import (
     PartitionText,
     by_partition,
@@ -148,4 +149,6 @@ def evaluation_response(
         )
         for key, pair in pairs.items()
     ]
-    return respond(context, llm, responses, asks, config)
+    with experiment_errors_as_failures():
+        guard = SpendingGuard.for_step(experiment_config, config.max_cost_usd, llm)
+    return respond(context, llm, responses, asks, config, guard)

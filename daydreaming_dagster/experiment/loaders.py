@@ -6,6 +6,7 @@ is one sentence naming the file, the row or the column at fault."""
 from __future__ import annotations
 
 import csv
+import functools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,8 +218,14 @@ def render_evaluation_prompt(template_text: str, response: str) -> str:
     return _render(template_text, response=response)
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(template_text: str) -> jinja2.Template:
+    # Compiling costs ~100x a render; an experiment has a handful of templates rendered many times.
+    return _JINJA.from_string(template_text)
+
+
 def _render(template_text: str, **variables) -> str:
     try:
-        return _JINJA.from_string(template_text).render(**variables)
+        return _compiled(template_text).render(**variables)
     except jinja2.UndefinedError as exc:
         raise ExperimentError(f"template rendering failed: {exc.message}.") from exc

@@ -8,9 +8,11 @@ back as a good one. The API key is never put into an exception, a log line or a 
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -21,7 +23,7 @@ import openai
 import tenacity
 
 from .requests import MISSING_KEY_MESSAGE, IncompleteResponseError, LLMError, LLMRequest, LLMResponse, now_iso, who
-from .slots import call_slot
+from .slots import FileCallSlots, call_slot
 
 # Statuses worth another attempt: request timeout, rate limit, and server-side failures
 # (including the 52x family that CDNs in front of providers answer with).  501 (not
@@ -64,6 +66,7 @@ class OpenAIBackend:
         max_wait_s: float = 60.0,
         backoff_base_s: float = 1.0,
         log: logging.Logger | None = None,
+        machine_slots: FileCallSlots | None = None,
     ) -> None:
         # A key pasted into .env often ends with a newline.
         self._api_key = (api_key or "").strip()
@@ -73,6 +76,7 @@ class OpenAIBackend:
         self.max_wait_s = max_wait_s
         self.backoff_base_s = backoff_base_s
         self._log = log or logging.getLogger(__name__)
+        self._machine_slots = machine_slots
         self._client: openai.OpenAI | None = None
 
     def __repr__(self) -> str:  # never shows the key
@@ -86,7 +90,7 @@ class OpenAIBackend:
     def complete(self, request: LLMRequest) -> LLMResponse:
         """One chat completion for `request`; raises LLMError (or IncompleteResponseError)."""
         self.check_ready()
-        with call_slot():
+        with call_slot(), self._machine_slots.hold() if self._machine_slots else contextlib.nullcontext():
             return self._complete(request)
 
     def close(self) -> None:
@@ -304,6 +308,11 @@ def _int_or_none(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _cost_or_none(value: Any) -> Optional[float]:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if number and math.isfinite(value) and value >= 0 else None
+
+
 def _response_from_body(request: LLMRequest, data: dict, *, latency_s: float, attempts: int) -> LLMResponse:
     choice = data["choices"][0] if isinstance(data["choices"], list) else {}
     choice = choice if isinstance(choice, dict) else {}
@@ -317,6 +326,9 @@ def _response_from_body(request: LLMRequest, data: dict, *, latency_s: float, at
         "prompt_tokens": _int_or_none(usage.get("prompt_tokens")),
         "completion_tokens": _int_or_none(usage.get("completion_tokens")),
         "total_tokens": _int_or_none(usage.get("total_tokens")),
+        # What the provider says the call cost (OpenRouter's usage.cost, in USD), when it says.
+        "provider_cost_usd": _cost_or_none(usage.get("cost")),
+        "prompt_chars": len(request.prompt),
         "latency_s": round(latency_s, 3),
         "attempts": attempts,
         "generation_id": generation_id if isinstance(generation_id, str) and generation_id else None,

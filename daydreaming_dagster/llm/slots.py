@@ -1,9 +1,25 @@
-"""Call slots shared by the processes of one `daydream run`: the calls in flight across all of its
-worker processes stay within --concurrency while each run may start that many."""
+"""Call slots: how many LLM calls may be in flight at once across processes.
+
+Two kinds. `daydream run` gives its worker processes one multiprocessing semaphore
+(`share_call_slots`), so the calls across all of its runs stay within --concurrency. Runs the
+Dagster daemon launches (UI backfills, the sensor) are separate processes with nothing shared but
+the machine: `FileCallSlots` is a set of slot files in a folder, a call holding an exclusive
+`flock` on one of them while it is in flight. A slot is free again the moment its holder ends,
+even after a SIGKILL (the kernel drops the lock), and a waiting call takes it within `poll_s`."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; FileCallSlots then does not limit
+    fcntl = None
 
 _shared_call_slots = None
 
@@ -18,3 +34,37 @@ def share_call_slots(semaphore) -> None:
 def call_slot():
     """A context that holds one shared slot while a call is in flight (a no-op when none are shared)."""
     return _shared_call_slots or contextlib.nullcontext()
+
+
+class FileCallSlots:
+    """`count` call slots shared by every process on this machine that names the same `folder`."""
+
+    def __init__(self, folder: Path | str, count: int, poll_s: float = 0.02) -> None:
+        self.folder = Path(folder)
+        self.count = max(1, int(count))
+        self.poll_s = poll_s
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[int]:
+        """Wait for a free slot and hold it for the duration of the block; yields its number."""
+        if fcntl is None:
+            yield -1
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            # A random starting slot spreads the callers, so they do not all try slot 0 first.
+            start = random.randrange(self.count)
+            for i in range(self.count):
+                number = (start + i) % self.count
+                fd = os.open(self.folder / f"slot-{number:04d}", os.O_RDWR | os.O_CREAT, 0o666)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                try:
+                    yield number
+                finally:
+                    os.close(fd)  # releases the lock
+                return
+            time.sleep(self.poll_s * (0.5 + random.random()))

@@ -19,7 +19,11 @@ def check_pairs(requested: list[str], valid: set[str], evaluation_tasks_csv: Pat
 
 
 def submit_pair_backfill(
-    instance: dg.DagsterInstance, defs: dg.Definitions, pair_keys: list[str], title: str | None = None
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    pair_keys: list[str],
+    title: str | None = None,
+    run_config: dict | None = None,
 ) -> str:
     """Add a backfill of evaluation_prompt + evaluation_response for `pair_keys`; returns its id.
 
@@ -38,7 +42,7 @@ def submit_pair_backfill(
         all_partitions=False,
         title=title or f"daydream: {len(pair_keys)} valid evaluation pairs",
         description="Submitted by `daydream backfill` from the evaluation_tasks table.",
-        run_config=None,
+        run_config=run_config,
     )
     instance.add_backfill(backfill)
     return backfill_id

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from ..assets.budget import CAP_REACHED
 from ..compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from ..settings import Settings
 from .batches import Batch
@@ -30,6 +31,7 @@ class BatchOutcome:
     keys: tuple[str, ...]
     success: bool
     error: str | None = None
+    cap_reached: bool = False  # the spending cap refused a call: nothing more should start
     left: dict[str, str] = field(default_factory=dict)
 
 
@@ -45,6 +47,16 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
             cause = data.error.cause or data.error
             return (cause.message or data.error.message).strip().splitlines()[0]
     return "the run failed (see the run's logs in the Dagster UI)"
+
+
+def cap_reached(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether a step failed because the spending cap refused a call (see assets/budget.py)."""
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data.user_failure_data
+            if data is not None and CAP_REACHED in (data.metadata or {}):
+                return True
+    return False
 
 
 def load_worker() -> None:
@@ -80,8 +92,8 @@ def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | N
     if any(op.get("config", {}).get("replace_changed") for op in run_config.get("ops", {}).values()):
         tags[RERUN_TAG] = "true"  # materialized partitions are re-run on purpose
     pieces = [batch.keys] if batch else [None]
-    ran, left, errors = [], {}, []
-    while pieces:
+    ran, left, errors, capped = [], {}, [], False
+    while pieces and not capped:
         keys = pieces.pop(0)
         try:
             result = _execute_piece(job, keys, run_config, tags)
@@ -100,7 +112,8 @@ def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | N
         ran += [k for k in piece if k not in held]
         if not result.success and any(k not in held for k in piece):
             errors.append(failure_text(result))
-    return BatchOutcome(tuple(ran), not errors, errors[0] if errors else None, left)
+            capped = cap_reached(result)
+    return BatchOutcome(tuple(ran), not errors, errors[0] if errors else None, capped, left)
 
 
 def _execute_piece(job, keys: tuple[str, ...] | None, run_config: dict, tags: dict) -> dg.ExecuteInProcessResult:
@@ -131,9 +144,11 @@ def _free_pieces(keys: tuple[str, ...], taken: dict) -> list[tuple[str, ...]]:
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def partition_run_config(job_name: str, replace_changed: bool, parallel_calls: int) -> dict:
+def partition_run_config(job_name: str, replace_changed: bool, parallel_calls: int, max_cost_usd: float | None = None) -> dict:
     asset = "generation_response" if job_name == "generation" else "evaluation_response"
     config = {"parallel_calls": parallel_calls, **({"replace_changed": True} if replace_changed else {})}
+    if max_cost_usd is not None:
+        config["max_cost_usd"] = float(max_cost_usd)
     return {**QUIET, "ops": {asset: {"config": config}}}
 
 

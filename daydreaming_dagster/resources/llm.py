@@ -6,6 +6,9 @@ run config snapshot)."""
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -15,6 +18,7 @@ from ..llm.backend import LLMBackend
 from ..llm.offline import OfflineBackend
 from ..llm.openai_backend import OpenAIBackend
 from ..llm.requests import LLMError, LLMRequest, LLMResponse
+from ..llm.slots import FileCallSlots
 from ..settings import BACKENDS
 
 
@@ -40,6 +44,11 @@ class LLMClientResource(dg.ConfigurableResource):
     backoff_base_s: float = Field(
         default=1.0,
         description="First backoff wait in seconds; it doubles each retry, plus up to as much jitter.",
+    )
+    max_calls_in_flight: Optional[int] = Field(
+        default=None,
+        description="LLM calls in flight at once from this machine to this API, across every process "
+        "(every run the daemon launches included); None: no machine-wide limit.",
     )
 
     _backend: Optional[LLMBackend] = PrivateAttr(default=None)
@@ -79,4 +88,13 @@ class LLMClientResource(dg.ConfigurableResource):
             max_wait_s=self.max_wait_s,
             backoff_base_s=self.backoff_base_s,
             log=dg.get_dagster_logger("llm"),
+            machine_slots=FileCallSlots(machine_slots_folder(self.base_url), self.max_calls_in_flight)
+            if self.max_calls_in_flight
+            else None,
         )
+
+
+def machine_slots_folder(base_url: str) -> Path:
+    """The slot files of one API on this machine (a folder every process derives the same way)."""
+    digest = hashlib.sha256(base_url.encode("utf-8")).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "daydream-call-slots" / digest

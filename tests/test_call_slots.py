@@ -1,0 +1,84 @@
+"""Machine-wide call slots: at most N calls in flight across threads and processes, a killed
+holder's slot free at once, and the LLM client holding one per call against the real test server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from daydreaming_dagster.llm.requests import LLMRequest
+from daydreaming_dagster.llm.slots import FileCallSlots
+from daydreaming_dagster.resources.llm import LLMClientResource, machine_slots_folder
+
+KEY = "sk-or-v1-SLOTS-0123456789abcdef"
+
+
+def test_no_more_than_count_holders_at_once(tmp_path: Path):
+    slots = FileCallSlots(tmp_path / "slots", 3, poll_s=0.005)
+    lock, holding, most, held = threading.Lock(), [0], [0], []
+
+    def work(_):
+        with slots.hold() as number:
+            with lock:
+                holding[0] += 1
+                most[0] = max(most[0], holding[0])
+                held.append(number)
+            time.sleep(0.05)
+            with lock:
+                holding[0] -= 1
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(24)))
+    assert most[0] == 3
+    assert sorted(set(held)) == [0, 1, 2] and len(held) == 24
+
+
+HOLDER = """
+import sys, time
+from daydreaming_dagster.llm.slots import FileCallSlots
+with FileCallSlots(sys.argv[1], 1).hold():
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_holder_frees_its_slot_at_once(tmp_path: Path):
+    folder = tmp_path / "slots"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        waiting = threading.Thread(target=lambda: FileCallSlots(folder, 1, poll_s=0.005).hold().__enter__())
+        waiting.daemon = True
+        waiting.start()
+        waiting.join(0.3)
+        assert waiting.is_alive(), "the only slot is held by another process"
+        os.kill(holder.pid, signal.SIGKILL)
+        waiting.join(5)
+        assert not waiting.is_alive(), "the slot of a SIGKILLed holder is free again"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_client_holds_one_machine_slot_per_call(openai_server):
+    # The slot folder is derived from the base URL, whose port is this test server's own.
+    openai_server.latency_s = 0.4
+    client = LLMClientResource(api_key=KEY, base_url=openai_server.base_url, max_calls_in_flight=2, timeout_s=5.0)
+    assert machine_slots_folder(openai_server.base_url) != machine_slots_folder("https://openrouter.ai/api/v1")
+    request = LLMRequest(model_id="m", model="vendor/m", prompt="Say something.", temperature=0.0, max_tokens=20)
+    started = time.monotonic()
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: client.complete(request), range(6)))
+    wall = time.monotonic() - started
+    assert len(answers) == 6 and len(openai_server.requests) == 6
+    # Six calls of 0.4 s through two slots: three waves, never six at once (lower bounds only:
+    # a loaded machine can make them later, never earlier).
+    arrivals = sorted(r.received_at for r in openai_server.requests)
+    assert wall >= 1.1
+    assert arrivals[2] - arrivals[0] >= 0.3 and arrivals[4] - arrivals[2] >= 0.3
