@@ -11,6 +11,7 @@ from pathlib import Path
 from dotenv import load_dotenv
 
 from .llm.requests import MISSING_KEY_MESSAGE
+from .orchestration.instance_setup import BrokenInstanceError, open_instance
 
 DEFAULT_DAGSTER_HOME = "dagster_home"
 # The project's instance configuration, given to a DAGSTER_HOME that has none (e.g. the offline one).
@@ -93,10 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             failed = True
             for key, error in list(report.failures.items())[:20]:
                 print(f"{report.name} {key}: {error}", file=sys.stderr)
-    summary = ", ".join(
-        f"{r.name}: {r.succeeded} ran, {r.skipped} skipped, {len(r.failures)} failed in {r.seconds:.1f} s" for r in reports
-    )
-    print(summary)
+    print(", ".join(r.summary() for r in reports))
     if comparison := costs.report():
         print(comparison)
     if any(r.cap_reached for r in reports):
@@ -149,7 +147,7 @@ def _pair_selection(args: argparse.Namespace) -> tuple[list[str], set[str]] | in
     if getattr(args, "missing", False):
         import dagster as dg
 
-        exclude = dg.DagsterInstance.get().get_materialized_partitions(dg.AssetKey("evaluation_response"))
+        exclude = open_instance().get_materialized_partitions(dg.AssetKey("evaluation_response"))
     selected = valid_pair_keys(
         table, generation_task=args.generation_task, evaluation_task=args.evaluation_task, exclude=exclude
     )
@@ -184,11 +182,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         if not selected:
             print("nothing to backfill: every selected valid pair is already materialized.")
             return 0
-        import dagster as dg
 
         from .definitions import defs
 
-        backfill_id = submit_pair_backfill(dg.DagsterInstance.get(), defs(), selected)
+        backfill_id = submit_pair_backfill(open_instance(), defs(), selected)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -202,14 +199,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_prune_keys(args: argparse.Namespace) -> int:
     """Report (and with --yes remove) registered partition keys that the task tables no longer list."""
     _configure(args)
-    import dagster as dg
 
     from .settings import Settings
     from .store.layout import table_path
     from .store.tables import read_table
 
     settings = Settings.from_env()
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     columns = {"generation_tasks": "generation_task_id", "evaluation_tasks": "evaluation_task_id"}
     stale_by_name = {}
     for name, column in columns.items():
@@ -228,6 +224,18 @@ def cmd_prune_keys(args: argparse.Namespace) -> int:
     total = sum(map(len, stale_by_name.values()))
     verb = "removed" if args.yes else "found (re-run with --yes to remove them; files are never touched)"
     print(f"{total} stale key(s) {verb}.", file=sys.stderr)
+    return 0
+
+
+def cmd_repair_instance(args: argparse.Namespace) -> int:
+    """Repair an instance whose databases an earlier version let two processes stamp at once."""
+    _configure(args)
+    from .orchestration.instance_setup import repair_version_tables
+
+    repaired = repair_version_tables(Path(os.environ["DAGSTER_HOME"]))
+    for line in repaired:
+        print(line)
+    print(f"{os.environ['DAGSTER_HOME']}: {'repaired' if repaired else 'nothing to repair'}.")
     return 0
 
 
@@ -318,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--yes", action="store_true", help="remove them from the instance (files stay)")
     prune.set_defaults(func=cmd_prune_keys)
 
+    repair = sub.add_parser("repair-instance", help="repair an instance two processes created at once (older versions)")
+    common(repair)
+    repair.set_defaults(func=cmd_repair_instance)
+
     score = sub.add_parser("score", help="print FILE<TAB>score (or unparsed) for judge answers")
     score.add_argument("files", nargs="+")
     score.add_argument("--min", type=float, default=0.0, help="lowest score on the scale (default 0)")
@@ -330,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenInstanceError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader closed the pipe (`daydream keys | head`): not an error. Point stdout at
         # /dev/null so the interpreter's final flush does not raise again.

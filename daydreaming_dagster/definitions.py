@@ -70,7 +70,7 @@ def build_resources(settings: Settings) -> dict:
             base_url=settings.base_url,
             max_calls_in_flight=settings.max_calls_in_flight,
         ),
-        "responses": ResponseStore(base_path=out),
+        "responses": ResponseStore.at(out),
         "text_io_manager": TextIOManager(base_path=out),
         "table_io_manager": TableIOManager(base_path=out),
     }

@@ -3,22 +3,25 @@
 A step covers one partition or a range of them. For a range, the calls run concurrently (up to
 `parallel_calls`), and each answer is stored the moment it arrives, so a step that fails half-way
 (or a process that is killed) loses nothing that was paid for: the next run of those partitions
-finds the answers and reuses them."""
+finds the answers and reuses them. Every call is claimed first (see claiming.py): a partition whose
+call another live run has claimed is waited for and its answer reused, never paid for twice."""
 
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 
-from ..llm.requests import IncompleteResponseError, LLMError, LLMRequest, LLMResponse
+from ..llm.requests import IncompleteResponseError, LLMError, LLMResponse
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from ..store.responses import StoredResponseConflict, content_digest
 from .budget import CAP_REACHED, SpendingCapReached, SpendingGuard
+from .claiming import Ask, StepClaims, held_message
 from .common import partition_output, per_partition_type, text_preview
+
+__all__ = ["LLM_POOL", "Ask", "PartitionResponse", "ResponseConfig", "respond"]
 
 LLM_POOL = "llm_api"
 
@@ -40,15 +43,6 @@ class ResponseConfig(dg.Config):
     max_cost_usd: Optional[float] = None
     """Spending cap in USD for this run, overriding the experiment's `max_cost_usd`: no call starts
     whose worst case would take the spending under the output root past it."""
-
-
-@dataclass(frozen=True)
-class Ask:
-    """One partition's request: its partition key, its storage parts, and what to ask which model."""
-
-    key: str
-    parts: dict[str, str] | str
-    request: LLMRequest
 
 
 def respond(
@@ -88,26 +82,43 @@ def respond(
             raise dg.Failure(description=unbounded, metadata={CAP_REACHED: True})
 
     failures: dict[str, dg.Failure] = {}
-    try:
-        for ask, outcome in _complete_all(llm, to_call, config.parallel_calls, guard):
-            try:
-                if isinstance(outcome, LLMResponse):
+    with StepClaims(context, responses, asset_name, config.replace_changed) as claims:
+        pending, stopped = to_call, False
+        try:
+            while pending and not stopped:
+                mine, theirs = claims.take(pending)
+                for ask, outcome in _complete_all(llm, mine, config.parallel_calls, guard):
                     try:
-                        metadata[ask.key] = _keep(context, responses, asset_name, ask, outcome, config)
-                        answers[ask.key] = outcome
-                    except StoredResponseConflict as exc:
-                        failures[ask.key] = dg.Failure(description=str(exc))
-                else:
-                    failures[ask.key] = _failure(responses, asset_name, ask, outcome)
-            finally:
-                if guard:  # only now that its answer is stored does the call stop counting as in flight
-                    guard.settle(ask.key)
-    finally:
-        if guard:
-            guard.settle_all()
+                        if isinstance(outcome, LLMResponse):
+                            try:
+                                metadata[ask.key] = _keep(context, responses, asset_name, ask, outcome, config)
+                                answers[ask.key] = outcome
+                            except StoredResponseConflict as exc:
+                                failures[ask.key] = dg.Failure(description=str(exc))
+                        else:
+                            failures[ask.key] = _failure(responses, asset_name, ask, outcome)
+                            stopped = stopped or _stops_the_batch(outcome)
+                    finally:
+                        if guard:  # only now that its answer is stored does the call stop counting as in flight
+                            guard.settle(ask.key)
+                        claims.release(ask)
+                pending = [] if stopped else claims.wait(theirs)
+        finally:
+            if guard:
+                guard.settle_all()
+    parts_of = {ask.key: ask.parts for ask in to_call}
+    for key, stored in claims.found.items():
+        answers[key] = stored
+        metadata[key] = _response_metadata(stored, responses.path(asset_name, parts_of[key]), reused=True)
+    if claims.found:
+        context.log.info(f"reusing {len(claims.found)} response(s) that another run paid for meanwhile")
+    failures.update({key: dg.Failure(description=text) for key, text in claims.conflicts.items()})
+    for key, owner in claims.held.items():
+        failures[key] = dg.Failure(description=held_message(asset_name, key, owner, responses.claim_wait_s))
 
     if failures:
-        raise _summary_failure(asset_name, failures, len(answers), len(asks) - len(answers) - len(failures))
+        not_asked = len(asks) - len(answers) - len(failures)
+        raise _summary_failure(asset_name, failures, claims.held, len(answers), not_asked)
     # Each answer's data version is the digest of its text: what is built from it (an evaluation
     # prompt quoting a generation) goes stale in Dagster only when the answer itself changes.
     versions = {a.key: content_digest(answers[a.key].text.encode("utf-8"))["response_sha256"] for a in asks}
@@ -216,16 +227,23 @@ def _failure(responses: ResponseStore, asset_name: str, ask: Ask, error: Excepti
     return dg.Failure(description=f"{ask.request.model_id}: the call failed unexpectedly: {type(error).__name__}: {error}")
 
 
-def _summary_failure(asset_name: str, failures: dict[str, dg.Failure], stored: int, not_asked: int) -> dg.Failure:
-    """One partition's own failure as it is; for a range, one sentence that counts and names the first."""
+def _summary_failure(
+    asset_name: str, failures: dict[str, dg.Failure], held: dict[str, str], stored: int, not_asked: int
+) -> dg.Failure:
+    """One partition's own failure as it is; for a range, one sentence that counts and names the first.
+
+    `held_elsewhere` in the metadata lists the partitions another live run was still answering
+    (with that run's owner): they did not fail, and a runner leaves them to that run."""
+    extra = {"held_elsewhere": dg.MetadataValue.json(held)} if held else {}
     if len(failures) == 1 and stored == 0 and not_asked == 0:
-        return next(iter(failures.values()))
+        only = next(iter(failures.values()))
+        return dg.Failure(description=only.description, metadata={**only.metadata, **extra})
     capped = [f for f in failures.values() if CAP_REACHED in f.metadata]
     if capped:
         return dg.Failure(
             description=f"{capped[0].description} ({not_asked + len(capped)} {asset_name} partition(s) of this "
             f"run were not asked; the {stored} answer(s) that arrived are stored and are reused when they run again.)",
-            metadata={CAP_REACHED: True},
+            metadata={CAP_REACHED: True, **extra},
         )
     key, first = next(iter(failures.items()))
     skipped = f", {not_asked} not asked after that error" if not_asked else ""
@@ -233,7 +251,10 @@ def _summary_failure(asset_name: str, failures: dict[str, dg.Failure], stored: i
         description=f"{len(failures)} {asset_name} partition(s) got no usable answer{skipped} (first, {key}: "
         f"{first.description}); the {stored} answer(s) that did arrive are stored and are reused when "
         "these partitions run again.",
-        metadata={"failed_partitions": dg.MetadataValue.json({k: f.description for k, f in failures.items()})},
+        metadata={
+            "failed_partitions": dg.MetadataValue.json({k: f.description for k, f in failures.items()}),
+            **extra,
+        },
     )
 
 

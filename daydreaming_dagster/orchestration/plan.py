@@ -24,6 +24,7 @@ from ..experiment.tasks import build_content_combinations, build_evaluation_task
 from ..resources.config import ExperimentConfig
 from ..settings import Settings
 from ..store.spend import paid_tallies
+from .instance_setup import open_instance
 
 
 @dataclass
@@ -133,5 +134,5 @@ def format_plan(plan: Plan, offline: bool) -> str:
 def run_plan(settings: Settings, include_all: bool) -> str:
     """The text of `daydream plan` for the settings in the environment (DAGSTER_HOME's instance)."""
     config = ExperimentConfig.for_experiment(str(settings.data_root), str(settings.output_root))
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
+    instance = open_instance() if os.environ.get("DAGSTER_HOME") else None
     return format_plan(make_plan(config, instance, include_all), settings.offline)

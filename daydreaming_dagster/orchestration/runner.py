@@ -5,7 +5,7 @@ valid evaluation pair not yet materialized whose generation exists -> results. P
 batches: each batch is one Dagster partition-range run over consecutive keys, which records a
 materialization for every partition in it (so `dagster dev` shows each one, and each stays
 re-runnable alone). Batches run on the worker pool (see worker.py); what a rerun may skip is
-decided in freshness.py."""
+decided in freshness.py. Partitions another run is materializing are left to it (overlap.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from pathlib import Path
 import dagster as dg
 
 from ..assets.common import MAX_PARTITIONS_PER_RUN
+from ..assets.partitions import evaluation_pairs_partitions, generation_tasks_partitions
+from ..compat import BulkActionStatus
 from ..experiment.pairs import valid_pair_keys
 from ..resources.config import ExperimentConfig
 from ..settings import Settings
@@ -27,7 +29,21 @@ from ..store.tables import read_table
 from .batches import Batch, batch_size, key_batches, pair_batches
 from .changes import ChangeCheck, StageCheck, change_report
 from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, tables_fingerprint
+from .instance_setup import open_instance
+from .overlap import IN_PROGRESS, InProgress
 from .worker import QUIET, BatchOutcome, WorkerPool, default_workers, execute, load_worker, partition_run_config
+
+# The assets and partitions of each partitioned stage, to ask which of them other runs are doing.
+STAGES = {
+    "generation": ({"generation_prompt", "generation_response"}, generation_tasks_partitions),
+    "evaluation": ({"evaluation_prompt", "evaluation_response"}, evaluation_pairs_partitions),
+    # The prompts re-rendered for out-of-date answers that are kept (see changes.py).
+    "generation_prompts": ({"generation_prompt"}, generation_tasks_partitions),
+    "evaluation_prompts": ({"evaluation_prompt"}, evaluation_pairs_partitions),
+}
+# How often, and how long, a runner waits for another run that is building an unpartitioned stage.
+WAIT_POLL_S = 1.0
+STAGE_WAIT_S = 600.0
 
 
 @dataclass
@@ -39,6 +55,14 @@ class StageReport:
     failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     cap_reached: bool = False  # the spending cap stopped the stage; what it did not run is left undone
+    left: int = 0  # partitions left to another run that was materializing them
+
+    def summary(self) -> str:
+        left = f", {self.left} left to another run" if self.left else ""
+        return (
+            f"{self.name}: {self.succeeded} ran, {self.skipped} skipped{left}, {len(self.failures)} failed "
+            f"in {self.seconds:.1f} s"
+        )
 
 
 class Runner:
@@ -71,7 +95,7 @@ class Runner:
         # Overrides the experiment's max_cost_usd in every response step this runner starts.
         self.max_cost_usd = max_cost_usd
         self.progress = progress
-        self.instance = dg.DagsterInstance.get()
+        self.instance = open_instance()
         self._pool = WorkerPool(self.workers, self.concurrency)
 
     def close(self) -> None:
@@ -87,16 +111,48 @@ class Runner:
     def materialized(self, asset_name: str) -> set[str]:
         return self.instance.get_materialized_partitions(dg.AssetKey(asset_name))
 
-    def run_single(self, job_name: str, tags: dict | None = None) -> StageReport:
+    def run_single(self, job_name: str, tags: dict | None = None, current: Callable[[], bool] | None = None) -> StageReport:
+        """Run an unpartitioned job; while another run of it is in progress, wait for that one and
+        then run only if `current()` says its outcome is not already what this run would build."""
         report = StageReport(job_name, total=1)
         started = time.monotonic()
         outcome = execute(job_name, None, QUIET, tags)
+        while outcome.left:
+            other = outcome.left[job_name]
+            self.progress(f"{job_name}: waiting for {other}, which is building it")
+            # Judge freshness only once the other run has finished: a run that finishes between
+            # a stale "not current" and our next try would be built twice.
+            waited = time.monotonic()
+            while self._in_progress(other):
+                if time.monotonic() - waited > STAGE_WAIT_S:
+                    report.failures[job_name] = (
+                        f"{other} has been building {job_name} for over {STAGE_WAIT_S / 60:.0f} min; if it is "
+                        "no longer running (its process was killed), terminate it on the Dagster UI's Runs page "
+                        "and run again."
+                    )
+                    report.seconds = time.monotonic() - started
+                    return report
+                time.sleep(WAIT_POLL_S)
+            if current is not None and current():
+                self.progress(f"{job_name}: up to date (built by {other})")
+                report.skipped, report.seconds = 1, time.monotonic() - started
+                return report
+            outcome = execute(job_name, None, QUIET, tags)
         report.seconds = time.monotonic() - started
         if outcome.success:
             report.succeeded = 1
         else:
             report.failures[job_name] = outcome.error or ""
         return report
+
+    def _in_progress(self, other: str) -> bool:
+        """Whether the run or backfill named "run <id>" / "backfill <id>" is still in progress."""
+        kind, _, ident = other.partition(" ")
+        if kind == "backfill":
+            backfill = self.instance.get_backfill(ident)
+            return backfill is not None and backfill.status == BulkActionStatus.REQUESTED
+        run = self.instance.get_run_by_id(ident)
+        return run is not None and run.status in IN_PROGRESS
 
     def run_partitions(
         self,
@@ -115,7 +171,13 @@ class Runner:
         report = StageReport(job_name, total=len(keys), skipped=len(keys) - len(todo))
         kept = 0 if self.replace_changed else sum(1 for k in keys if k in changed)
         aside = f", {kept} out of date (kept as they are)" if kept else ""
-        self.progress(f"{job_name}: {len(todo)} to run, {report.skipped - kept} already materialized{aside}")
+        busy = InProgress(self.instance).busy(*STAGES[job_name]) if todo else {}
+        left = {k: str(busy[k]) for k in todo if k in busy}
+        todo = [k for k in todo if k not in left]
+        report.left = len(left)
+        self.progress(
+            f"{job_name}: {len(todo)} to run, {report.skipped - kept} already materialized{aside}{left_text(left)}"
+        )
         if not todo:
             return report
         batches = batcher(todo, batch_size(len(todo), self.workers, self.max_batch))
@@ -124,6 +186,9 @@ class Runner:
         )
         started, finished, step = time.monotonic(), 0, max(1, len(todo) // 20)
         for outcome in self._outcomes(job_name, batches, run_config):
+            if outcome.left:
+                report.left += len(outcome.left)
+                self.progress(f"{job_name}: a batch found{left_text(outcome.left)}")
             if outcome.cap_reached:
                 report.cap_reached = True
                 self.progress(f"{job_name}: stopped: {outcome.error}")
@@ -133,7 +198,7 @@ class Runner:
             else:
                 report.failures[outcome.keys[0]] = outcome.error or ""
                 self.progress(f"{job_name}: FAILED {outcome.keys[0]}: {outcome.error}")
-            before, finished = finished, finished + len(outcome.keys)
+            before, finished = finished, finished + len(outcome.keys) + len(outcome.left)
             if finished == len(todo) or finished // step > before // step:
                 rate = finished / max(time.monotonic() - started, 1e-9)
                 self.progress(f"{job_name}: {finished}/{len(todo)} done ({len(report.failures)} failed, {rate:.1f}/s)")
@@ -146,12 +211,14 @@ class Runner:
         (answers the batch already paid for are stored, and those runs reuse them). A batch the
         spending cap stopped is not: nothing more may start."""
         for outcome in self._run_batches(job_name, batches, run_config):
-            if outcome.success or len(outcome.keys) == 1 or outcome.cap_reached:
+            if outcome.success or len(outcome.keys) <= 1 or outcome.cap_reached:
                 yield outcome
                 continue
             self.progress(
                 f"{job_name}: a batch of {len(outcome.keys)} failed ({outcome.error}); running its partitions one by one"
             )
+            if outcome.left:  # those were not run here, and are not run again
+                yield BatchOutcome((), True, left=outcome.left)
             yield from self._run_batches(job_name, [Batch((k,)) for k in outcome.keys], run_config)
 
     def _run_batches(self, job_name: str, batches: list[Batch], run_config: dict) -> Iterable[BatchOutcome]:
@@ -195,7 +262,13 @@ class Runner:
             load_worker()  # loads the code location here: an invalid experiment config fails now
             if self.workers > 1:
                 self._pool.start()  # the workers load it too, while the task tables build
-            reports = [self.run_single("task_tables", {TABLES_FINGERPRINT_TAG: fingerprint} if fingerprint else None)]
+            reports = [
+                self.run_single(
+                    "task_tables",
+                    {TABLES_FINGERPRINT_TAG: fingerprint} if fingerprint else None,
+                    (lambda: tables_current(self.instance, fingerprint)) if fingerprint else None,
+                )
+            ]
             if reports[-1].failures:
                 return reports
         checker = ChangeCheck(self.output_root, self._config(), self.instance) if checking else None
@@ -255,8 +328,17 @@ class Runner:
             self.progress("results: up to date (nothing they read has changed since they were built)")
             reports.append(StageReport("results", total=1, skipped=1))
         else:
-            reports.append(self.run_single("results"))
+            reports.append(self.run_single("results", current=lambda: results_current(self.instance)))
         return reports
+
+
+def left_text(left: dict[str, str]) -> str:
+    """", N left to another run (run <id> and M more)" for a progress line; "" when none."""
+    if not left:
+        return ""
+    others = sorted(set(left.values()))
+    more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+    return f", {len(left)} left to another run ({others[0]}{more})"
 
 
 def print_progress(line: str) -> None:
