@@ -140,11 +140,11 @@ class LocalPostgres:
     def env(self, dbname: str) -> dict[str, str]:
         """The variables deploy/dagster.postgres.yaml reads, for database `dbname`."""
         return {
-            "DAYDREAM_PG_HOST": "127.0.0.1",
-            "DAYDREAM_PG_PORT": str(self.port),
-            "DAYDREAM_PG_USER": self.user,
-            "DAYDREAM_PG_PASSWORD": self.password,
-            "DAYDREAM_PG_DB": dbname,
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(self.port),
+            "DAGSTER_PG_USER": self.user,
+            "DAGSTER_PG_PASSWORD": self.password,
+            "DAGSTER_PG_DB": dbname,
         }
 
 

@@ -62,7 +62,7 @@ def test_postgres_home_gives_offline_runs_a_schema_of_their_own(tmp_path):
     assert storage["config"]["schema"] == "daydream_offline"
     # the same server, database and credentials (still read from the environment)
     assert storage["config"]["postgres_db"] == user["storage"]["custom"]["config"]["postgres_db"]
-    assert storage["config"]["postgres_db"]["password"] == {"env": "DAYDREAM_PG_PASSWORD"}
+    assert storage["config"]["postgres_db"]["password"] == {"env": "DAGSTER_PG_PASSWORD"}
     assert offline["concurrency"] == user["concurrency"]
 
 

@@ -246,7 +246,7 @@ def test_backfill_is_submitted_to_the_postgres_instance(postgres_run: PostgresRu
     backfill_id = proc.stdout.split("submitted backfill ")[1].split()[0]
 
     for name, value in run.env.items():
-        if name.startswith("DAYDREAM_PG_"):
+        if name.startswith("DAGSTER_PG_"):
             monkeypatch.setenv(name, value)
     with dg.DagsterInstance.from_config(str(run.home / "offline")) as instance:
         subset = instance.get_backfill(backfill_id).asset_backfill_data.target_subset
