@@ -38,7 +38,10 @@ def test_instance_configuration_is_valid(config: str, launcher: str, tmp_path: P
         assert result.success, [error.message for error in result.errors]
     ref = InstanceRef.from_dir(str(tmp_path))
     assert ref.run_launcher_data.class_name == launcher
-    assert ref.storage_data.class_name == "DagsterPostgresStorage"
+    assert ref.storage_data.class_name == "PooledPostgresStorage"
+    storage = ref.storage_data
+    klass = getattr(importlib.import_module(storage.module_name), storage.class_name)
+    assert process_config(klass.config_type(), storage.config_dict).success
     assert ref.compute_logs_data.class_name == "S3ComputeLogManager"
 
 
