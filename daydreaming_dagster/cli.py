@@ -25,10 +25,19 @@ def _configure(args: argparse.Namespace) -> None:
     if getattr(args, "offline", False):
         os.environ["DAYDREAM_BACKEND"] = "offline"
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
-    if os.environ.get("DAYDREAM_BACKEND") == "offline" and home.name != "offline":
+    if os.environ.get("DAYDREAM_BACKEND") == "offline":
         # Offline runs keep their own instance: their materializations must never make a real
-        # partition look finished.
-        home = home / "offline"
+        # partition look finished. It gets the same kind of storage as the user's instance.
+        from .orchestration.offline_instance import OfflineInstanceError, prepare_offline_home
+
+        user_home = home.parent if home.name == "offline" else home
+        home = user_home / "offline"
+        try:
+            if (user_home / "dagster.yaml").is_file():
+                prepare_offline_home(home, user_home / "dagster.yaml")
+        except OfflineInstanceError as exc:
+            print(str(exc), file=sys.stderr)
+            raise SystemExit(2) from None
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").is_file() and INSTANCE_TEMPLATE.is_file():
         shutil.copy(INSTANCE_TEMPLATE, home / "dagster.yaml")
@@ -47,6 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(MISSING_KEY_MESSAGE, file=sys.stderr)
         return 2
     from .experiment.errors import ExperimentError
+    from .orchestration.run_costs import RunCosts
     from .orchestration.runner import Runner, default_workers, print_progress
 
     backend = "offline backend" if settings.offline else f"{settings.base_url}"
@@ -62,7 +72,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers or default_workers(args.concurrency, settings.offline),
         max_batch=args.batch_size,
         data_root=settings.data_root,
+        max_cost_usd=args.max_cost,
     )
+    costs = RunCosts(settings, args.max_cost, runner.instance)
+    refusal = costs.start()
+    if refusal:
+        runner.close()
+        print(refusal, file=sys.stderr)
+        return 2
     try:
         reports = runner.run()
     except ExperimentError as exc:  # the experiment config, found invalid when the code location loads
@@ -80,10 +97,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{r.name}: {r.succeeded} ran, {r.skipped} skipped, {len(r.failures)} failed in {r.seconds:.1f} s" for r in reports
     )
     print(summary)
+    if comparison := costs.report():
+        print(comparison)
+    if any(r.cap_reached for r in reports):
+        print(costs.cap_stop_sentence(), file=sys.stderr)
+        return 3
     if not failed:
         print(f"results: {settings.output_root / '5_results'}")
         print(f"report: {settings.output_root / '5_results' / 'report.html'} (open it in a browser)")
     return 1 if failed else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    _configure(args)
+    from .experiment.errors import ExperimentError
+    from .orchestration.plan import run_plan
+    from .settings import Settings
+
+    try:
+        print(run_plan(Settings.from_env(), args.all))
+    except ExperimentError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return 0
+
+
+def _usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount of US dollars above 0")
+    return value
 
 
 def _pair_selection(args: argparse.Namespace) -> tuple[list[str], set[str]] | int:
@@ -236,7 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-run partitions whose stored response belongs to another prompt/model/parameters "
         "(the old response moves to _superseded/, never deleted)",
     )
+    run.add_argument(
+        "--max-cost",
+        type=_usd,
+        metavar="USD",
+        help="spending cap for everything paid under the output root (this and earlier runs): no call starts "
+        "whose worst case would pass it (overrides max_cost_usd in 1_raw/experiment.toml; exit status 3 when "
+        "it stops the run)",
+    )
     run.set_defaults(func=cmd_run)
+
+    plan = sub.add_parser("plan", help="estimate the calls, tokens and cost still to pay for (no call is made)")
+    common(plan)
+    plan.add_argument("--all", action="store_true", help="the whole experiment, as if nothing were done yet")
+    plan.set_defaults(func=cmd_plan)
 
     def pair_filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("--generation-task", action="append", help="only pairs of this generation task (repeatable)")

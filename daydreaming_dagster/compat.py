@@ -14,13 +14,14 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.instance.types import CachingDynamicPartitionsLoader
 from dagster._core.loader import LoadingContextForTest
+from dagster._core.storage.base_storage import DagsterStorage
 from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import ConsolidatedSqliteEventLogStorage
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.sql import create_engine
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._core.utils import make_new_backfill_id
-from dagster._serdes import ConfigurableClassData
+from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 WHY = {
     "ASSET_PARTITION_RANGE_START_TAG": "a run over a partition-key range (batches of up to 32 partitions): "
@@ -36,6 +37,9 @@ WHY = {
     "InstanceRef": "`daydream run`'s workers name their DagsterInstance subclass in the instance's ref "
     "(Dagster's supported seam for a custom instance class)",
     "ConfigurableClassData": "how a ref names that class",
+    "DagsterStorage": "the pooled PostgreSQL storage is a storage of its own, on the same base as "
+    "dagster-postgres's DagsterPostgresStorage",
+    "ConfigurableClass": "and, like it, configured from dagster.yaml",
     "CachingDynamicPartitionsLoader": "bench/scale.py times a sensor tick the way the code server evaluates it",
     "process_config": "tests/test_deploy.py validates deploy/'s run launcher and compute log configs",
     "dagster_instance_config": "and reads deploy/'s dagster.yaml files the way Dagster does",
@@ -51,9 +55,11 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_SECONDS",
     "AssetGraphSubset",
     "CachingDynamicPartitionsLoader",
+    "ConfigurableClass",
     "CachingStaleStatusResolver",
     "ConfigurableClassData",
     "ConsolidatedSqliteEventLogStorage",
+    "DagsterStorage",
     "InstanceRef",
     "LoadingContextForTest",
     "PartitionBackfill",

@@ -200,7 +200,8 @@ def after_run(offline_run: OfflineRun) -> AfterRun:
     commands = {
         "again": ([*DAYDREAM, "run", "--offline", "--concurrency", "2", "--data-root", str(run.data)], run.env),
         "keys": ([*DAYDREAM, "keys", "--offline", "--data-root", str(run.data)], run.env),
-        # The code location runs in process (definitions.py's executor): no executor config needed.
+        # No executor config: the code location's own executor is in-process (definitions.py), and
+        # the multiprocess executor's `in_process` selector is not valid config for it.
         "valid": ([*materialize, "--partition", valid_key], dagster_env(run)),
         "invalid": ([*materialize, "--partition", invalid_key], dagster_env(run)),
     }

@@ -15,6 +15,7 @@ from ..experiment.tasks import (
 )
 from ..resources.config import ExperimentConfig
 from .common import experiment_errors_as_failures, md_preview, table_output
+from .estimates import estimate_metadata, evaluation_calls, generation_calls, stage_estimate, stored_samples
 from .partitions import evaluation_tasks_partitions, generation_tasks_partitions
 
 GROUP = "task_definitions"
@@ -65,11 +66,16 @@ def generation_tasks(
     experiment_config: ExperimentConfig,
 ) -> dg.Output[pd.DataFrame]:
     """Combinations x active generation templates x generation models (x `generation_replicates`);
-    registers the generation keys."""
+    registers the generation keys. Its metadata estimates the calls and cost of the generations not
+    materialized yet."""
     with experiment_errors_as_failures():
         df = build_generation_tasks(
             content_combinations, generation_templates, llm_models, experiment_config.generation_replicates
         )
+        done = context.instance.get_materialized_partitions(dg.AssetKey("generation_response"))
+        calls = generation_calls(df, content_combinations, generation_templates, experiment_config, done)
+        samples = stored_samples(experiment_config, df["generation_task_id"].tolist())
+        cost = estimate_metadata(calls, stage_estimate(calls, samples, llm_models))
     registration = register_keys(
         context.instance, generation_tasks_partitions.name, df["generation_task_id"].tolist()
     )
@@ -79,6 +85,7 @@ def generation_tasks(
             "generation_tasks": len(df),
             "generation_replicates": experiment_config.generation_replicates,
             **registration,
+            **cost,
             "preview": md_preview(df, ["generation_task_id", "concept_ids", "generation_template_id", "generation_model_id"]),
         },
     )
@@ -96,7 +103,8 @@ def evaluation_tasks(
     (x `evaluation_replicates`).
 
     `evaluation_task_id` is the method key (template x judge, and `__r<n>` from replicate 2 on);
-    (generation_task_id, evaluation_task_id) is one pair and one partition of the evaluation assets."""
+    (generation_task_id, evaluation_task_id) is one pair and one partition of the evaluation assets.
+    Its metadata estimates the calls and cost of the pairs not materialized yet."""
     with experiment_errors_as_failures():
         df = build_evaluation_tasks(
             generation_tasks, evaluation_templates, llm_models, experiment_config.evaluation_replicates
@@ -110,6 +118,11 @@ def evaluation_tasks(
                 f"generation_tasks partitions ({shown}); materialize generation_tasks first."
             )
         )
+    with experiment_errors_as_failures():
+        done = context.instance.get_materialized_partitions(dg.AssetKey("evaluation_response"))
+        calls = evaluation_calls(df, generation_tasks, evaluation_templates, experiment_config, done)
+        samples = stored_samples(experiment_config, generation_tasks["generation_task_id"].tolist(), df)
+        cost = estimate_metadata(calls, stage_estimate(calls, samples, llm_models))
     methods = df["evaluation_task_id"].drop_duplicates().tolist()
     registration = register_keys(context.instance, evaluation_tasks_partitions.name, methods)
     return table_output(
@@ -119,6 +132,7 @@ def evaluation_tasks(
             "evaluation_methods": len(methods),
             "evaluation_replicates": experiment_config.evaluation_replicates,
             **registration,
+            **cost,
             "preview": md_preview(df, ["generation_task_id", "evaluation_task_id", "evaluation_model_id"]),
         },
     )

@@ -16,6 +16,7 @@ from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from ..store.layout import table_path, text_path
+from .budget import SpendingGuard
 from .common import (
     PartitionText,
     by_partition,
@@ -139,4 +140,6 @@ def evaluation_response(
         Ask(key=key, parts=pair, request=experiment_config.evaluation_request(rows[key], prompts[key]))
         for key, pair in pairs.items()
     ]
-    return respond(context, llm, responses, asks, config)
+    with experiment_errors_as_failures():
+        guard = SpendingGuard.for_step(experiment_config, config.max_cost_usd, llm)
+    return respond(context, llm, responses, asks, config, guard)

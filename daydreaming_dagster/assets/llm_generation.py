@@ -12,6 +12,7 @@ from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from ..store.layout import text_path
+from .budget import SpendingGuard
 from .common import (
     PartitionText,
     by_partition,
@@ -93,4 +94,6 @@ def generation_response(
         Ask(key=key, parts=key, request=experiment_config.generation_request(task, prompts[key]))
         for key, task in tasks.items()
     ]
-    return respond(context, llm, responses, asks, config)
+    with experiment_errors_as_failures():
+        guard = SpendingGuard.for_step(experiment_config, config.max_cost_usd, llm)
+    return respond(context, llm, responses, asks, config, guard)

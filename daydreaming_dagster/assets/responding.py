@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 
@@ -16,6 +17,7 @@ from ..llm.requests import IncompleteResponseError, LLMError, LLMRequest, LLMRes
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from ..store.responses import StoredResponseConflict, content_digest
+from .budget import CAP_REACHED, SpendingCapReached, SpendingGuard
 from .common import partition_output, per_partition_type, text_preview
 
 LLM_POOL = "llm_api"
@@ -35,6 +37,10 @@ class ResponseConfig(dg.Config):
     """LLM calls in flight at once when the run covers a range of partitions (a run for one
     partition makes one call)."""
 
+    max_cost_usd: Optional[float] = None
+    """Spending cap in USD for this run, overriding the experiment's `max_cost_usd`: no call starts
+    whose worst case would take the spending under the output root past it."""
+
 
 @dataclass(frozen=True)
 class Ask:
@@ -51,9 +57,11 @@ def respond(
     responses: ResponseStore,
     asks: Sequence[Ask],
     config: ResponseConfig,
+    guard: SpendingGuard | None = None,
 ) -> dg.Output:
     """Every ask's answer (stored or new) as the step's output; fails after storing what arrived
-    when any ask got no usable answer."""
+    when any ask got no usable answer. With a spending `guard`, each call starts only if its worst
+    case fits under the cap, and counts as in flight until its answer is stored."""
     asset_name = context.asset_key.path[-1]
     answers: dict[str, LLMResponse] = {}
     metadata: dict[str, dict] = {}
@@ -75,17 +83,28 @@ def respond(
             llm.check_ready()
         except LLMError as exc:
             raise dg.Failure(description=str(exc)) from exc
+        unbounded = guard and guard.unbounded(a.request for a in to_call)
+        if unbounded:
+            raise dg.Failure(description=unbounded, metadata={CAP_REACHED: True})
 
     failures: dict[str, dg.Failure] = {}
-    for ask, outcome in _complete_all(llm, to_call, config.parallel_calls):
-        if isinstance(outcome, LLMResponse):
+    try:
+        for ask, outcome in _complete_all(llm, to_call, config.parallel_calls, guard):
             try:
-                metadata[ask.key] = _keep(context, responses, asset_name, ask, outcome, config)
-                answers[ask.key] = outcome
-            except StoredResponseConflict as exc:
-                failures[ask.key] = dg.Failure(description=str(exc))
-        else:
-            failures[ask.key] = _failure(responses, asset_name, ask, outcome)
+                if isinstance(outcome, LLMResponse):
+                    try:
+                        metadata[ask.key] = _keep(context, responses, asset_name, ask, outcome, config)
+                        answers[ask.key] = outcome
+                    except StoredResponseConflict as exc:
+                        failures[ask.key] = dg.Failure(description=str(exc))
+                else:
+                    failures[ask.key] = _failure(responses, asset_name, ask, outcome)
+            finally:
+                if guard:  # only now that its answer is stored does the call stop counting as in flight
+                    guard.settle(ask.key)
+    finally:
+        if guard:
+            guard.settle_all()
 
     if failures:
         raise _summary_failure(asset_name, failures, len(answers), len(asks) - len(answers) - len(failures))
@@ -95,30 +114,42 @@ def respond(
     return partition_output(context, {a.key: answers[a.key] for a in asks}, metadata, versions)
 
 
-def _complete_all(llm: LLMClientResource, asks: list[Ask], parallel: int):
-    """Yield (ask, LLMResponse | LLMError) as answers arrive. After a permanent error (not just one
-    bad answer) no new call starts: the next ones would fail the same way, or be paid for nothing."""
+def _complete_all(llm: LLMClientResource, asks: list[Ask], parallel: int, guard: SpendingGuard | None = None):
+    """Yield (ask, LLMResponse | LLMError | SpendingCapReached) as answers arrive. After a permanent
+    error (not just one bad answer), or a call the spending cap refused, no new call starts: the
+    next ones would fail the same way, or be paid for nothing."""
     if len(asks) <= 1 or parallel <= 1:
         for ask in asks:
-            outcome = _call(llm, ask)
+            outcome = _admit(guard, ask) or _call(llm, ask)
             yield ask, outcome
             if _stops_the_batch(outcome):
                 return
         return
     pending = iter(asks)
     stop = False
+    refused: list[tuple[Ask, SpendingCapReached]] = []
     with ThreadPoolExecutor(max_workers=min(parallel, len(asks)), thread_name_prefix="llm") as pool:
         in_flight: dict[Future, Ask] = {}
 
         def fill() -> None:
+            nonlocal stop
             while not stop and len(in_flight) < parallel:
                 ask = next(pending, None)
                 if ask is None:
                     return
+                refusal = _admit(guard, ask)
+                if refusal is not None:
+                    refused.append((ask, refusal))
+                    stop = True
+                    return
                 in_flight[pool.submit(_call, llm, ask)] = ask
 
         fill()
-        while in_flight:
+        while in_flight or refused:
+            while refused:
+                yield refused.pop()
+            if not in_flight:
+                break
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 ask = in_flight.pop(future)
@@ -126,6 +157,17 @@ def _complete_all(llm: LLMClientResource, asks: list[Ask], parallel: int):
                 stop = stop or _stops_the_batch(outcome)
                 yield ask, outcome
             fill()
+
+
+def _admit(guard: SpendingGuard | None, ask: Ask) -> SpendingCapReached | None:
+    """None when the call may start (its worst case is reserved), else the cap's refusal."""
+    if guard is None:
+        return None
+    try:
+        guard.admit(ask.key, ask.request)
+    except SpendingCapReached as refusal:
+        return refusal
+    return None
 
 
 def _call(llm: LLMClientResource, ask: Ask) -> LLMResponse | Exception:
@@ -160,6 +202,8 @@ def _keep(
 
 
 def _failure(responses: ResponseStore, asset_name: str, ask: Ask, error: Exception) -> dg.Failure:
+    if isinstance(error, SpendingCapReached):
+        return dg.Failure(description=str(error), metadata={CAP_REACHED: True})
     if isinstance(error, IncompleteResponseError):
         kept = responses.keep_rejected(asset_name, ask.parts, error.response, str(error))
         return dg.Failure(
@@ -176,6 +220,13 @@ def _summary_failure(asset_name: str, failures: dict[str, dg.Failure], stored: i
     """One partition's own failure as it is; for a range, one sentence that counts and names the first."""
     if len(failures) == 1 and stored == 0 and not_asked == 0:
         return next(iter(failures.values()))
+    capped = [f for f in failures.values() if CAP_REACHED in f.metadata]
+    if capped:
+        return dg.Failure(
+            description=f"{capped[0].description} ({not_asked + len(capped)} {asset_name} partition(s) of this "
+            f"run were not asked; the {stored} answer(s) that arrived are stored and are reused when they run again.)",
+            metadata={CAP_REACHED: True},
+        )
     key, first = next(iter(failures.items()))
     skipped = f", {not_asked} not asked after that error" if not_asked else ""
     return dg.Failure(
@@ -199,6 +250,7 @@ def _response_metadata(response: LLMResponse, path: Path, reused: bool) -> dict:
         "prompt_tokens": p.get("prompt_tokens"),
         "completion_tokens": p.get("completion_tokens"),
         "total_tokens": p.get("total_tokens"),
+        "provider_cost_usd": p.get("provider_cost_usd"),
         "latency_s": p.get("latency_s"),
         "attempts": p.get("attempts"),
         "prompt_sha256": p.get("prompt_sha256"),

@@ -228,6 +228,12 @@ def render_evaluation_prompt(template_text: str, response: str) -> str:
     return _render(template_text, response=response)
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(template_text: str) -> jinja2.Template:
+    # Compiling costs ~100x a render; an experiment has a handful of templates rendered many times.
+    return _JINJA.from_string(template_text)
+
+
 def _render(template_text: str, **variables) -> str:
     try:
         return _compiled(template_text).render(**variables)

@@ -131,6 +131,7 @@ class OfflineBackend:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_chars": len(request.prompt),
             "latency_s": 0.0,
             "attempts": 1,
             "generation_id": None,

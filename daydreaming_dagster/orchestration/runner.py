@@ -38,6 +38,7 @@ class StageReport:
     succeeded: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    cap_reached: bool = False  # the spending cap stopped the stage; what it did not run is left undone
 
 
 class Runner:
@@ -57,6 +58,7 @@ class Runner:
         workers: int | None = None,
         max_batch: int | None = None,
         data_root: Path | None = None,
+        max_cost_usd: float | None = None,
     ):
         self.output_root = Path(output_root)
         # Given, a rerun skips the task tables when the experiment and code are unchanged.
@@ -66,6 +68,8 @@ class Runner:
         self.parallel_calls = self.concurrency
         self.max_batch = max(1, max_batch or MAX_PARTITIONS_PER_RUN)
         self.replace_changed = replace_changed
+        # Overrides the experiment's max_cost_usd in every response step this runner starts.
+        self.max_cost_usd = max_cost_usd
         self.progress = progress
         self.instance = dg.DagsterInstance.get()
         self._pool = WorkerPool(self.workers, self.concurrency)
@@ -115,9 +119,15 @@ class Runner:
         if not todo:
             return report
         batches = batcher(todo, batch_size(len(todo), self.workers, self.max_batch))
-        run_config = run_config or partition_run_config(job_name, self.replace_changed, self.parallel_calls)
+        run_config = run_config or partition_run_config(
+            job_name, self.replace_changed, self.parallel_calls, self.max_cost_usd
+        )
         started, finished, step = time.monotonic(), 0, max(1, len(todo) // 20)
         for outcome in self._outcomes(job_name, batches, run_config):
+            if outcome.cap_reached:
+                report.cap_reached = True
+                self.progress(f"{job_name}: stopped: {outcome.error}")
+                continue
             if outcome.success:
                 report.succeeded += len(outcome.keys)
             else:
@@ -133,9 +143,10 @@ class Runner:
     def _outcomes(self, job_name: str, batches: list[Batch], run_config: dict) -> Iterable[BatchOutcome]:
         """Every partition's outcome; a batch that fails is run again one partition per run, so each
         partition that can succeed is materialized and each failure is recorded on its own partition
-        (answers the batch already paid for are stored, and those runs reuse them)."""
+        (answers the batch already paid for are stored, and those runs reuse them). A batch the
+        spending cap stopped is not: nothing more may start."""
         for outcome in self._run_batches(job_name, batches, run_config):
-            if outcome.success or len(outcome.keys) == 1:
+            if outcome.success or len(outcome.keys) == 1 or outcome.cap_reached:
                 yield outcome
                 continue
             self.progress(
@@ -144,13 +155,24 @@ class Runner:
             yield from self._run_batches(job_name, [Batch((k,)) for k in outcome.keys], run_config)
 
     def _run_batches(self, job_name: str, batches: list[Batch], run_config: dict) -> Iterable[BatchOutcome]:
+        """Every batch's outcome; once the spending cap refused a call, no batch that has not
+        started yet starts (those running finish, within the cap)."""
         if self.workers == 1 or len(batches) == 1:
             for batch in batches:
-                yield execute(job_name, batch, run_config)
+                outcome = execute(job_name, batch, run_config)
+                yield outcome
+                if outcome.cap_reached:
+                    return
             return
         futures = [self._pool.submit(job_name, batch, run_config) for batch in batches]
         for future in as_completed(futures):
-            yield future.result()
+            if future.cancelled():
+                continue
+            outcome = future.result()
+            if outcome.cap_reached:
+                for waiting in futures:
+                    waiting.cancel()
+            yield outcome
 
     def refresh_prompts(
         self, job_name: str, asset_name: str, check: StageCheck, batcher, runnable: list[str]
@@ -188,20 +210,19 @@ class Runner:
         def generation_batcher(todo: list[str], size: int) -> list[Batch]:
             return key_batches(generation_order, todo, size)
 
-        reports.append(
-            self.run_partitions(
-                "generation",
-                generation_keys,
-                self.materialized("generation_response"),
-                generation_batcher,
-                generation_changes.keys(),
-            )
+        generation = self.run_partitions(
+            "generation",
+            generation_keys,
+            self.materialized("generation_response"),
+            generation_batcher,
+            generation_changes.keys(),
         )
+        reports.append(generation)
         if not self.replace_changed:
             reports += self.refresh_prompts(
                 "generation_prompts", "generation_prompt", generation_changes, generation_batcher, generation_keys
             )
-        elif checker and reports[-1].succeeded:
+        elif checker and generation.succeeded:
             evaluation_changes = checker.evaluations()  # re-asked generations make their pairs out of date
 
         generated = self.materialized("generation_response")
@@ -214,15 +235,22 @@ class Runner:
             as_pairs = [(g, e) for e, g in (k.split("|", 1) for k in todo)]
             return pair_batches(generation_order, as_pairs, size)
 
-        reports.append(
-            self.run_partitions(
-                "evaluation", pair_keys, self.materialized("evaluation_response"), pair_batcher, evaluation_changes.keys()
+        if generation.cap_reached:
+            self.progress("evaluation: not started: the spending cap was reached")
+        else:
+            reports.append(
+                self.run_partitions(
+                    "evaluation",
+                    pair_keys,
+                    self.materialized("evaluation_response"),
+                    pair_batcher,
+                    evaluation_changes.keys(),
+                )
             )
-        )
-        if not self.replace_changed:
-            reports += self.refresh_prompts(
-                "evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_batcher, pair_keys
-            )
+            if not self.replace_changed:
+                reports += self.refresh_prompts(
+                    "evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_batcher, pair_keys
+                )
         if results_current(self.instance):
             self.progress("results: up to date (nothing they read has changed since they were built)")
             reports.append(StageReport("results", total=1, skipped=1))

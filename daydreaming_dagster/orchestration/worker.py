@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from ..assets.budget import CAP_REACHED
 from ..compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from ..settings import Settings
 from .batches import Batch
@@ -26,6 +27,7 @@ class BatchOutcome:
     keys: tuple[str, ...]
     success: bool
     error: str | None = None
+    cap_reached: bool = False  # the spending cap refused a call: nothing more should start
 
 
 def failure_text(result: dg.ExecuteInProcessResult) -> str:
@@ -40,6 +42,16 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
             cause = data.error.cause or data.error
             return (cause.message or data.error.message).strip().splitlines()[0]
     return "the run failed (see the run's logs in the Dagster UI)"
+
+
+def cap_reached(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether a step failed because the spending cap refused a call (see assets/budget.py)."""
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data.user_failure_data
+            if data is not None and CAP_REACHED in (data.metadata or {}):
+                return True
+    return False
 
 
 def load_worker() -> None:
@@ -68,16 +80,20 @@ def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | N
     result = job.execute_in_process(
         instance=_WORKER["instance"], partition_key=partition_key, tags=tags, run_config=run_config, raise_on_error=False
     )
-    return BatchOutcome(keys, result.success, None if result.success else failure_text(result))
+    if result.success:
+        return BatchOutcome(keys, True)
+    return BatchOutcome(keys, False, failure_text(result), cap_reached(result))
 
 
 # The runner prints its own progress; Dagster's per-event console lines would drown it.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def partition_run_config(job_name: str, replace_changed: bool, parallel_calls: int) -> dict:
+def partition_run_config(job_name: str, replace_changed: bool, parallel_calls: int, max_cost_usd: float | None = None) -> dict:
     asset = "generation_response" if job_name == "generation" else "evaluation_response"
     config = {"parallel_calls": parallel_calls, **({"replace_changed": True} if replace_changed else {})}
+    if max_cost_usd is not None:
+        config["max_cost_usd"] = float(max_cost_usd)
     return {**QUIET, "ops": {asset: {"config": config}}}
 
 

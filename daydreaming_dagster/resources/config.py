@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 import pydantic
@@ -18,7 +19,8 @@ MAX_REPLICATES = 100
 
 
 class ExperimentConfig(dg.ConfigurableResource):
-    """Where the experiment lives and how it runs (k, description level, per-stage LLM parameters)."""
+    """Where the experiment lives and how it runs (k, description level, per-stage LLM parameters,
+    the spending cap)."""
 
     data_root: str = Field(default="data", description="Experiment folder holding 1_raw/.")
     output_root: str = Field(default="data", description="Where tables, prompts and responses go.")
@@ -28,6 +30,12 @@ class ExperimentConfig(dg.ConfigurableResource):
     generation_max_tokens: int = Field(default=1200, ge=1)
     evaluation_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     evaluation_max_tokens: int = Field(default=800, ge=1)
+    max_cost_usd: Optional[float] = Field(
+        default=None,
+        gt=0,
+        description="Spending cap in USD over every paid answer under the output root: no LLM call starts "
+        "whose worst case would pass it (a run's config may override it). None: no cap.",
+    )
     generation_replicates: int = Field(
         default=1, ge=1, le=MAX_REPLICATES, description="Answers sampled per generation task, each its own task."
     )
