@@ -77,6 +77,7 @@ def large_report_inputs(
     pairs["response_path"] = ""
     judge_lines = -(-judge_words // 14)
     pairs["score_line"] = pd.array(np.where(failed | unanswered, None, judge_lines + 1), dtype="Int64")
+    pairs["generation_replicate"] = pairs["evaluation_replicate"] = 1
     parsed = pairs[PARSED_SCORE_COLUMNS]
 
     prompts, answers, judge_answers = {}, {}, {}

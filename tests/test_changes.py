@@ -14,6 +14,7 @@ from daydreaming_dagster.compat import CachingStaleStatusResolver, LoadingContex
 from daydreaming_dagster.definitions import build_definitions
 from daydreaming_dagster.experiment.ids import combo_id, generation_task_id
 from daydreaming_dagster.orchestration.changes import EDITED, JUDGED_ANSWER, ChangeCheck, StageCheck, change_report
+from daydreaming_dagster.orchestration.plan import format_plan, make_plan
 from daydreaming_dagster.resources.config import ExperimentConfig
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path
@@ -101,6 +102,24 @@ def test_a_concept_edit_makes_exactly_its_generations_out_of_date_and_their_pair
     pair = next(iter(evaluations.out_of_date))
     status, causes = staleness(finished.instance, "evaluation_prompt", pair)
     assert status == StaleStatus.STALE and causes == ["generation_response has a new data version"]
+
+
+def test_the_plan_counts_out_of_date_answers_and_what_re_asking_them_would_make(finished, openai_server):
+    description = finished.root / "1_raw" / "concepts" / "descriptions-paragraph" / "alpha.txt"
+    description.write_text("Alpha, described anew.")  # not even rebuilt: the plan reads 1_raw
+    config = ExperimentConfig.for_experiment(str(finished.root), str(finished.root))
+    plan = make_plan(config, finished.instance)
+
+    assert plan.calls == 0  # everything is materialized: a plain run pays for nothing
+    assert plan.changes[:2] == [
+        "generation: 4 generations out of date (concepts/descriptions-paragraph/alpha.txt changed)",
+        "evaluation: 8 more pairs judge an out-of-date generation (re-asked after their generation with --replace-changed)",
+    ]
+    assert plan.replace_calls == 4 + 8  # the 4 generations, then their 8 pairs
+    text = format_plan(plan, offline=False)
+    assert "  generation: 4 generations out of date (concepts/descriptions-paragraph/alpha.txt changed)" in text
+    assert "--replace-changed would make 12 more call(s): cost unknown (no price for " in text
+    assert len(openai_server.requests) == 18
 
 
 def test_a_model_a_parameter_and_a_hand_edit_each_name_their_cause(finished):

@@ -26,6 +26,7 @@ from daydreaming_dagster.experiment.tasks import (
 )
 from daydreaming_dagster.llm.offline import JUDGE_NOISE, OfflineBackend, _offline_text
 from daydreaming_dagster.llm.requests import LLMRequest
+from daydreaming_dagster.orchestration.plan import make_plan
 from daydreaming_dagster.resources.config import ExperimentConfig
 from daydreaming_dagster.store.layout import text_path
 from daydreaming_dagster.store.responses import mismatched_fields, read_provenance
@@ -179,7 +180,19 @@ def test_n_replicates_are_n_distinct_paid_calls_made_once_and_only_once(tmp_path
     assert read_provenance(text_path(root, "evaluation_response", pair))["replicate"] == 3
     assert "replicate" not in read_provenance(text_path(root, "evaluation_response", {**pair, "evaluation_tasks": "judge-a__judge-model-1"}))
 
-    # Once and only once: running everything again reuses every stored answer.
+    # Once and only once: running everything again reuses every stored answer, and `daydream plan`
+    # (here without the instance, so from the stored answers alone) finds each replicate's answer.
     pipe.generate_all()
     pipe.evaluate_all()
     assert len(openai_server.requests) == 42
+    plan = make_plan(ExperimentConfig.for_experiment(str(root), str(root)), None)
+    assert [(s.partitions, s.reused, len(s.calls)) for s in plan.stages] == [(6, 6, 0), (36, 36, 0)]
+
+
+def test_the_plan_counts_every_replicate_as_a_call(tmp_path: Path):
+    root = write_experiment(tmp_path / "data", settings=REPLICATES)  # 6 tasks, 12 pairs without replicates
+    plan = make_plan(ExperimentConfig.for_experiment(str(root), str(root)), None)
+    assert [(s.stage, s.partitions, len(s.calls)) for s in plan.stages] == [
+        ("generation", 12, 12),
+        ("evaluation", 12 * 2 * 3, 72),
+    ]

@@ -70,12 +70,15 @@ def generation_calls(
     texts = dict(zip(templates["template_id"], templates["text"]))
     out = StageCalls("generation")
     columns = ["generation_task_id", "combo_id", "generation_template_id", "generation_model_id", "generation_model"]
-    for key, combo, template, model_id, model in zip(*(tasks[c] for c in columns)):
+    replicates = _replicates(tasks, "generation_replicate")
+    for key, combo, template, model_id, model, replicate in zip(*(tasks[c] for c in columns), replicates):
         if key in materialized:
             continue
         out.partitions += 1
         prompt = render_generation_prompt(texts[template], concepts_of[combo])
-        request = LLMRequest(model_id, model, prompt, config.generation_temperature, config.generation_max_tokens)
+        request = LLMRequest(
+            model_id, model, prompt, config.generation_temperature, config.generation_max_tokens, int(replicate)
+        )
         if check_stored and _reusable(store, "generation_response", key, request):
             out.reused += 1
             continue
@@ -103,7 +106,8 @@ def evaluation_calls(
     shapes: dict[str, tuple[int, int]] = {}
     out = StageCalls("evaluation")
     columns = ["generation_task_id", "evaluation_task_id", "evaluation_template_id", "evaluation_model_id", "evaluation_model"]
-    for g, e, template, judge_id, judge in zip(*(pairs[c] for c in columns)):
+    replicates = _replicates(pairs, "evaluation_replicate")
+    for g, e, template, judge_id, judge, replicate in zip(*(pairs[c] for c in columns), replicates):
         if pair_key_str(g, e) in materialized:
             continue
         out.partitions += 1
@@ -125,13 +129,20 @@ def evaluation_calls(
         if (g, template) not in prompts:
             prompts[(g, template)] = render_evaluation_prompt(texts[template], answers[g])
         prompt = prompts[(g, template)]
-        request = LLMRequest(judge_id, judge, prompt, config.evaluation_temperature, config.evaluation_max_tokens)
+        request = LLMRequest(
+            judge_id, judge, prompt, config.evaluation_temperature, config.evaluation_max_tokens, int(replicate)
+        )
         parts = {"generation_tasks": g, "evaluation_tasks": e}
         if check_stored and _reusable(store, "evaluation_response", parts, request):
             out.reused += 1
             continue
         out.calls.append({**call, "prompt_chars": len(prompt)})
     return out
+
+
+def _replicates(table: pd.DataFrame, column: str) -> pd.Series | list[int]:
+    """The replicate of every row (a replicate >= 2 is a request of its own, see LLMRequest)."""
+    return table[column] if column in table.columns else [1] * len(table)
 
 
 def stored_samples(

@@ -13,7 +13,7 @@ rendered from now with the digests the prompt asset recorded (materialization me
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,15 +101,24 @@ def _stored(path: Path) -> tuple[bool, dict | None, bool]:
 
 
 class ChangeCheck:
-    """The out-of-date check of an experiment whose task tables are built under `output_root`."""
+    """The out-of-date check of the answers stored under `output_root`, against the task tables built
+    there (or `tables`, built from 1_raw by `daydream plan`). Without an instance, a changed prompt
+    is not traced to its files."""
 
-    def __init__(self, output_root: Path, config: ExperimentConfig, instance: dg.DagsterInstance) -> None:
+    def __init__(
+        self,
+        output_root: Path,
+        config: ExperimentConfig,
+        instance: dg.DagsterInstance | None,
+        tables: Mapping[str, pd.DataFrame] | None = None,
+    ) -> None:
         self.root = Path(output_root)
         self.config = config
         self.instance = instance
+        self.tables = tables
 
     def _table(self, name: str) -> pd.DataFrame:
-        return read_table(table_path(self.root, name))
+        return self.tables[name] if self.tables is not None else read_table(table_path(self.root, name))
 
     def generations(self) -> StageCheck:
         """Every generation task whose stored answer is not the answer to its request now."""
@@ -181,6 +190,8 @@ class ChangeCheck:
         """The sources the prompt asset recorded when it rendered the prompt each partition's answer
         answered (the newest materialization of that partition whose `prompt_sha256` matches)."""
         found: dict[str, dict[str, str]] = {}
+        if self.instance is None:
+            return found
         keys = list(answered)
         for start in range(0, len(keys), RECORDS_PER_QUERY):
             chunk = keys[start : start + RECORDS_PER_QUERY]

@@ -8,14 +8,14 @@ response store (answers that will be reused); see assets/estimates.py and analys
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
 from ..analysis.budget import price_table
-from ..analysis.estimate import basis_lines, estimate, estimate_rows, text_table, usd
+from ..analysis.estimate import basis_lines, estimate, estimate_rows, text_table, totals, usd
 from ..analysis.usage import model_prices
 from ..assets.budget import spent_usd
 from ..assets.estimates import StageCalls, evaluation_calls, generation_calls, stored_samples
@@ -24,6 +24,7 @@ from ..experiment.tasks import build_content_combinations, build_evaluation_task
 from ..resources.config import ExperimentConfig
 from ..settings import Settings
 from ..store.spend import paid_tallies
+from .changes import ChangeCheck, change_report
 from .instance_setup import open_instance
 
 
@@ -36,6 +37,11 @@ class Plan:
     table: pd.DataFrame  # analysis.estimate.ESTIMATE_COLUMNS
     llm_models: pd.DataFrame
     include_all: bool
+    # Stored answers to a request the experiment no longer makes (see changes.py), what `daydream
+    # run` prints about them, and what re-asking them with --replace-changed would cost.
+    changes: list[str] = field(default_factory=list)
+    replace_calls: int = 0
+    replace_table: pd.DataFrame | None = None
 
     @property
     def calls(self) -> int:
@@ -51,14 +57,16 @@ def experiment_tables(config: ExperimentConfig) -> dict[str, pd.DataFrame]:
     models = load_models(raw)
     generation_templates = load_templates(raw, "generation")
     combos = build_content_combinations(load_concepts(raw), config.k, config.description_level)
-    generation_tasks = build_generation_tasks(combos, generation_templates, models)
+    generation_tasks = build_generation_tasks(combos, generation_templates, models, config.generation_replicates)
     return {
         "content_combinations": combos,
         "generation_templates": generation_templates,
         "evaluation_templates": (evaluation_templates := load_templates(raw, "evaluation")),
         "llm_models": models,
         "generation_tasks": generation_tasks,
-        "evaluation_tasks": build_evaluation_tasks(generation_tasks, evaluation_templates, models),
+        "evaluation_tasks": build_evaluation_tasks(
+            generation_tasks, evaluation_templates, models, config.evaluation_replicates
+        ),
     }
 
 
@@ -85,7 +93,34 @@ def make_plan(config: ExperimentConfig, instance: dg.DagsterInstance | None, inc
     ]
     samples = stored_samples(config, t["generation_tasks"]["generation_task_id"].tolist(), t["evaluation_tasks"])
     table = estimate([c for s in stages for c in s.calls], samples, model_prices(t["llm_models"]))
-    return Plan(config, stages, table, t["llm_models"], include_all)
+    plan = Plan(config, stages, table, t["llm_models"], include_all)
+    if not include_all:
+        _out_of_date(plan, t, instance, samples)
+    return plan
+
+
+def _out_of_date(plan: Plan, t: dict[str, pd.DataFrame], instance: dg.DagsterInstance | None, samples: list) -> None:
+    """The out-of-date answers `daydream run` would report, and the calls re-asking them would make:
+    each out-of-date generation and pair, and every pair of those generations (their judge prompts
+    quote the new answer; estimated from the stored one)."""
+    config = plan.config
+    checker = ChangeCheck(Path(config.output_root), config, instance, tables=t)
+    generations, evaluations = checker.generations(), checker.evaluations()
+    plan.changes = change_report(generations, evaluations, t["evaluation_tasks"], replace_changed=False)
+    if not plan.changes:
+        return
+    tasks, pairs = t["generation_tasks"], t["evaluation_tasks"]
+    keys = pairs["evaluation_task_id"] + "|" + pairs["generation_task_id"]
+    pairs = pairs[keys.isin(evaluations.keys()) | pairs["generation_task_id"].isin(generations.keys())]
+    calls = [
+        *generation_calls(
+            tasks[tasks["generation_task_id"].isin(generations.keys())], t["content_combinations"],
+            t["generation_templates"], config, check_stored=False,
+        ).calls,
+        *evaluation_calls(pairs, tasks, t["evaluation_templates"], config, check_stored=False).calls,
+    ]
+    plan.replace_calls = len(calls)
+    plan.replace_table = estimate(calls, samples, model_prices(t["llm_models"]))
 
 
 def spent_so_far(config: ExperimentConfig, llm_models: pd.DataFrame) -> tuple[float, list[str], int]:
@@ -109,6 +144,9 @@ def format_plan(plan: Plan, offline: bool) -> str:
         if stage.waiting:
             line += f"; {stage.waiting} judge prompt(s) wait for their generation answer"
         lines.append(line)
+    lines += [f"  {line}" for line in plan.changes]
+    if plan.replace_calls:
+        lines.append(f"  --replace-changed would make {plan.replace_calls} more call(s): {_cost(plan.replace_table)}")
     if not plan.calls:
         lines.append("Nothing to pay for: every call is made (or its stored answer is reused).")
     else:
@@ -129,6 +167,14 @@ def format_plan(plan: Plan, offline: bool) -> str:
     if config.max_cost_usd is not None:
         lines.append(f"Spending cap (max_cost_usd in experiment.toml): {usd(config.max_cost_usd)}.")
     return "\n".join(lines)
+
+
+def _cost(table: pd.DataFrame) -> str:
+    """An estimate's total cost in words: expected (low to high), or why it is unknown."""
+    t = totals(table)
+    if t["unpriced_models"]:
+        return f"cost unknown (no price for {', '.join(t['unpriced_models'])} in llm_models.csv)"
+    return f"{usd(t['cost_usd_expected'])} expected ({usd(t['cost_usd_low'])} to {usd(t['cost_usd_high'])})"
 
 
 def run_plan(settings: Settings, include_all: bool) -> str:
