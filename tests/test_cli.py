@@ -159,7 +159,6 @@ def test_run_without_key_stops_before_any_work(tmp_path: Path, base_env):
 
 # --------------------------------------------------------------------------- a. (second run), d. keys, c. dagster CLI
 
-IN_PROCESS = '{"execution": {"config": {"in_process": {}}}}'
 UNKNOWN_METHOD = "nope__judge"
 
 
@@ -199,8 +198,7 @@ def after_run(offline_run: OfflineRun) -> AfterRun:
     commands = {
         "again": ([*DAYDREAM, "run", "--offline", "--concurrency", "2", "--data-root", str(run.data)], run.env),
         "keys": ([*DAYDREAM, "keys", "--offline", "--data-root", str(run.data)], run.env),
-        # in_process: the default multiprocess executor would load the code location a second time
-        "valid": ([*materialize, "--partition", valid_key, "--config-json", IN_PROCESS], dagster_env(run)),
+        "valid": ([*materialize, "--partition", valid_key], dagster_env(run)),
         "invalid": ([*materialize, "--partition", invalid_key], dagster_env(run)),
     }
     procs = {
