@@ -7,8 +7,9 @@
 
 Every request is recorded (`.requests`: method, path, headers, JSON body).  Requests are
 answered by the scripted behaviours in order, then by `behaviour_for(body)` when it is set and
-returns one, then by the default: a success whose text is `default_answer(body)`.  `latency_s` delays every answer.
-Usage counts whitespace-separated words as tokens; with `cost_for` set it also reports a cost.  The server runs in daemon threads and
+returns one, then by the default: a success whose text is `default_answer(body)`.  `latency_s` delays every answer
+(`latency_for(body)`, when set, instead: see tests/latency_models.py).  Usage counts whitespace-separated words
+as tokens; with `cost_for` set it also reports a cost.  The server runs in daemon threads and
 shuts down at fixture teardown without waiting for handlers that are sleeping or stuck.
 """
 
@@ -148,6 +149,8 @@ class FakeOpenAIServer:
         self.requests: list[RecordedRequest] = []
         self.default_answer: Callable[[Any], str] = _default_answer
         self.latency_s: float = 0.0
+        # Seconds to wait before answering this body (e.g. a seeded heavy-tailed model); None: latency_s.
+        self.latency_for: Optional[Callable[[Any], float]] = None
         self.responses: list[dict] = []  # JSON bodies of the completions the server sent
         self._queue: deque[Behaviour] = deque()
         # Consulted when nothing is scripted: a behaviour chosen from the request body (None = ok).
@@ -286,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour.kind == "drop":
             self._abort()
             return
-        if not fake._sleep(fake.latency_s):
+        if not fake._sleep(fake.latency_for(body) if fake.latency_for else fake.latency_s):
             return
         if behaviour.kind == "delay" and not fake._sleep(behaviour.seconds):
             return

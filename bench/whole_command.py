@@ -1,0 +1,129 @@
+"""Benchmark 5 (whole command): `daydream run`, from Enter to results, next to the asyncio floor.
+
+Against the test suite's OpenAI-protocol server, with C calls in flight: bench/floor.py (a plain
+asyncio script making the same calls, judges streamed behind generations) and `daydream run` (fresh
+instance and outputs each time), back to back, `--repeat` times. Both walls are measured from
+starting the process to its exit. Latency is fixed (`--latency fixed`, L = `--seconds`) or
+heavy-tailed (`--latency heavy`: log-normal, median 4 s, p95 20 s, at most 60 s, seeded, so both
+commands wait the same time for the same call). Checks that both sent the same requests.
+
+    uv run python bench/whole_command.py [--latency fixed|heavy] [--pairs 200|2000] [--concurrency 16]
+                                         [--repeat 3] [--seed 1] [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from common import REPO, busy_cpu_seconds, fresh_home, machine, write_synthetic_experiment
+from llm_runs import judge_or_generation_answer
+
+sys.path.insert(0, str(REPO))
+from tests.latency_models import HeavyTailedLatency  # noqa: E402
+from tests.openai_server import FakeOpenAIServer  # noqa: E402
+
+# (concepts, k, generation templates, generators, evaluation templates, judges)
+EXPERIMENTS = {
+    200: (5, 2, 1, 5, 2, 2),  # 10 combos x 5 generators = 50 generations; x 4 methods = 200 pairs
+    2000: (23, 2, 1, 2, 2, 2),  # 253 combos x 2 generators = 506 generations; x 4 methods = 2,024 pairs
+}
+
+
+def load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+
+
+def identity(body: dict) -> str:
+    """What makes two requests the same call."""
+    text = json.dumps([body.get("model"), body.get("messages"), body.get("temperature"), body.get("max_tokens")])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def timed(server: FakeOpenAIServer, argv: list[str], env: dict, cwd: Path) -> dict:
+    """Run a command; its wall, the machine's busy CPU meanwhile, and when its calls came."""
+    before = len(server.requests)
+    cpu0, started = busy_cpu_seconds(), time.time()
+    out = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, cwd=cwd)
+    wall, cpu = time.time() - started, busy_cpu_seconds() - cpu0
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    requests = server.requests[before:]
+    answered = [r.received_at + (server.latency_for(r.body) if server.latency_for else server.latency_s) for r in requests]
+    return {
+        "wall": wall, "cpu": cpu, "stdout": out.stdout, "calls": Counter(identity(r.body) for r in requests),
+        "first_call": min(r.received_at for r in requests) - started, "tail": started + wall - max(answered),
+    }
+
+
+def daydream(server: FakeOpenAIServer, tmp: Path, experiment: Path, concurrency: int) -> dict:
+    data = tmp / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.copytree(experiment / "1_raw", data / "1_raw")
+    home = fresh_home(tmp / "home")
+    config = (home / "dagster.yaml").read_text()
+    (home / "dagster.yaml").write_text(config.replace("default_limit: 8", f"default_limit: {concurrency}"))
+    env = {"DAGSTER_HOME": str(home), "OPENROUTER_API_KEY": "bench-key", "OPENROUTER_BASE_URL": server.base_url}
+    argv = [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(data), "--concurrency", str(concurrency)]
+    r = timed(server, argv, env, tmp)
+    r["stages"] = {m.group(1): float(m.group(2)) for m in re.finditer(r"(\w+): \d+ ran, \d+ skipped, \d+ failed in ([\d.]+) s", r["stdout"])}
+    return r
+
+
+def floor(server: FakeOpenAIServer, tmp: Path, experiment: Path, concurrency: int) -> dict:
+    argv = [sys.executable, str(REPO / "bench" / "floor.py"), "--base-url", server.base_url,
+            "--data-root", str(experiment), "--concurrency", str(concurrency)]
+    return timed(server, argv, {}, tmp)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency", choices=("fixed", "heavy"), default="fixed")
+    parser.add_argument("--seconds", type=float, default=2.0, help="the fixed latency L")
+    parser.add_argument("--seed", type=int, default=1, help="the heavy-tailed latencies' seed")
+    parser.add_argument("--pairs", type=int, choices=sorted(EXPERIMENTS), default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    print(f"machine: {machine()}; load average {load()} at start")
+    server = FakeOpenAIServer().start()
+    server.default_answer = judge_or_generation_answer
+    if args.latency == "heavy":
+        server.latency_for = HeavyTailedLatency(seed=args.seed)
+        print(f"latency: {server.latency_for.describe()}")
+    else:
+        server.latency_s = args.seconds
+        print(f"latency: fixed {args.seconds:g} s")
+    ratios = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            experiment = write_synthetic_experiment(tmp / "experiment", *EXPERIMENTS[args.pairs])
+            for rep in range(1, args.repeat + 1):
+                f = floor(server, tmp, experiment, args.concurrency)
+                d = daydream(server, tmp, experiment, args.concurrency)
+                same = "same calls" if f["calls"] == d["calls"] else "DIFFERENT CALLS"
+                ratios.append(d["wall"] / f["wall"])
+                stages = ", ".join(f"{k} {v:.1f} s" for k, v in d["stages"].items())
+                print(f"\nrun {rep} (load average {load()}): {sum(d['calls'].values())} calls, {same}")
+                print(f"  floor       {f['wall']:6.1f} s wall (first call at {f['first_call']:.1f} s, {f['tail']:.1f} s after the last answer), {f['cpu']:.1f} s machine CPU")
+                print(f"  daydream run{d['wall']:6.1f} s wall (first call at {d['first_call']:.1f} s, {d['tail']:.1f} s after the last answer), {d['cpu']:.1f} s machine CPU")
+                print(f"  ratio {ratios[-1]:.3f}; daydream run's stages: {stages}")
+    finally:
+        server.stop()
+    print(f"\nratio daydream run / floor over {len(ratios)} run(s): {', '.join(f'{r:.3f}' for r in ratios)}; "
+          f"load average {load()} at the end")
+
+
+if __name__ == "__main__":
+    main()
