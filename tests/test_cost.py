@@ -311,3 +311,23 @@ def test_a_model_without_a_price_shows_an_unknown_cost_on_the_task_table(tmp_pat
     cost = event.asset_materialization.metadata["estimated_cost_usd"].value
     assert cost == "unknown: no price for gen-model-1 in llm_models.csv"
     assert not math.isnan(event.asset_materialization.metadata["generation_calls_to_make"].value)
+
+
+def test_near_the_cap_calls_wait_for_the_ones_in_flight_instead_of_stopping(tmp_path, instance, openai_server, monkeypatch):
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    root = write_experiment(tmp_path / "data")
+    write_prices(root, PRICES)
+    openai_server.default_answer = lambda body: "Fine."
+    openai_server.latency_s = 0.3
+    pipe = Pipeline(root, instance, openai_server)
+    pipe.tables()
+    # A generation call may cost up to $1.31 (gen-model-1) or $0.96 (gen-model-2): under a $2 cap two
+    # never fit in flight together, while all six, at about $0.04 each, fit one after the other.
+    config = {"ops": {"generation_response": {"config": {"max_cost_usd": 2.0, "parallel_calls": 4}}}}
+
+    result = pipe.materialize_range(["generation_prompt", "generation_response"], pipe.generation_keys(), config)
+
+    assert result.success
+    assert len(openai_server.responses) == 6
+    arrivals = sorted(r.received_at for r in openai_server.requests)
+    assert all(later - earlier >= 0.3 for earlier, later in zip(arrivals, arrivals[1:]))  # one call at a time

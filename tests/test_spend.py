@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +186,32 @@ def test_a_call_another_process_paid_since_the_last_full_count_is_never_overlook
     with pytest.raises(SpendingCapReached, match=r"^spending cap reached: \$0\.000232 spent and \$0\.000258 in flight"):
         guard.admit("a2", request("gen"))
     guard.settle_all()
+
+
+def test_a_call_kept_out_only_by_another_process_in_flight_waits_for_it(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        holder.stdout.readline()  # it holds $0.25 in flight
+        guard = SpendingGuard(0.3, tmp_path, {"gen": (1.0, 2.0)})
+        with pytest.raises(SpendingCapReached) as refused:
+            guard.admit("a", request("gen", max_tokens=100_000))  # $0.2: fits only once the other call is over
+        assert refused.value.temporary
+        with pytest.raises(SpendingCapReached) as never:
+            guard.admit_when_room("b", request("gen", max_tokens=200_000))  # $0.4: never fits, no waiting
+        assert not never.value.temporary
+
+        def other_call_ends() -> None:
+            holder.stdin.close()  # its process exits (and is reaped: a zombie still counts as alive)
+            holder.wait()
+
+        threading.Timer(1.0, other_call_ends).start()
+        started = time.monotonic()
+        guard.admit_when_room("a", request("gen", max_tokens=100_000), timeout_s=60)
+        assert time.monotonic() - started >= 0.9
+    finally:
+        holder.kill()
+        holder.wait()
+    [mine] = in_flight(tmp_path)
+    assert mine.what == "a"

@@ -44,7 +44,12 @@ CAP_REACHED = "daydream/spending_cap_reached"
 
 
 class SpendingCapReached(Exception):
-    """A call was not started because of the spending cap; str() is one sentence."""
+    """A call was not started because of the spending cap; str() is one sentence. `temporary`: it
+    would fit once the calls now in flight are paid for (they cost at most their worst case)."""
+
+    def __init__(self, message: str, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
 
 
 def step_cap(experiment_config: ExperimentConfig, run_cap: float | None, llm: LLMClientResource) -> float | None:
@@ -101,6 +106,9 @@ class _Count:
 
 
 _LAST_COUNT: dict[tuple, _Count] = {}
+# How long a call waits for calls in flight elsewhere to make room under the cap: longer than one
+# call with all its retries (6 attempts of up to 120 s, and the waits between them).
+WAIT_FOR_ROOM_S = 1200.0
 
 
 class SpendingGuard:
@@ -171,8 +179,23 @@ class SpendingGuard:
         _LAST_COUNT[self._count_key] = _Count(spent + flying, log_offset, ratios, time.monotonic())
         worst = worst_case_usd(len(request.prompt), request.max_tokens, price, ratios.get(request.model_id))
         if spent + flying + worst > self.cap:
-            raise SpendingCapReached(cap_sentence(request.model_id, worst, spent, flying, self.cap))
+            sentence = cap_sentence(request.model_id, worst, spent, flying, self.cap)
+            raise SpendingCapReached(sentence, temporary=spent + worst <= self.cap)
         self._held[key] = reserve(self.root, worst, request.model_id, key)
+
+    def admit_when_room(self, key: str, request: LLMRequest, timeout_s: float | None = None) -> None:
+        """`admit`, waiting while only calls in flight (in other processes) keep the call out: they
+        end within minutes, and what they cost is known then."""
+        deadline = time.monotonic() + (WAIT_FOR_ROOM_S if timeout_s is None else timeout_s)
+        pause = 0.2
+        while True:
+            try:
+                return self.admit(key, request)
+            except SpendingCapReached as refusal:
+                if not refusal.temporary or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     def settle(self, key: str) -> None:
         """The call of `key` is over and its answer, if any, is stored."""

@@ -128,16 +128,18 @@ def respond(
 def _complete_all(llm: LLMClientResource, asks: list[Ask], parallel: int, guard: SpendingGuard | None = None):
     """Yield (ask, LLMResponse | LLMError | SpendingCapReached) as answers arrive. After a permanent
     error (not just one bad answer), or a call the spending cap refused, no new call starts: the
-    next ones would fail the same way, or be paid for nothing."""
+    next ones would fail the same way, or be paid for nothing. A call the cap keeps out only while
+    other calls are in flight waits for them."""
     if len(asks) <= 1 or parallel <= 1:
         for ask in asks:
-            outcome = _admit(guard, ask) or _call(llm, ask)
+            outcome = _admit(guard, ask, wait=True) or _call(llm, ask)
             yield ask, outcome
             if _stops_the_batch(outcome):
                 return
         return
     pending = iter(asks)
     stop = False
+    waiting: list[Ask] = []  # an ask the cap admits once one of this step's calls is paid for
     refused: list[tuple[Ask, SpendingCapReached]] = []
     with ThreadPoolExecutor(max_workers=min(parallel, len(asks)), thread_name_prefix="llm") as pool:
         in_flight: dict[Future, Ask] = {}
@@ -145,10 +147,13 @@ def _complete_all(llm: LLMClientResource, asks: list[Ask], parallel: int, guard:
         def fill() -> None:
             nonlocal stop
             while not stop and len(in_flight) < parallel:
-                ask = next(pending, None)
+                ask = waiting.pop() if waiting else next(pending, None)
                 if ask is None:
                     return
-                refusal = _admit(guard, ask)
+                refusal = _admit(guard, ask, wait=not in_flight)
+                if refusal is not None and refusal.temporary and in_flight:
+                    waiting.append(ask)
+                    return
                 if refusal is not None:
                     refused.append((ask, refusal))
                     stop = True
@@ -166,16 +171,20 @@ def _complete_all(llm: LLMClientResource, asks: list[Ask], parallel: int, guard:
                 ask = in_flight.pop(future)
                 outcome = future.result()
                 stop = stop or _stops_the_batch(outcome)
-                yield ask, outcome
+                yield ask, outcome  # the caller stores the answer and ends its reservation
             fill()
 
 
-def _admit(guard: SpendingGuard | None, ask: Ask) -> SpendingCapReached | None:
-    """None when the call may start (its worst case is reserved), else the cap's refusal."""
+def _admit(guard: SpendingGuard | None, ask: Ask, wait: bool) -> SpendingCapReached | None:
+    """None when the call may start (its worst case is reserved), else the cap's refusal. With
+    `wait`, a call kept out only by calls in flight in other processes waits for them."""
     if guard is None:
         return None
     try:
-        guard.admit(ask.key, ask.request)
+        if wait:
+            guard.admit_when_room(ask.key, ask.request)
+        else:
+            guard.admit(ask.key, ask.request)
     except SpendingCapReached as refusal:
         return refusal
     return None
