@@ -7,7 +7,6 @@ both prices has an unknown cost, never 0, and a cap cannot bound its calls."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import pandas as pd
@@ -100,7 +99,3 @@ def cap_sentence(model_id: str, worst: float, spent: float, in_flight: float, ca
         f"spending cap reached: {usd(spent)} spent{flight}, and a {model_id} call may cost up to "
         f"{usd(worst)}, which could pass the {usd(cap)} cap, so it was not started; {HOW_TO_RAISE}."
     )
-
-
-def is_unknown(value: float | None) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

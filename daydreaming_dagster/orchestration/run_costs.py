@@ -80,7 +80,7 @@ class RunCosts:
             rows.append(_comparison_row(key, estimate.loc[key] if key in estimate.index else None, made.get(key), prices))
         lines = [
             "Estimate before the run vs what it paid for (tokens as the provider reported them; "
-            "* marks a figure outside the estimate's bounds):",
+            "* marks a figure outside the estimate's bounds, in rows where every planned call was made):",
             text_table(pd.DataFrame(rows, columns=COMPARISON_COLUMNS)),
         ]
         return "\n".join(lines)
@@ -122,8 +122,9 @@ def _comparison_row(key: tuple[str, str], planned, made: Tally | None, prices: d
         if planned is None:
             return ["-", fmt(actual)]
         low, expected, high = (float(planned[f"{what}_{b}"]) for b in ("low", "expected", "high"))
-        known = not (math.isnan(low) or math.isnan(actual))
-        outside = known and not (low - 1e-9 <= actual <= high + 1e-9)
+        # Bounds are for all the planned calls: a row the cap (or a failure) cut short is not judged.
+        judged = made.calls == int(planned["calls"]) and not (math.isnan(low) or math.isnan(actual))
+        outside = judged and not (low - 1e-9 <= actual <= high + 1e-9)
         return [span(low, expected, high, fmt), fmt(actual) + (" *" if outside else "")]
 
     price = prices.get(model_id)
