@@ -91,10 +91,8 @@ def make_plan(config: ExperimentConfig, instance: dg.DagsterInstance | None, inc
             done("evaluation_response"), check,
         ),
     ]
-    calls = [c for s in stages for c in s.calls]
-    # Nothing to do (a rerun of a finished experiment): no need to read stored answers.
-    samples = stored_samples(config, t["generation_tasks"]["generation_task_id"].tolist(), t["evaluation_tasks"]) if calls else []
-    table = estimate(calls, samples, model_prices(t["llm_models"]))
+    samples = stored_samples(config, t["generation_tasks"]["generation_task_id"].tolist(), t["evaluation_tasks"])
+    table = estimate([c for s in stages for c in s.calls], samples, model_prices(t["llm_models"]))
     plan = Plan(config, stages, table, t["llm_models"], include_all)
     if not include_all:
         _out_of_date(plan, t, instance, samples)
