@@ -13,6 +13,7 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.instance.types import CachingDynamicPartitionsLoader
 from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import ConsolidatedSqliteEventLogStorage
+from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.sql import create_engine
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
@@ -34,6 +35,8 @@ WHY = {
     "InstanceRef": "`daydream run`'s workers name their DagsterInstance subclass in the instance's ref "
     "(Dagster's supported seam for a custom instance class)",
     "ConfigurableClassData": "how a ref names that class",
+    "NoOpComputeLogManager": "`daydream run`'s workers name it in that ref: no `tail -F` and watcher processes "
+    "per run, and no swapping of the process's stdout/stderr while several runs share it",
     "CachingDynamicPartitionsLoader": "bench/scale.py times a sensor tick the way the code server evaluates it",
     "process_config": "tests/test_deploy.py validates deploy/'s run launcher and compute log configs",
     "dagster_instance_config": "and reads deploy/'s dagster.yaml files the way Dagster does",
@@ -48,6 +51,7 @@ __all__ = [
     "ConfigurableClassData",
     "ConsolidatedSqliteEventLogStorage",
     "InstanceRef",
+    "NoOpComputeLogManager",
     "PartitionBackfill",
     "SqliteRunStorage",
     "create_engine",
