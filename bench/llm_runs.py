@@ -58,11 +58,12 @@ def daydream_run(
         raise RuntimeError(out.stdout[-2000:] + out.stderr[-3000:])
     stages = {
         m.group(1): {"ran": int(m.group(2)), "seconds": float(m.group(3))}
-        for m in re.finditer(r"(\w+): (\d+) ran, \d+ skipped, \d+ failed in ([\d.]+) s", out.stdout)
+        for m in re.finditer(r"(\w+): (\d+) ran, \d+ skipped(?:, \d+ left to another run)?, \d+ failed in ([\d.]+) s", out.stdout)
     }
     return {
         "wall": wall,
         "cpu": cpu,
         "requests": len(server.requests) - before,
         "stages": stages,
+        "log": out.stderr.splitlines(),
     }

@@ -12,6 +12,7 @@ from pathlib import Path
 from dotenv import load_dotenv
 
 from .llm.requests import MISSING_KEY_MESSAGE
+from .orchestration.instance_setup import BrokenInstanceError, open_instance
 
 DEFAULT_DAGSTER_HOME = "dagster_home"
 # The project's instance configuration, given to a DAGSTER_HOME that has none (e.g. the offline one).
@@ -26,10 +27,19 @@ def _configure(args: argparse.Namespace) -> None:
     if getattr(args, "offline", False):
         os.environ["DAYDREAM_BACKEND"] = "offline"
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
-    if os.environ.get("DAYDREAM_BACKEND") == "offline" and home.name != "offline":
+    if os.environ.get("DAYDREAM_BACKEND") == "offline":
         # Offline runs keep their own instance: their materializations must never make a real
-        # partition look finished.
-        home = home / "offline"
+        # partition look finished. It gets the same kind of storage as the user's instance.
+        from .orchestration.offline_instance import OfflineInstanceError, prepare_offline_home
+
+        user_home = home.parent if home.name == "offline" else home
+        home = user_home / "offline"
+        try:
+            if (user_home / "dagster.yaml").is_file():
+                prepare_offline_home(home, user_home / "dagster.yaml")
+        except OfflineInstanceError as exc:
+            print(str(exc), file=sys.stderr)
+            raise SystemExit(2) from None
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").is_file() and INSTANCE_TEMPLATE.is_file():
         shutil.copy(INSTANCE_TEMPLATE, home / "dagster.yaml")
@@ -53,6 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = args.workers or default_workers(args.concurrency, settings.offline)
     # Started before this process imports Dagster: the workers load the code location meanwhile.
     pool = start_pool(workers, args.concurrency, settings.offline) if workers > 1 else None
+    from .orchestration.run_costs import RunCosts
     from .orchestration.runner import Runner, print_progress
 
     backend = "offline backend" if settings.offline else f"{settings.base_url}"
@@ -68,9 +79,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers=workers,
         max_batch=args.batch_size,
         data_root=settings.data_root,
+        max_cost_usd=args.max_cost,
         offline=settings.offline,
         pool=pool,
     )
+    costs = RunCosts(settings, args.max_cost, runner.instance)
+    refusal = costs.start()
+    if refusal:
+        runner.close()
+        print(refusal, file=sys.stderr)
+        return 2
     try:
         reports = runner.run()
     except ExperimentError as exc:  # the experiment config, found invalid when the code location loads
@@ -84,13 +102,40 @@ def cmd_run(args: argparse.Namespace) -> int:
             failed = True
             for key, error in list(report.failures.items())[:20]:
                 print(f"{report.name} {key}: {error}", file=sys.stderr)
-    summary = ", ".join(
-        f"{r.name}: {r.succeeded} ran, {r.skipped} skipped, {len(r.failures)} failed in {r.seconds:.1f} s" for r in reports
-    )
-    print(summary)
+    print(", ".join(r.summary() for r in reports))
+    if comparison := costs.report():
+        print(comparison)
+    if any(r.cap_reached for r in reports):
+        print(costs.cap_stop_sentence(), file=sys.stderr)
+        return 3
     if not failed:
         print(f"results: {settings.output_root / '5_results'}")
+        print(f"report: {settings.output_root / '5_results' / 'report.html'} (open it in a browser)")
     return 1 if failed else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    _configure(args)
+    from .experiment.errors import ExperimentError
+    from .orchestration.plan import run_plan
+    from .settings import Settings
+
+    try:
+        print(run_plan(Settings.from_env(), args.all))
+    except ExperimentError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return 0
+
+
+def _usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount of US dollars above 0")
+    return value
 
 
 def _pair_selection(args: argparse.Namespace) -> tuple[list[str], set[str]] | int:
@@ -110,7 +155,7 @@ def _pair_selection(args: argparse.Namespace) -> tuple[list[str], set[str]] | in
     if getattr(args, "missing", False):
         import dagster as dg
 
-        exclude = dg.DagsterInstance.get().get_materialized_partitions(dg.AssetKey("evaluation_response"))
+        exclude = open_instance().get_materialized_partitions(dg.AssetKey("evaluation_response"))
     selected = valid_pair_keys(
         table, generation_task=args.generation_task, evaluation_task=args.evaluation_task, exclude=exclude
     )
@@ -145,11 +190,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         if not selected:
             print("nothing to backfill: every selected valid pair is already materialized.")
             return 0
-        import dagster as dg
 
         from .definitions import defs
 
-        backfill_id = submit_pair_backfill(dg.DagsterInstance.get(), defs(), selected)
+        backfill_id = submit_pair_backfill(open_instance(), defs(), selected)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -163,14 +207,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_prune_keys(args: argparse.Namespace) -> int:
     """Report (and with --yes remove) registered partition keys that the task tables no longer list."""
     _configure(args)
-    import dagster as dg
 
     from .settings import Settings
     from .store.layout import table_path
     from .store.tables import read_table
 
     settings = Settings.from_env()
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     columns = {"generation_tasks": "generation_task_id", "evaluation_tasks": "evaluation_task_id"}
     stale_by_name = {}
     for name, column in columns.items():
@@ -189,6 +232,18 @@ def cmd_prune_keys(args: argparse.Namespace) -> int:
     total = sum(map(len, stale_by_name.values()))
     verb = "removed" if args.yes else "found (re-run with --yes to remove them; files are never touched)"
     print(f"{total} stale key(s) {verb}.", file=sys.stderr)
+    return 0
+
+
+def cmd_repair_instance(args: argparse.Namespace) -> int:
+    """Repair an instance whose databases an earlier version let two processes stamp at once."""
+    _configure(args)
+    from .orchestration.instance_setup import repair_version_tables
+
+    repaired = repair_version_tables(Path(os.environ["DAGSTER_HOME"]))
+    for line in repaired:
+        print(line)
+    print(f"{os.environ['DAGSTER_HOME']}: {'repaired' if repaired else 'nothing to repair'}.")
     return 0
 
 
@@ -243,7 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-run partitions whose stored response belongs to another prompt/model/parameters "
         "(the old response moves to _superseded/, never deleted)",
     )
+    run.add_argument(
+        "--max-cost",
+        type=_usd,
+        metavar="USD",
+        help="spending cap for everything paid under the output root (this and earlier runs): no call starts "
+        "whose worst case would pass it (overrides max_cost_usd in 1_raw/experiment.toml; exit status 3 when "
+        "it stops the run)",
+    )
     run.set_defaults(func=cmd_run)
+
+    plan = sub.add_parser("plan", help="estimate the calls, tokens and cost still to pay for (no call is made)")
+    common(plan)
+    plan.add_argument("--all", action="store_true", help="the whole experiment, as if nothing were done yet")
+    plan.set_defaults(func=cmd_plan)
 
     def pair_filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("--generation-task", action="append", help="only pairs of this generation task (repeatable)")
@@ -266,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--yes", action="store_true", help="remove them from the instance (files stay)")
     prune.set_defaults(func=cmd_prune_keys)
 
+    repair = sub.add_parser("repair-instance", help="repair an instance two processes created at once (older versions)")
+    common(repair)
+    repair.set_defaults(func=cmd_repair_instance)
+
     score = sub.add_parser("score", help="print FILE<TAB>score (or unparsed) for judge answers")
     score.add_argument("files", nargs="+")
     score.add_argument("--min", type=float, default=0.0, help="lowest score on the scale (default 0)")
@@ -278,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
+    except BrokenInstanceError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader closed the pipe (`daydream keys | head`): not an error. Point stdout at
         # /dev/null so the interpreter's final flush does not raise again.

@@ -11,7 +11,7 @@ import os
 
 import dagster as dg
 
-from .assets import core, llm_evaluation, llm_generation, raw_data, results
+from .assets import core, llm_evaluation, llm_generation, raw_data, reliability, report, results
 from .orchestration.sensors import build_evaluation_sensor
 from .resources.config import ExperimentConfig
 from .resources.io_managers import TableIOManager, TextIOManager
@@ -19,7 +19,7 @@ from .resources.llm import LLMClientResource
 from .resources.responses import ResponseStore
 from .settings import Settings
 
-ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results]
+ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results, reliability, report]
 ALL_ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 ALL_CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
@@ -38,10 +38,22 @@ evaluation_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(llm_evaluation.GROUP),
     description="Judge prompt and judge answer of one evaluation pair.",
 )
+# Prompts alone (no LLM call): `daydream run` renders again the prompts of out-of-date partitions
+# whose answers it leaves as they are, so that Dagster shows those answers stale.
+generation_prompts_job = dg.define_asset_job(
+    "generation_prompts",
+    selection=dg.AssetSelection.assets("generation_prompt"),
+    description="Render the prompt of generation tasks (no LLM call).",
+)
+evaluation_prompts_job = dg.define_asset_job(
+    "evaluation_prompts",
+    selection=dg.AssetSelection.assets("evaluation_prompt"),
+    description="Render the judge prompt of evaluation pairs (no LLM call).",
+)
 results_job = dg.define_asset_job(
     "results",
     selection=dg.AssetSelection.groups(results.GROUP),
-    description="Parse every judge answer and build the result tables.",
+    description="Parse every judge answer and build the result tables and the HTML report.",
 )
 
 
@@ -58,7 +70,7 @@ def build_resources(settings: Settings) -> dict:
             base_url=settings.base_url,
             max_calls_in_flight=settings.max_calls_in_flight,
         ),
-        "responses": ResponseStore(base_path=out),
+        "responses": ResponseStore.at(out),
         "text_io_manager": TextIOManager(base_path=out),
         "table_io_manager": TableIOManager(base_path=out),
     }
@@ -69,7 +81,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
-        jobs=[task_tables_job, generation_job, evaluation_job, results_job],
+        jobs=[
+            task_tables_job,
+            generation_job,
+            evaluation_job,
+            generation_prompts_job,
+            evaluation_prompts_job,
+            results_job,
+        ],
         sensors=[build_evaluation_sensor()],
         resources=build_resources(settings),
         # Every run's steps in its own process: a run is a prompt step then a response step, so the

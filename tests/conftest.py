@@ -1,4 +1,5 @@
-"""Shared pytest setup: the fake OpenAI-compatible server (`openai_server`) and small experiments."""
+"""Shared pytest setup: the fake OpenAI-compatible server (`openai_server`), a PostgreSQL server
+(`postgres`) and small experiments."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 
 from tests.experiment_factory import write_experiment
 
-pytest_plugins = ["tests.openai_server", "tests.pipeline"]
+pytest_plugins = ["tests.openai_server", "tests.pipeline", "tests.browser", "tests.postgres"]
 
 
 @pytest.fixture

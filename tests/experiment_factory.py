@@ -19,8 +19,10 @@ def write_experiment(
     generators: tuple[str, ...] = ("gen-model-1", "gen-model-2"),
     judges: tuple[str, ...] = ("judge-model-1", "judge-model-2"),
     k: int = 2,
+    settings: str = "",
 ) -> Path:
-    """A complete experiment under `root/1_raw`; returns `root` (the data root)."""
+    """A complete experiment under `root/1_raw`; returns `root` (the data root). `settings` are
+    extra lines of experiment.toml (e.g. replicate counts)."""
     raw = root / "1_raw"
     (raw / "concepts").mkdir(parents=True, exist_ok=True)
     rows = ["concept_id,name,active"] + [f"{c},{c.title()},true" for c in concepts]
@@ -47,6 +49,6 @@ def write_experiment(
     (raw / "experiment.toml").write_text(
         f"k = {k}\ndescription_level = \"paragraph\"\n"
         "generation_temperature = 0.5\ngeneration_max_tokens = 300\n"
-        "evaluation_temperature = 0.1\nevaluation_max_tokens = 200\n"
+        "evaluation_temperature = 0.1\nevaluation_max_tokens = 200\n" + settings
     )
     return root

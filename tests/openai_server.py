@@ -8,7 +8,8 @@
 Every request is recorded (`.requests`: method, path, headers, JSON body).  Requests are
 answered by the scripted behaviours in order, then by `behaviour_for(body)` when it is set and
 returns one, then by the default: a success whose text is `default_answer(body)`.  `latency_s` delays every answer
-(`latency_for(body)`, when set, instead: see tests/latency_models.py).  The server runs in daemon threads and
+(`latency_for(body)`, when set, instead: see tests/latency_models.py).  Usage counts whitespace-separated words
+as tokens; with `cost_for` set it also reports a cost.  The server runs in daemon threads and
 shuts down at fixture teardown without waiting for handlers that are sleeping or stuck.
 """
 
@@ -154,6 +155,9 @@ class FakeOpenAIServer:
         self._queue: deque[Behaviour] = deque()
         # Consulted when nothing is scripted: a behaviour chosen from the request body (None = ok).
         self.behaviour_for: Optional[Callable[[Any], Optional[Behaviour]]] = None
+        # When set, every completion's usage block reports `cost` (USD) as OpenRouter's does:
+        # cost_for(request body, usage) -> the amount.
+        self.cost_for: Optional[Callable[[Any, dict], float]] = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._counter = 0
@@ -217,6 +221,13 @@ class FakeOpenAIServer:
             content = self.default_answer(body)
         prompt_tokens = len(prompt.split())
         completion_tokens = len((content or "").split())
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if self.cost_for is not None:
+            usage["cost"] = self.cost_for(body, usage)
         return {
             "id": f"gen-fake-{number:04d}",
             "object": "chat.completion",
@@ -229,11 +240,7 @@ class FakeOpenAIServer:
                     "finish_reason": behaviour.finish_reason,
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": usage,
         }
 
 

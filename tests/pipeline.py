@@ -12,6 +12,7 @@ from daydreaming_dagster.assets import (
     llm_evaluation,
     llm_generation,
     raw_data,
+    reliability,
     results,
 )
 from daydreaming_dagster.compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -26,7 +27,7 @@ from daydreaming_dagster.resources.responses import ResponseStore
 from daydreaming_dagster.store.layout import table_path, text_path
 
 KEY = "sk-or-v1-PAIDTEST-5f0c2b7e9a41d3c8"
-ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, results])
+ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, results, reliability])
 TASK_TABLES = dg.AssetSelection.groups(raw_data.GROUP, core.GROUP)
 REPLACE_CHANGED = {"ops": {"generation_response": {"config": {"replace_changed": True}}}}
 
@@ -91,6 +92,18 @@ class Pipeline:
 
     def evaluate(self, pair: dg.MultiPartitionKey, run_config=None) -> dg.ExecuteInProcessResult:
         return self.materialize(["evaluation_prompt", "evaluation_response"], pair, run_config)
+
+    def generate_all(self, run_config=None) -> None:
+        """Every generation task, in one run over their range."""
+        assert self.materialize_range(["generation_prompt", "generation_response"], self.generation_keys(), run_config).success
+
+    def evaluate_all(self, run_config=None) -> None:
+        """Every pair, one run per evaluation method over the range of its generations (how batches run)."""
+        by_method: dict[str, list[dg.MultiPartitionKey]] = {}
+        for pair in self.pairs():
+            by_method.setdefault(pair.keys_by_dimension["evaluation_tasks"], []).append(pair)
+        for pairs in by_method.values():
+            assert self.materialize_range(["evaluation_prompt", "evaluation_response"], pairs, run_config).success
 
     def response_path(self, key: str) -> Path:
         return text_path(self.root, "generation_response", key)

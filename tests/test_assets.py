@@ -218,13 +218,14 @@ def test_registration_is_incremental(experiment: Path, tmp_path: Path, fast_inst
 # --------------------------------------------------------------------------- b. dangling FK
 
 
-def test_evaluation_tasks_with_a_dangling_generation_id_registers_nothing(experiment: Path, fast_instance):
+def test_evaluation_tasks_with_a_dangling_generation_id_registers_nothing(experiment: Path, fast_instance, tmp_path):
     raw = experiment / "1_raw"
     generation = pd.DataFrame({"generation_task_id": ["gen-registered", "gen-ghost", "gen-phantom"]})
     fast_instance.add_dynamic_partitions("generation_tasks", ["gen-registered"])
     context = dg.build_asset_context(instance=fast_instance)
+    config = ExperimentConfig.for_experiment(str(experiment), str(tmp_path / "out"))
     with pytest.raises(dg.Failure) as info:
-        core.evaluation_tasks(context, generation, load_templates(raw, "evaluation"), load_models(raw))
+        core.evaluation_tasks(context, generation, load_templates(raw, "evaluation"), load_models(raw), config)
     message = info.value.description
     assert "gen-ghost" in message and "gen-phantom" in message
     assert "gen-registered" not in message

@@ -140,6 +140,8 @@ def test_offline_run_materializes_everything(offline_run: OfflineRun):
     assert (run.home / "offline").is_dir()
     # it says where the results are
     assert str(run.out / "5_results") in run.proc.stdout
+    assert f"report: {run.out / '5_results' / 'report.html'}" in run.proc.stdout
+    assert (run.out / "5_results" / "report.html").read_text().startswith("<!doctype html>")
     assert "generation: 6 ran" in run.proc.stdout and "evaluation: 12 ran" in run.proc.stdout
 
 
@@ -198,6 +200,8 @@ def after_run(offline_run: OfflineRun) -> AfterRun:
     commands = {
         "again": ([*DAYDREAM, "run", "--offline", "--concurrency", "2", "--data-root", str(run.data)], run.env),
         "keys": ([*DAYDREAM, "keys", "--offline", "--data-root", str(run.data)], run.env),
+        # No executor config: the code location's own executor is in-process (definitions.py), and
+        # the multiprocess executor's `in_process` selector is not valid config for it.
         "valid": ([*materialize, "--partition", valid_key], dagster_env(run)),
         "invalid": ([*materialize, "--partition", invalid_key], dagster_env(run)),
     }

@@ -91,13 +91,25 @@ def test_success_sends_exactly_the_request_and_records_provenance(openai_server)
     assert p["attempts"] == 1
     assert 0.2 <= p["latency_s"] < 5
     assert datetime.fromisoformat(p["created_at"]).utcoffset().total_seconds() == 0
+    assert p["prompt_chars"] == len(REQUEST.prompt)
+    assert p["provider_cost_usd"] is None  # this provider reports no cost
     assert set(p) == {
         "backend", "model_id", "model", "temperature", "max_tokens", "prompt_sha256", "finish_reason",
-        "prompt_tokens", "completion_tokens", "total_tokens", "latency_s", "attempts", "generation_id",
-        "created_at",
+        "prompt_tokens", "completion_tokens", "total_tokens", "provider_cost_usd", "prompt_chars", "latency_s",
+        "attempts", "generation_id", "created_at",
     }  # fmt: skip
     assert json.loads(json.dumps(p)) == p
     assert_key_free(json.dumps(p), response)
+
+
+@pytest.mark.parametrize("reported, recorded", [(0.00042, 0.00042), (0, 0.0), ("0.1", None), (-1, None), (True, None)])
+def test_the_cost_a_provider_reports_is_recorded_when_it_is_an_amount(openai_server, reported, recorded):
+    openai_server.cost_for = lambda body, usage: reported  # OpenRouter's usage.cost, in USD
+
+    response = client_for(openai_server).complete(REQUEST)
+
+    assert openai_server.responses[0]["usage"]["cost"] == reported
+    assert response.provenance["provider_cost_usd"] == recorded
 
 
 def test_default_answer_is_computed_from_the_request_body(openai_server):

@@ -114,6 +114,8 @@ def test_parse_failures_are_counted_never_scored():
         {"evaluation_task_id": "r__e", "score": None, "parse_error": NO_RESPONSE},
     ]
     assert df["concept_ids"].tolist() == ["x,y"] * 5
+    # The line (1-based) each verdict, or rejected statement, was read from; none without one.
+    assert df["score_line"].tolist() == [2, pd.NA, 1, pd.NA, pd.NA]
     assert df["response_path"].iloc[0] == str(Path("/r/g1/r__a.txt"))
     # A row has a score or a reason, never both and never neither.
     assert (df["score"].notna() ^ df["parse_error"].notna()).all()

@@ -1,6 +1,8 @@
+import re
+
 import pytest
 
-from daydreaming_dagster.analysis.scoring import explain_parse, parse_score
+from daydreaming_dagster.analysis.scoring import Verdict, explain_parse, parse_score, read_verdict
 
 CASES = [
     # --- the formats judges actually produce -------------------------------
@@ -111,3 +113,43 @@ def test_explain_parse_success_has_empty_reason():
 def test_parse_score_agrees_with_explain_parse():
     for _, text, _ in CASES:
         assert parse_score(text) == explain_parse(text)[0]
+
+
+# The report highlights the line a verdict came from: the line of its value, counted from 0 over the
+# answer split the way the report's page splits it (at \r\n, \r or \n).
+LINE_CASES = [
+    ("last line", "Reasoning...\n\nSCORE: 7", 2),
+    ("first of two verdicts loses", "SCORE: 7\n\nOn reflection, too high.\nFinal Score: 6", 3),
+    ("value on the line after its label", "Some analysis.\n\nFinal Score\n**2/10**", 3),
+    ("windows line endings", "Reasoning\r\n\r\nFinal Score\r\n**4/10**\r\n", 3),
+    ("old mac line endings", "Reasoning\rSCORE: 6\r", 1),
+    ("after a think block spanning lines", "<think>\nSCORE: 3?\nno\n</think>\nRating: 8/10", 4),
+    ("a verdict inside a long one-line answer", "Good. " * 50 + "SCORE: 5", 0),
+    ("rounded on the same line", "Notes\nTotal Score: 6.5/10 -> Rounded to **7/10**", 1),
+]
+
+
+@pytest.mark.parametrize("text, line", [c[1:] for c in LINE_CASES], ids=[c[0] for c in LINE_CASES])
+def test_read_verdict_names_the_line_of_the_score(text, line):
+    verdict = read_verdict(text)
+    assert verdict.line == line
+    assert verdict.score is not None
+    assert re.search(r"\d", re.split(r"\r\n|\r|\n", text)[line])
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Nice.\nSCORE: 12", Verdict(None, "score 12 is outside 0-10", 1)),  # the rejected statement's line
+        ("Nice.\nScore: 6/100", Verdict(None, "score 6/100 is not on the 0-10 scale", 1)),
+        ("Nice, no number.", Verdict(None, "no score statement found", None)),
+        ("  ", Verdict(None, "empty response", None)),
+    ],
+)
+def test_read_verdict_of_failures(text, expected):
+    assert read_verdict(text) == expected
+
+
+def test_read_verdict_agrees_with_explain_parse():
+    for _, text, _ in CASES:
+        assert read_verdict(text)[:2] == explain_parse(text)

@@ -112,9 +112,10 @@ class Runs:
     """Runs the stream's batches as they are asked for; `fail` says which batches fail. Each run
     'starts' all its calls at once (through the call slots), so the queued count follows it."""
 
-    def __init__(self, fail=lambda job, batch: False, slots: SharedCallSlots | None = None) -> None:
+    def __init__(self, fail=lambda job, batch: False, slots: SharedCallSlots | None = None, outcome=None) -> None:
         self.fail = fail
         self.slots = slots
+        self.outcome = outcome  # (job, batch) -> the BatchOutcome to report, or None for the usual one
         self.submitted: list[tuple[str, tuple[str, ...]]] = []
         self.pending: list[tuple[Future, str, Batch]] = []
         self.judged_while_generating = False
@@ -130,7 +131,8 @@ class Runs:
     def finish_oldest(self) -> None:
         future, job, batch = self.pending.pop(0)
         failed = self.fail(job, batch)
-        future.set_result(BatchOutcome(batch.keys, not failed, "refused" if failed else None, calls=len(batch.keys)))
+        outcome = self.outcome(job, batch) if self.outcome else None
+        future.set_result(outcome or BatchOutcome(batch.keys, not failed, "refused" if failed else None, calls=len(batch.keys)))
         if self.slots is not None:
             self.slots.add_unstarted(-len(batch.keys))
 
@@ -177,6 +179,44 @@ def test_a_failed_batch_runs_again_one_partition_per_run_and_its_pairs_follow_th
     assert (generation.succeeded, list(generation.failures)) == (5, ["g4"])
     assert (evaluation.succeeded, evaluation.total, evaluation.failures) == (5, 5, {})
     assert ("generation", ("g3",)) in runs.submitted and ("generation", ("g5",)) in runs.submitted
+
+
+def test_partitions_another_run_holds_are_left_to_it_and_the_pairs_of_a_left_generation_wait():
+    def held_elsewhere(job, batch):
+        if job == GENERATION and "g2" in batch.keys:
+            ran = tuple(k for k in batch.keys if k != "g2")
+            return BatchOutcome(ran, True, left={"g2": "run other"}, calls=len(ran))
+        return None
+
+    runs, lines = Runs(outcome=held_elsewhere), []
+    stream = stream_of(Schedule(ORDER, ORDER, [(g, "m") for g in ORDER]), runs, Limits(runs=2, max_batch=3), {GENERATION: 6, EVALUATION: 6}, lines)
+
+    run_stream(stream, runs)
+
+    generation, evaluation = stream.stages[GENERATION].report, stream.stages[EVALUATION].report
+    assert (generation.succeeded, generation.left, generation.failures) == (5, 1, {})
+    assert "generation: a batch found, 1 left to another run (run other)" in lines
+    assert "evaluation: 1 pair(s) wait for a generation that is not materialized" in lines
+    assert (evaluation.succeeded, evaluation.total) == (5, 5)
+    assert not any("g2" in keys for _, keys in runs.submitted[1:])  # not run again
+
+
+def test_once_the_spending_cap_refused_a_call_no_batch_starts_and_those_in_flight_finish():
+    def capped(job, batch):
+        if batch.keys[0] == "g0":
+            return BatchOutcome(batch.keys, False, "the cap was reached", cap_reached=True, calls=1)
+        return None
+
+    runs, lines = Runs(outcome=capped), []
+    stream = stream_of(Schedule(ORDER, ORDER, [(g, "m") for g in ORDER]), runs, Limits(runs=2, max_batch=2), {GENERATION: 6, EVALUATION: 6}, lines)
+
+    run_stream(stream, runs)
+
+    assert runs.submitted == [(GENERATION, ("g0", "g1")), (GENERATION, ("g2", "g3"))]  # the second was in flight
+    generation = stream.stages[GENERATION].report
+    assert generation.cap_reached and generation.succeeded == 2 and generation.failures == {}
+    assert "generation: stopped: the cap was reached" in lines
+    assert stream.stages[EVALUATION].report.succeeded == 0
 
 
 def test_runs_start_only_while_fewer_calls_than_allowed_wait_for_a_slot():

@@ -132,10 +132,11 @@ ALLOWED = {
     "llm": {"llm"},
     "store": {"store"},
     "analysis": {"analysis", "experiment"},
+    "report": {"report", "analysis", "experiment"},
     "resources": {"resources", "experiment", "llm", "store", "settings"},
-    "assets": {"assets", "experiment", "llm", "store", "analysis", "resources"},
+    "assets": {"assets", "experiment", "llm", "store", "analysis", "report", "resources"},
 }
-NO_DAGSTER = {"experiment", "llm", "store", "analysis"}
+NO_DAGSTER = {"experiment", "llm", "store", "analysis", "report"}
 
 
 def _imports(path: Path) -> tuple[set[str], bool]:

@@ -33,6 +33,10 @@ Rules, in order:
    reasoning model's ``Total score 8 ... I'll go with 6 ... SCORE: 6`` gives 6.
 7. A chosen value outside the scale is a failure, not a clamp: a parse
    failure must never look like a low score.
+
+``read_verdict`` also says which line the verdict was read from (the line of
+its value, counting from 0 over the answer split at ``\r\n``, ``\r`` or
+``\n``), so a reader can be shown it.
 """
 
 from __future__ import annotations
@@ -72,15 +76,25 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+class Verdict(NamedTuple):
+    """A judge answer's score, or None and the reason; `line` is the 0-based line of the score
+    statement that decided it (also for a rejected one), None when the answer has none."""
+
+    score: float | None
+    reason: str
+    line: int | None
+
+
 class _Candidate(NamedTuple):
     rank: int  # higher = more verdict-like (see rule 6)
     pos: int
     value: float
     den: float | None
+    line: int
 
 
-def _candidates(text: str) -> list[_Candidate]:
-    """Every score statement in ``text`` (already normalised)."""
+def _candidates(text: str, first_line: int = 0) -> list[_Candidate]:
+    """Every score statement in ``text`` (already normalised), which starts at line `first_line`."""
     found = []
     for pattern in (_SAME_LINE, _NEXT_LINE):
         for m in pattern.finditer(text):
@@ -96,35 +110,45 @@ def _candidates(text: str) -> list[_Candidate]:
             qual = (m.group("qual") or m.group("bare") or "").lower()
             preferred = qual == "final" or (m.group("kind") or "").lower() == "score" and not qual
             explicit = bool(re.search(r"[:=\-–—→\n]", m.group("sep")))
+            line = first_line + text.count("\n", 0, m.start("num"))
             found.append(
-                _Candidate(2 * explicit + preferred, m.start(), float(num), None if den is None else float(den))
+                _Candidate(2 * explicit + preferred, m.start(), float(num), None if den is None else float(den), line)
             )
     return found
+
+
+def read_verdict(text: str, scale: tuple[float, float] = (0.0, 10.0)) -> Verdict:
+    """The verdict of a judge answer and the line it was read from; see the module docstring."""
+    lo, hi = scale
+    if not text or not text.strip():
+        return Verdict(None, "empty response", None)
+    # Each replacement keeps the line count, so a line found here is a line of the original answer.
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("_", " ")
+    text = _DECORATION.sub(lambda m: m.group(1) or "", text)
+    found = []
+    if "</think>" in text.lower():
+        after = text.lower().rfind("</think>") + len("</think>")
+        found = _candidates(text[after:], first_line=text.count("\n", 0, after))
+    found = found or _candidates(text)
+    if not found:
+        return Verdict(None, "no score statement found", None)
+    on_scale = [c for c in found if c.den is None or c.den == hi]
+    if not on_scale:
+        last = max(found, key=lambda c: c.pos)
+        reason = f"score {_fmt(last.value)}/{_fmt(last.den)} is not on the {_fmt(lo)}-{_fmt(hi)} scale"
+        return Verdict(None, reason, last.line)
+    best = max(on_scale, key=lambda c: (c.rank, c.pos))
+    if not lo <= best.value <= hi:
+        return Verdict(None, f"score {_fmt(best.value)} is outside {_fmt(lo)}-{_fmt(hi)}", best.line)
+    return Verdict(best.value, "", best.line)
 
 
 def explain_parse(
     text: str, scale: tuple[float, float] = (0.0, 10.0)
 ) -> tuple[float | None, str]:
     """Return ``(score, "")`` or ``(None, reason)``; see the module docstring for the rules."""
-    lo, hi = scale
-    if not text or not text.strip():
-        return None, "empty response"
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("_", " ")
-    text = _DECORATION.sub(lambda m: m.group(1) or "", text)
-    found = []
-    if "</think>" in text.lower():
-        found = _candidates(text[text.lower().rfind("</think>") + len("</think>") :])
-    found = found or _candidates(text)
-    if not found:
-        return None, "no score statement found"
-    on_scale = [c for c in found if c.den is None or c.den == hi]
-    if not on_scale:
-        last = max(found, key=lambda c: c.pos)
-        return None, f"score {_fmt(last.value)}/{_fmt(last.den)} is not on the {_fmt(lo)}-{_fmt(hi)} scale"
-    best = max(on_scale, key=lambda c: (c.rank, c.pos))
-    if not lo <= best.value <= hi:
-        return None, f"score {_fmt(best.value)} is outside {_fmt(lo)}-{_fmt(hi)}"
-    return best.value, ""
+    verdict = read_verdict(text, scale)
+    return verdict.score, verdict.reason
 
 
 def parse_score(text: str, scale: tuple[float, float] = (0.0, 10.0)) -> float | None:

@@ -11,7 +11,8 @@ import pandas as pd
 
 from ..experiment.ids import pair_key_str
 from .agreement import overall_reliability, pairwise_agreement, score_summary
-from .scoring import explain_parse
+from .reliability import METHOD, with_methods
+from .scoring import read_verdict
 
 PARSED_SCORE_COLUMNS = [
     "generation_task_id",
@@ -22,9 +23,12 @@ PARSED_SCORE_COLUMNS = [
     "generation_model_id",
     "evaluation_template_id",
     "evaluation_model_id",
+    "generation_replicate",
+    "evaluation_replicate",
     "score",
     "parse_error",
     "response_path",
+    "score_line",
 ]
 NO_RESPONSE = "no evaluation response stored"
 # A method whose judge answers parse less often than this needs a look (prompt, parser or model).
@@ -55,16 +59,25 @@ def parse_scores(
     answers: dict[str, str],
     response_path,
 ) -> pd.DataFrame:
-    """One row per pair of the evaluation table: the judge's score, or why there is none."""
+    """One row per pair of the evaluation table: the judge's score, or why there is none, and
+    `score_line`, the line of the answer (1-based) the score statement was read from."""
     scales = evaluation_templates.set_index("template_id")[["score_min", "score_max"]]
-    table = evaluation_tasks.merge(
+    generation_tasks = _with_replicate(generation_tasks, "generation_replicate")
+    table = _with_replicate(evaluation_tasks, "evaluation_replicate").merge(
         generation_tasks[
-            ["generation_task_id", "combo_id", "concept_ids", "generation_template_id", "generation_model_id"]
+            [
+                "generation_task_id",
+                "combo_id",
+                "concept_ids",
+                "generation_template_id",
+                "generation_model_id",
+                "generation_replicate",
+            ]
         ],
         on="generation_task_id",
         how="left",
     )
-    scores, errors, paths = [], [], []
+    scores, errors, paths, lines = [], [], [], []
     for row in table.itertuples(index=False):
         key = pair_key_str(row.generation_task_id, row.evaluation_task_id)
         text = answers.get(key)
@@ -72,15 +85,23 @@ def parse_scores(
         if text is None:
             scores.append(None)
             errors.append(NO_RESPONSE)
+            lines.append(None)
             continue
         scale = tuple(scales.loc[row.evaluation_template_id]) if row.evaluation_template_id in scales.index else (0.0, 10.0)
-        score, reason = explain_parse(text, scale)
-        scores.append(None if reason else score)
-        errors.append(reason or None)
+        verdict = read_verdict(text, scale)
+        scores.append(None if verdict.reason else verdict.score)
+        errors.append(verdict.reason or None)
+        lines.append(None if verdict.line is None else verdict.line + 1)
     table["score"] = pd.Series(scores, index=table.index, dtype="float64")
     table["parse_error"] = pd.Series(errors, index=table.index, dtype="object")
     table["response_path"] = paths
+    table["score_line"] = pd.array(lines, dtype="Int64")
     return table[PARSED_SCORE_COLUMNS]
+
+
+def _with_replicate(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """A task table with its replicate column (tables built before replicates existed lack it: 1)."""
+    return table if column in table.columns else table.assign(**{column: 1})
 
 
 def parse_rates(parsed: pd.DataFrame) -> pd.DataFrame:
@@ -154,11 +175,13 @@ def judge_agreement_table(parsed: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 
     One row per pair (Spearman, mean absolute difference, Krippendorff's alpha of the two), then a
     last row `all judges` with the overall alpha (interval) over every generation scored at least
-    twice. Returns the table and the overall reliability dict."""
-    args = ("generation_task_id", "evaluation_task_id", "score")
+    twice. Returns the table and the overall reliability dict. The replicates of a method count
+    as that one method, by their mean score (their agreement with each other is judge_reliability's)."""
+    parsed = with_methods(parsed)
+    args = ("generation_task_id", METHOD, "score")
     pairs = pairwise_agreement(parsed, *args)
     alphas = [
-        overall_reliability(parsed[parsed["evaluation_task_id"].isin([a, b])], *args)["krippendorff_alpha_interval"]
+        overall_reliability(parsed[parsed[METHOD].isin([a, b])], *args)["krippendorff_alpha_interval"]
         for a, b in zip(pairs["judge_a"], pairs["judge_b"])
     ]
     pairs = pairs.assign(n_judges=2, krippendorff_alpha=pd.Series(alphas, index=pairs.index, dtype="float64"))

@@ -23,6 +23,8 @@ USAGE_COLUMNS = [
     "total_tokens",
     *PRICE_COLUMNS,
     "cost_usd",
+    "provider_cost_usd",
+    "calls_with_provider_cost",
 ]
 _STAGE_ORDER = {"generation": 0, "evaluation": 1}
 _TOKEN_COLUMNS = ["prompt_tokens", "completion_tokens", "total_tokens"]
@@ -52,8 +54,9 @@ def usage_table(calls: list[dict], prices: pd.DataFrame) -> pd.DataFrame:
     """Sum the paid calls (dicts with `stage`, `status` and a response's provenance) per stage and model.
 
     `responses` counts the stored responses in use, `superseded` and `rejected` the paid answers
-    kept aside; tokens and cost cover all of them. Cost is NaN for a model without both prices,
-    0 for the offline backend (nothing is paid)."""
+    kept aside; tokens and cost cover all of them. `cost_usd` is the tokens at the llm_models.csv
+    prices: NaN ("unknown", never 0) for a model without both prices, 0 for the offline backend
+    (nothing is paid). `provider_cost_usd` beside it is what the provider reported, where it did."""
     if not calls:
         return pd.DataFrame(columns=USAGE_COLUMNS)
     df = pd.DataFrame(
@@ -65,11 +68,12 @@ def usage_table(calls: list[dict], prices: pd.DataFrame) -> pd.DataFrame:
                 "model": c.get("model") or "unknown",
                 "backend": c.get("backend") or "unknown",
                 **{t: c.get(t) for t in _TOKEN_COLUMNS},
+                "provider_cost_usd": c.get("provider_cost_usd"),
             }
             for c in calls
         ]
     )
-    for column in _TOKEN_COLUMNS:
+    for column in [*_TOKEN_COLUMNS, "provider_cost_usd"]:
         df[column] = pd.to_numeric(df[column], errors="coerce")
     df["without_usage"] = df["prompt_tokens"].isna() | df["completion_tokens"].isna()
     keys = ["stage", "model_id", "model", "backend"]
@@ -80,6 +84,9 @@ def usage_table(calls: list[dict], prices: pd.DataFrame) -> pd.DataFrame:
     table["calls_without_usage"] = grouped["without_usage"].sum().astype(int)
     for column in _TOKEN_COLUMNS:
         table[column] = grouped[column].sum().astype("int64")
+    # What the provider itself reported (OpenRouter's usage.cost): NaN when no call of the group has it.
+    table["provider_cost_usd"] = grouped["provider_cost_usd"].sum(min_count=1)
+    table["calls_with_provider_cost"] = grouped["provider_cost_usd"].count()
     table = table.reset_index().merge(prices, on="model_id", how="left")
     input_price, output_price = (table[c] for c in PRICE_COLUMNS)
     cost = (table["prompt_tokens"] * input_price + table["completion_tokens"] * output_price) / 1e6

@@ -3,6 +3,7 @@ batched LLM-stage assets, and the two shapes of a partitioned value (one partiti
 a partition range)."""
 
 import contextlib
+import hashlib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -11,6 +12,8 @@ import dagster as dg
 import pandas as pd
 
 from ..experiment.errors import ExperimentError
+from ..experiment.prompts import Prompt
+from ..store.tables import table_digest
 
 PREVIEW_ROWS = 10
 # At most this many partitions go in one run, for backfills (the UI's "Materialize all", `daydream
@@ -56,6 +59,17 @@ def text_preview(text: str, chars: int = 400) -> dg.MetadataValue:
     return dg.MetadataValue.text(text if len(text) <= chars else text[:chars] + " …")
 
 
+def prompt_metadata(prompt: Prompt) -> dict:
+    """What a prompt's materialization records: a preview, its digest (the `prompt_sha256` its
+    answer's sidecar will hold) and the digest of every part it was rendered from, by file, which
+    `daydream run` compares with today's to say which file made an answer out of date."""
+    return {
+        "preview": text_preview(prompt.text),
+        "prompt_sha256": prompt.sha256,
+        "prompt_sources": dg.MetadataValue.json(prompt.sources),
+    }
+
+
 def table_metadata(df: pd.DataFrame, columns: list[str] | None = None) -> dict:
     return {"rows": len(df), "preview": md_preview(df, columns)}
 
@@ -91,15 +105,51 @@ def by_partition(context: dg.AssetExecutionContext, value: Any, single_key: str)
 
 
 def partition_output(
-    context: dg.AssetExecutionContext, values: Mapping[str, Any], metadata: Mapping[str, dict]
+    context: dg.AssetExecutionContext,
+    values: Mapping[str, Any],
+    metadata: Mapping[str, dict],
+    versions: Mapping[str, str] | None = None,
 ) -> dg.Output:
-    """The step's output in the run's shape, with each partition's own metadata on its materialization."""
+    """The step's output in the run's shape, with each partition's own metadata on its materialization.
+
+    `versions` (a content digest per partition) become Dagster data versions, so a downstream
+    partition is stale exactly when what it was built from changed. A run for one partition
+    records its partition's digest. A run over a range cannot do that: Dagster 1.13 records one
+    data version per output and copies it onto the materialization of every partition of the
+    range (see `_get_output_asset_events` in dagster/_core/execution/plan/execute_step.py;
+    `add_asset_metadata` is per partition, data versions are not). So a range records the digest
+    of all its partitions' digests as their data version, and each partition's own digest in its
+    metadata (`data_digest`): a partition re-made in a range looks changed to Dagster whenever
+    anything in that range changed. `daydream run` re-makes only partitions whose prompt or
+    answer did change (see orchestration/changes.py), so every new version it records is a real
+    change."""
     if not context.has_partition_key_range:
         ((key, value),) = values.items()
-        return dg.Output(value, metadata=metadata.get(key, {}))
+        return versioned_output(value, metadata.get(key, {}), versions[key] if versions else None)
     for key, meta in metadata.items():
-        context.add_asset_metadata(meta, partition_key=key)
-    return dg.Output(dict(values))
+        extra = {"data_digest": versions[key]} if versions else {}
+        context.add_asset_metadata({**meta, **extra}, partition_key=key)
+    return versioned_output(dict(values), {}, range_digest(versions) if versions else None)
+
+
+def versioned_output(value: Any, metadata: Mapping[str, Any], version: str | None) -> dg.Output:
+    """`dg.Output` with a data version. `data_version` is a beta parameter in Dagster 1.13; change
+    tracking rests on it, so its beta warning is known and silenced here, for this call only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.Output(value, metadata=dict(metadata), data_version=dg.DataVersion(version) if version else None)
+
+
+def range_digest(versions: Mapping[str, str]) -> str:
+    """One digest of the digests of every partition of a range."""
+    lines = "\n".join(f"{key}={versions[key]}" for key in sorted(versions))
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+def table_output(df: pd.DataFrame, metadata: Mapping[str, Any]) -> dg.Output:
+    """A table asset's output whose data version is a digest of its content: rebuilding a table
+    that comes out the same leaves everything built from it fresh in Dagster's eyes."""
+    return versioned_output(df, metadata, table_digest(df))
 
 
 def task_rows(table: pd.DataFrame, column: str, keys: list[str], table_name: str) -> dict[str, pd.Series]:

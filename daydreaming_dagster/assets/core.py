@@ -14,7 +14,8 @@ from ..experiment.tasks import (
     missing_generation_keys,
 )
 from ..resources.config import ExperimentConfig
-from .common import experiment_errors_as_failures, md_preview
+from .common import experiment_errors_as_failures, md_preview, table_output
+from .estimates import estimate_metadata, evaluation_calls, generation_calls, stage_estimate, stored_samples
 from .partitions import evaluation_tasks_partitions, generation_tasks_partitions
 
 GROUP = "task_definitions"
@@ -45,9 +46,9 @@ def content_combinations(
     """Every k-subset of the active concepts, one row per (combo_id, concept), with the description used."""
     with experiment_errors_as_failures():
         df = build_content_combinations(concepts, experiment_config.k, experiment_config.description_level)
-    return dg.Output(
+    return table_output(
         df,
-        metadata={
+        {
             "combinations": int(df["combo_id"].nunique()),
             "k": experiment_config.k,
             "description_level": experiment_config.description_level,
@@ -62,18 +63,29 @@ def generation_tasks(
     content_combinations: pd.DataFrame,
     generation_templates: pd.DataFrame,
     llm_models: pd.DataFrame,
+    experiment_config: ExperimentConfig,
 ) -> dg.Output[pd.DataFrame]:
-    """Combinations x active generation templates x generation models; registers the generation keys."""
+    """Combinations x active generation templates x generation models (x `generation_replicates`);
+    registers the generation keys. Its metadata estimates the calls and cost of the generations not
+    materialized yet."""
     with experiment_errors_as_failures():
-        df = build_generation_tasks(content_combinations, generation_templates, llm_models)
+        df = build_generation_tasks(
+            content_combinations, generation_templates, llm_models, experiment_config.generation_replicates
+        )
+        done = context.instance.get_materialized_partitions(dg.AssetKey("generation_response"))
+        calls = generation_calls(df, content_combinations, generation_templates, experiment_config, done)
+        samples = stored_samples(experiment_config, df["generation_task_id"].tolist())
+        cost = estimate_metadata(calls, stage_estimate(calls, samples, llm_models))
     registration = register_keys(
         context.instance, generation_tasks_partitions.name, df["generation_task_id"].tolist()
     )
-    return dg.Output(
+    return table_output(
         df,
-        metadata={
+        {
             "generation_tasks": len(df),
+            "generation_replicates": experiment_config.generation_replicates,
             **registration,
+            **cost,
             "preview": md_preview(df, ["generation_task_id", "concept_ids", "generation_template_id", "generation_model_id"]),
         },
     )
@@ -85,13 +97,18 @@ def evaluation_tasks(
     generation_tasks: pd.DataFrame,
     evaluation_templates: pd.DataFrame,
     llm_models: pd.DataFrame,
+    experiment_config: ExperimentConfig,
 ) -> dg.Output[pd.DataFrame]:
-    """The valid evaluation pairs: every generation task x active evaluation template x judge model.
+    """The valid evaluation pairs: every generation task x active evaluation template x judge model
+    (x `evaluation_replicates`).
 
-    `evaluation_task_id` is the method key (template x judge); (generation_task_id,
-    evaluation_task_id) is one pair and one partition of the evaluation assets."""
+    `evaluation_task_id` is the method key (template x judge, and `__r<n>` from replicate 2 on);
+    (generation_task_id, evaluation_task_id) is one pair and one partition of the evaluation assets.
+    Its metadata estimates the calls and cost of the pairs not materialized yet."""
     with experiment_errors_as_failures():
-        df = build_evaluation_tasks(generation_tasks, evaluation_templates, llm_models)
+        df = build_evaluation_tasks(
+            generation_tasks, evaluation_templates, llm_models, experiment_config.evaluation_replicates
+        )
     missing = missing_generation_keys(df, context.instance.get_dynamic_partitions(generation_tasks_partitions.name))
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
@@ -101,14 +118,21 @@ def evaluation_tasks(
                 f"generation_tasks partitions ({shown}); materialize generation_tasks first."
             )
         )
+    with experiment_errors_as_failures():
+        done = context.instance.get_materialized_partitions(dg.AssetKey("evaluation_response"))
+        calls = evaluation_calls(df, generation_tasks, evaluation_templates, experiment_config, done)
+        samples = stored_samples(experiment_config, generation_tasks["generation_task_id"].tolist(), df)
+        cost = estimate_metadata(calls, stage_estimate(calls, samples, llm_models))
     methods = df["evaluation_task_id"].drop_duplicates().tolist()
     registration = register_keys(context.instance, evaluation_tasks_partitions.name, methods)
-    return dg.Output(
+    return table_output(
         df,
-        metadata={
+        {
             "evaluation_pairs": len(df),
             "evaluation_methods": len(methods),
+            "evaluation_replicates": experiment_config.evaluation_replicates,
             **registration,
+            **cost,
             "preview": md_preview(df, ["generation_task_id", "evaluation_task_id", "evaluation_model_id"]),
         },
     )

@@ -10,20 +10,20 @@ import dagster as dg
 import pandas as pd
 
 from ..experiment.errors import invalid_pair_message
-from ..experiment.loaders import render_evaluation_prompt
-from ..llm.requests import LLMRequest
+from ..experiment.prompts import CODE_VERSION as PROMPT_CODE_VERSION
+from ..experiment.prompts import evaluation_prompts
 from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from ..store.layout import table_path, text_path
+from .budget import SpendingGuard
 from .common import (
     PartitionText,
     by_partition,
     experiment_errors_as_failures,
     partition_output,
     partitioned_asset,
-    task_row,
-    text_preview,
+    prompt_metadata,
 )
 from .partitions import evaluation_pairs_partitions
 from .responding import LLM_POOL, Ask, PartitionResponse, ResponseConfig, respond
@@ -70,6 +70,7 @@ def evaluation_rows(
     ins={"generation_response": dg.AssetIn(partition_mapping=GENERATION_OF_PAIR, dagster_type=PartitionText)},
     dagster_type=PartitionText,
     kinds={"jinja", "text"},
+    code_version=PROMPT_CODE_VERSION,
 )
 def evaluation_prompt(
     context: dg.AssetExecutionContext,
@@ -82,7 +83,9 @@ def evaluation_prompt(
     evaluation template rendered with the generation's answer.
 
     `generation_response` is the text of the pair's generation (a str), or, in a run over a range
-    of pairs, the texts of their generations keyed by generation_task_id."""
+    of pairs, the texts of their generations keyed by generation_task_id. Its data version is the
+    digest of its text, so an evaluation_response is stale in Dagster exactly when the prompt it
+    answered has changed."""
     pairs = pairs_of(context)
     rows = evaluation_rows(evaluation_tasks, pairs, experiment_config)
     texts = by_partition(context, generation_response, next(iter(pairs.values()))["generation_tasks"])
@@ -92,23 +95,22 @@ def evaluation_prompt(
             description=f"generation_response of generation task '{missing[0]}' is not materialized "
             f"({len(missing)} missing in this run); materialize it before its evaluation pairs."
         )
-    prompts, metadata = {}, {}
-    for key, pair in pairs.items():
-        row = rows[key]
-        template = task_row(evaluation_templates, "template_id", row["evaluation_template_id"], "evaluation_templates")
-        text = texts[pair["generation_tasks"]]
-        with experiment_errors_as_failures():
-            prompts[key] = render_evaluation_prompt(template["text"], text)
-        metadata[key] = {
+    with experiment_errors_as_failures():
+        rendered = evaluation_prompts(rows, evaluation_templates, texts)
+    metadata = {
+        key: {
             "generation_task_id": pair["generation_tasks"],
             "evaluation_task_id": pair["evaluation_tasks"],
-            "evaluation_template_id": row["evaluation_template_id"],
-            "evaluation_model_id": row["evaluation_model_id"],
-            "generation_response_chars": len(text),
-            "preview": text_preview(prompts[key]),
+            "evaluation_template_id": rows[key]["evaluation_template_id"],
+            "evaluation_model_id": rows[key]["evaluation_model_id"],
+            "generation_response_chars": len(texts[pair["generation_tasks"]]),
+            **prompt_metadata(rendered[key]),
             "path": dg.MetadataValue.path(str(text_path(experiment_config.output_root, "evaluation_prompt", pair))),
         }
-    return partition_output(context, prompts, metadata)
+        for key, pair in pairs.items()
+    }
+    prompts = {key: prompt.text for key, prompt in rendered.items()}
+    return partition_output(context, prompts, metadata, {key: p.sha256 for key, p in rendered.items()})
 
 
 @partitioned_asset(
@@ -135,17 +137,9 @@ def evaluation_response(
     rows = evaluation_rows(evaluation_tasks, pairs, experiment_config)
     prompts = by_partition(context, evaluation_prompt, next(iter(pairs)))
     asks = [
-        Ask(
-            key=key,
-            parts=pair,
-            request=LLMRequest(
-                model_id=rows[key]["evaluation_model_id"],
-                model=rows[key]["evaluation_model"],
-                prompt=prompts[key],
-                temperature=experiment_config.evaluation_temperature,
-                max_tokens=experiment_config.evaluation_max_tokens,
-            ),
-        )
+        Ask(key=key, parts=pair, request=experiment_config.evaluation_request(rows[key], prompts[key]))
         for key, pair in pairs.items()
     ]
-    return respond(context, llm, responses, asks, config)
+    with experiment_errors_as_failures():
+        guard = SpendingGuard.for_step(experiment_config, config.max_cost_usd, llm)
+    return respond(context, llm, responses, asks, config, guard)

@@ -6,21 +6,21 @@ Both assets run for one partition or, batched, for a range of partitions in one 
 import dagster as dg
 import pandas as pd
 
-from ..experiment.loaders import Concept, render_generation_prompt
-from ..llm.requests import LLMRequest
+from ..experiment.prompts import CODE_VERSION as PROMPT_CODE_VERSION
+from ..experiment.prompts import generation_prompts
 from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from ..store.layout import text_path
+from .budget import SpendingGuard
 from .common import (
     PartitionText,
     by_partition,
     experiment_errors_as_failures,
     partition_output,
     partitioned_asset,
-    task_row,
+    prompt_metadata,
     task_rows,
-    text_preview,
 )
 from .partitions import generation_tasks_partitions
 from .responding import LLM_POOL, Ask, PartitionResponse, ResponseConfig, respond
@@ -34,6 +34,7 @@ GROUP = "llm_generation"
     io_manager_key="text_io_manager",
     dagster_type=PartitionText,
     kinds={"jinja", "text"},
+    code_version=PROMPT_CODE_VERSION,
 )
 def generation_prompt(
     context: dg.AssetExecutionContext,
@@ -43,26 +44,27 @@ def generation_prompt(
     experiment_config: ExperimentConfig,
 ) -> dg.Output:
     """The prompt sent to a generator model: the task's generation template rendered with the
-    descriptions of its concepts. One text file per generation task."""
+    descriptions of its concepts. One text file per generation task.
+
+    Its data version is the digest of its text (see `partition_output`), so a generation_response
+    is stale in Dagster exactly when the prompt it answered has changed; `prompt_sources` in the
+    metadata say which files the prompt was rendered from."""
     keys = [str(k) for k in context.partition_keys]
     tasks = task_rows(generation_tasks, "generation_task_id", keys, "generation_tasks")
-    members_of = {combo: rows.sort_values("position") for combo, rows in content_combinations.groupby("combo_id")}
-    prompts, metadata = {}, {}
-    for key, task in tasks.items():
-        template = task_row(generation_templates, "template_id", task["generation_template_id"], "generation_templates")
-        members = members_of.get(task["combo_id"], content_combinations.iloc[0:0])
-        with experiment_errors_as_failures():
-            prompts[key] = render_generation_prompt(
-                template["text"], [Concept(name=r.name, content=r.content) for r in members.itertuples()]
-            )
-        metadata[key] = {
+    with experiment_errors_as_failures():
+        rendered = generation_prompts(tasks, content_combinations, generation_templates)
+    metadata = {
+        key: {
             "combo_id": task["combo_id"],
             "concept_ids": task["concept_ids"],
             "template_id": task["generation_template_id"],
-            "preview": text_preview(prompts[key]),
+            **prompt_metadata(rendered[key]),
             "path": dg.MetadataValue.path(str(text_path(experiment_config.output_root, "generation_prompt", key))),
         }
-    return partition_output(context, prompts, metadata)
+        for key, task in tasks.items()
+    }
+    prompts = {key: prompt.text for key, prompt in rendered.items()}
+    return partition_output(context, prompts, metadata, {key: p.sha256 for key, p in rendered.items()})
 
 
 @partitioned_asset(
@@ -89,17 +91,9 @@ def generation_response(
     prompts = by_partition(context, generation_prompt, keys[0])
     tasks = task_rows(generation_tasks, "generation_task_id", keys, "generation_tasks")
     asks = [
-        Ask(
-            key=key,
-            parts=key,
-            request=LLMRequest(
-                model_id=task["generation_model_id"],
-                model=task["generation_model"],
-                prompt=prompts[key],
-                temperature=experiment_config.generation_temperature,
-                max_tokens=experiment_config.generation_max_tokens,
-            ),
-        )
+        Ask(key=key, parts=key, request=experiment_config.generation_request(task, prompts[key]))
         for key, task in tasks.items()
     ]
-    return respond(context, llm, responses, asks, config)
+    with experiment_errors_as_failures():
+        guard = SpendingGuard.for_step(experiment_config, config.max_cost_usd, llm)
+    return respond(context, llm, responses, asks, config, guard)

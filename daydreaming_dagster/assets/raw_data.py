@@ -5,7 +5,7 @@ import pandas as pd
 
 from ..experiment.loaders import TemplateKind, load_concepts, load_models, load_templates
 from ..resources.config import ExperimentConfig
-from .common import experiment_errors_as_failures, table_metadata
+from .common import experiment_errors_as_failures, table_metadata, table_output
 
 GROUP = "raw_data"
 
@@ -15,9 +15,9 @@ def concepts(experiment_config: ExperimentConfig) -> dg.Output[pd.DataFrame]:
     """The experiment's concepts with their descriptions at every level (sentence, paragraph, article)."""
     with experiment_errors_as_failures():
         df = load_concepts(experiment_config.raw_dir)
-    return dg.Output(
+    return table_output(
         df,
-        metadata={
+        {
             **table_metadata(df, ["concept_id", "name", "active"]),
             "active": int(df["active"].sum()),
         },
@@ -34,9 +34,9 @@ def _templates_asset(kind: TemplateKind) -> dg.AssetsDefinition:
     def _asset(experiment_config: ExperimentConfig) -> dg.Output[pd.DataFrame]:
         with experiment_errors_as_failures():
             df = load_templates(experiment_config.raw_dir, kind)
-        return dg.Output(
+        return table_output(
             df,
-            metadata={
+            {
                 **table_metadata(df, ["template_id", "template_name", "active"]),
                 "active": int(df["active"].sum()),
             },
@@ -54,9 +54,9 @@ def llm_models(experiment_config: ExperimentConfig) -> dg.Output[pd.DataFrame]:
     """The model table: `model` is the provider's name, the flags say which models generate and judge."""
     with experiment_errors_as_failures():
         df = load_models(experiment_config.raw_dir)
-    return dg.Output(
+    return table_output(
         df,
-        metadata={
+        {
             **table_metadata(df, ["id", "model", "for_generation", "for_evaluation"]),
             "generators": int(df["for_generation"].sum()),
             "judges": int(df["for_evaluation"].sum()),

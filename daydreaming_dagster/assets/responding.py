@@ -3,20 +3,25 @@
 A step covers one partition or a range of them. For a range, the calls run concurrently (up to
 `parallel_calls`), and each answer is stored the moment it arrives, so a step that fails half-way
 (or a process that is killed) loses nothing that was paid for: the next run of those partitions
-finds the answers and reuses them."""
+finds the answers and reuses them. Every call is claimed first (see claiming.py): a partition whose
+call another live run has claimed is waited for and its answer reused, never paid for twice."""
 
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 
-from ..llm.requests import IncompleteResponseError, LLMError, LLMRequest, LLMResponse
+from ..llm.requests import IncompleteResponseError, LLMError, LLMResponse
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
-from ..store.responses import StoredResponseConflict
+from ..store.responses import StoredResponseConflict, content_digest
+from .budget import CAP_REACHED, SpendingCapReached, SpendingGuard
+from .claiming import Ask, StepClaims, held_message
 from .common import partition_output, per_partition_type, text_preview
+
+__all__ = ["LLM_POOL", "Ask", "PartitionResponse", "ResponseConfig", "respond"]
 
 LLM_POOL = "llm_api"
 
@@ -35,14 +40,9 @@ class ResponseConfig(dg.Config):
     """LLM calls in flight at once when the run covers a range of partitions (a run for one
     partition makes one call)."""
 
-
-@dataclass(frozen=True)
-class Ask:
-    """One partition's request: its partition key, its storage parts, and what to ask which model."""
-
-    key: str
-    parts: dict[str, str] | str
-    request: LLMRequest
+    max_cost_usd: Optional[float] = None
+    """Spending cap in USD for this run, overriding the experiment's `max_cost_usd`: no call starts
+    whose worst case would take the spending under the output root past it."""
 
 
 def respond(
@@ -51,9 +51,11 @@ def respond(
     responses: ResponseStore,
     asks: Sequence[Ask],
     config: ResponseConfig,
+    guard: SpendingGuard | None = None,
 ) -> dg.Output:
     """Every ask's answer (stored or new) as the step's output; fails after storing what arrived
-    when any ask got no usable answer."""
+    when any ask got no usable answer. With a spending `guard`, each call starts only if its worst
+    case fits under the cap, and counts as in flight until its answer is stored."""
     asset_name = context.asset_key.path[-1]
     answers: dict[str, LLMResponse] = {}
     metadata: dict[str, dict] = {}
@@ -75,54 +77,117 @@ def respond(
             llm.check_ready()
         except LLMError as exc:
             raise dg.Failure(description=str(exc)) from exc
+        unbounded = guard and guard.unbounded(a.request for a in to_call)
+        if unbounded:
+            raise dg.Failure(description=unbounded, metadata={CAP_REACHED: True})
 
     failures: dict[str, dg.Failure] = {}
-    for ask, outcome in _complete_all(llm, to_call, config.parallel_calls):
-        if isinstance(outcome, LLMResponse):
-            try:
-                metadata[ask.key] = _keep(context, responses, asset_name, ask, outcome, config)
-                answers[ask.key] = outcome
-            except StoredResponseConflict as exc:
-                failures[ask.key] = dg.Failure(description=str(exc))
-        else:
-            failures[ask.key] = _failure(responses, asset_name, ask, outcome)
+    with StepClaims(context, responses, asset_name, config.replace_changed) as claims:
+        pending, stopped = to_call, False
+        try:
+            while pending and not stopped:
+                mine, theirs = claims.take(pending)
+                for ask, outcome in _complete_all(llm, mine, config.parallel_calls, guard):
+                    try:
+                        if isinstance(outcome, LLMResponse):
+                            try:
+                                metadata[ask.key] = _keep(context, responses, asset_name, ask, outcome, config)
+                                answers[ask.key] = outcome
+                            except StoredResponseConflict as exc:
+                                failures[ask.key] = dg.Failure(description=str(exc))
+                        else:
+                            failures[ask.key] = _failure(responses, asset_name, ask, outcome)
+                            stopped = stopped or _stops_the_batch(outcome)
+                    finally:
+                        if guard:  # only now that its answer is stored does the call stop counting as in flight
+                            guard.settle(ask.key)
+                        claims.release(ask)
+                pending = [] if stopped else claims.wait(theirs)
+        finally:
+            if guard:
+                guard.settle_all()
+    parts_of = {ask.key: ask.parts for ask in to_call}
+    for key, stored in claims.found.items():
+        answers[key] = stored
+        metadata[key] = _response_metadata(stored, responses.path(asset_name, parts_of[key]), reused=True)
+    if claims.found:
+        context.log.info(f"reusing {len(claims.found)} response(s) that another run paid for meanwhile")
+    failures.update({key: dg.Failure(description=text) for key, text in claims.conflicts.items()})
+    for key, owner in claims.held.items():
+        failures[key] = dg.Failure(description=held_message(asset_name, key, owner, responses.claim_wait_s))
 
     if failures:
-        raise _summary_failure(asset_name, failures, len(answers), len(asks) - len(answers) - len(failures))
-    return partition_output(context, {a.key: answers[a.key] for a in asks}, metadata)
+        not_asked = len(asks) - len(answers) - len(failures)
+        raise _summary_failure(asset_name, failures, claims.held, len(answers), not_asked)
+    # Each answer's data version is the digest of its text: what is built from it (an evaluation
+    # prompt quoting a generation) goes stale in Dagster only when the answer itself changes.
+    versions = {a.key: content_digest(answers[a.key].text.encode("utf-8"))["response_sha256"] for a in asks}
+    return partition_output(context, {a.key: answers[a.key] for a in asks}, metadata, versions)
 
 
-def _complete_all(llm: LLMClientResource, asks: list[Ask], parallel: int):
-    """Yield (ask, LLMResponse | LLMError) as answers arrive. After a permanent error (not just one
-    bad answer) no new call starts: the next ones would fail the same way, or be paid for nothing."""
+def _complete_all(llm: LLMClientResource, asks: list[Ask], parallel: int, guard: SpendingGuard | None = None):
+    """Yield (ask, LLMResponse | LLMError | SpendingCapReached) as answers arrive. After a permanent
+    error (not just one bad answer), or a call the spending cap refused, no new call starts: the
+    next ones would fail the same way, or be paid for nothing. A call the cap keeps out only while
+    other calls are in flight waits for them."""
     if len(asks) <= 1 or parallel <= 1:
         for ask in asks:
-            outcome = _call(llm, ask)
+            outcome = _admit(guard, ask, wait=True) or _call(llm, ask)
             yield ask, outcome
             if _stops_the_batch(outcome):
                 return
         return
     pending = iter(asks)
     stop = False
+    waiting: list[Ask] = []  # an ask the cap admits once one of this step's calls is paid for
+    refused: list[tuple[Ask, SpendingCapReached]] = []
     with ThreadPoolExecutor(max_workers=min(parallel, len(asks)), thread_name_prefix="llm") as pool:
         in_flight: dict[Future, Ask] = {}
 
         def fill() -> None:
+            nonlocal stop
             while not stop and len(in_flight) < parallel:
-                ask = next(pending, None)
+                ask = waiting.pop() if waiting else next(pending, None)
                 if ask is None:
+                    return
+                refusal = _admit(guard, ask, wait=not in_flight)
+                if refusal is not None and refusal.temporary and in_flight:
+                    waiting.append(ask)
+                    return
+                if refusal is not None:
+                    refused.append((ask, refusal))
+                    stop = True
                     return
                 in_flight[pool.submit(_call, llm, ask)] = ask
 
         fill()
-        while in_flight:
+        while in_flight or refused:
+            while refused:
+                yield refused.pop()
+            if not in_flight:
+                break
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 ask = in_flight.pop(future)
                 outcome = future.result()
                 stop = stop or _stops_the_batch(outcome)
-                yield ask, outcome
+                yield ask, outcome  # the caller stores the answer and ends its reservation
             fill()
+
+
+def _admit(guard: SpendingGuard | None, ask: Ask, wait: bool) -> SpendingCapReached | None:
+    """None when the call may start (its worst case is reserved), else the cap's refusal. With
+    `wait`, a call kept out only by calls in flight in other processes waits for them."""
+    if guard is None:
+        return None
+    try:
+        if wait:
+            guard.admit_when_room(ask.key, ask.request)
+        else:
+            guard.admit(ask.key, ask.request)
+    except SpendingCapReached as refusal:
+        return refusal
+    return None
 
 
 def _call(llm: LLMClientResource, ask: Ask) -> LLMResponse | Exception:
@@ -157,6 +222,8 @@ def _keep(
 
 
 def _failure(responses: ResponseStore, asset_name: str, ask: Ask, error: Exception) -> dg.Failure:
+    if isinstance(error, SpendingCapReached):
+        return dg.Failure(description=str(error), metadata={CAP_REACHED: True})
     if isinstance(error, IncompleteResponseError):
         kept = responses.keep_rejected(asset_name, ask.parts, error.response, str(error))
         return dg.Failure(
@@ -169,17 +236,34 @@ def _failure(responses: ResponseStore, asset_name: str, ask: Ask, error: Excepti
     return dg.Failure(description=f"{ask.request.model_id}: the call failed unexpectedly: {type(error).__name__}: {error}")
 
 
-def _summary_failure(asset_name: str, failures: dict[str, dg.Failure], stored: int, not_asked: int) -> dg.Failure:
-    """One partition's own failure as it is; for a range, one sentence that counts and names the first."""
+def _summary_failure(
+    asset_name: str, failures: dict[str, dg.Failure], held: dict[str, str], stored: int, not_asked: int
+) -> dg.Failure:
+    """One partition's own failure as it is; for a range, one sentence that counts and names the first.
+
+    `held_elsewhere` in the metadata lists the partitions another live run was still answering
+    (with that run's owner): they did not fail, and a runner leaves them to that run."""
+    extra = {"held_elsewhere": dg.MetadataValue.json(held)} if held else {}
     if len(failures) == 1 and stored == 0 and not_asked == 0:
-        return next(iter(failures.values()))
+        only = next(iter(failures.values()))
+        return dg.Failure(description=only.description, metadata={**only.metadata, **extra})
+    capped = [f for f in failures.values() if CAP_REACHED in f.metadata]
+    if capped:
+        return dg.Failure(
+            description=f"{capped[0].description} ({not_asked + len(capped)} {asset_name} partition(s) of this "
+            f"run were not asked; the {stored} answer(s) that arrived are stored and are reused when they run again.)",
+            metadata={CAP_REACHED: True, **extra},
+        )
     key, first = next(iter(failures.items()))
     skipped = f", {not_asked} not asked after that error" if not_asked else ""
     return dg.Failure(
         description=f"{len(failures)} {asset_name} partition(s) got no usable answer{skipped} (first, {key}: "
         f"{first.description}); the {stored} answer(s) that did arrive are stored and are reused when "
         "these partitions run again.",
-        metadata={"failed_partitions": dg.MetadataValue.json({k: f.description for k, f in failures.items()})},
+        metadata={
+            "failed_partitions": dg.MetadataValue.json({k: f.description for k, f in failures.items()}),
+            **extra,
+        },
     )
 
 
@@ -196,6 +280,7 @@ def _response_metadata(response: LLMResponse, path: Path, reused: bool) -> dict:
         "prompt_tokens": p.get("prompt_tokens"),
         "completion_tokens": p.get("completion_tokens"),
         "total_tokens": p.get("total_tokens"),
+        "provider_cost_usd": p.get("provider_cost_usd"),
         "latency_s": p.get("latency_s"),
         "attempts": p.get("attempts"),
         "prompt_sha256": p.get("prompt_sha256"),

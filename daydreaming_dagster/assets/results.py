@@ -233,6 +233,8 @@ def llm_usage(
 ) -> dg.Output[pd.DataFrame]:
     """Calls, tokens and cost per stage (generation, evaluation) and model, over every paid answer
     kept for the experiment's tasks: the stored responses and those moved to _superseded/ or _rejected/.
+    The cost at the llm_models.csv prices (`cost_usd`) stands next to the cost the provider reported
+    (`provider_cost_usd`, where it reports one, as OpenRouter does).
 
     Why the provenance comes from ResponseStore and not as an input: the response assets' input
     (through the text IO manager) is the answer text, while the tokens and model live in each
@@ -271,6 +273,14 @@ def llm_usage(
             "total_tokens": int(df["total_tokens"].sum()),
             "cost_usd_priced_models": float(round(df.loc[priced, "cost_usd"].sum(), 6)),
             "models_without_price": ", ".join(unpriced) or "none",
-            "preview": md_preview(df.drop(columns=PRICE_COLUMNS)),
+            "provider_cost_usd": (
+                float(round(df["provider_cost_usd"].sum(), 6))
+                if df["calls_with_provider_cost"].sum()
+                else dg.MetadataValue.text("not reported by the provider")
+            ),
+            # A model without prices has an unknown cost: say so rather than show an empty cell or 0.
+            "preview": md_preview(
+                df.drop(columns=PRICE_COLUMNS).assign(cost_usd=df["cost_usd"].astype(object).where(priced, "unknown"))
+            ),
         },
     )

@@ -33,13 +33,34 @@ def combo_id(concept_ids: Iterable[str]) -> str:
     return f"combo-{len(ids)}-{digest}"
 
 
-def generation_task_id(combo: str, template_id: str, model_id: str) -> str:
-    return SEP.join((combo, template_id, model_id))
+def replicate_suffix(replicate: int) -> str:
+    """What a replicate adds to the id of the task it repeats: nothing for replicate 1, `__r<n>` after.
+
+    Why this form: replicate 1 keeps the id the task had before replicates existed, so raising a
+    replicate count later (or from the start) never renames a partition, and every answer already
+    stored for replicate 1 stays valid; replicates 2..n are new partitions beside it. The suffix is
+    one more `__` part, which no part of an id may contain, so `<method>__r2` can never be the id
+    of another method (two parts) and `<combo>__<template>__<model>__r2` never that of another
+    generation task (three parts)."""
+    if replicate < 1:
+        raise ExperimentError(f"replicate {replicate} must be 1 or more.")
+    return "" if replicate == 1 else f"{SEP}r{replicate}"
 
 
-def evaluation_task_id(template_id: str, model_id: str) -> str:
-    """The evaluation *method* key: evaluation template x judge model."""
-    return SEP.join((template_id, model_id))
+def generation_task_id(combo: str, template_id: str, model_id: str, replicate: int = 1) -> str:
+    """A generation task: combination x generation template x generator (x replicate)."""
+    return SEP.join((combo, template_id, model_id)) + replicate_suffix(replicate)
+
+
+def evaluation_task_id(template_id: str, model_id: str, replicate: int = 1) -> str:
+    """The evaluation *method* key: evaluation template x judge model (x replicate)."""
+    return SEP.join((template_id, model_id)) + replicate_suffix(replicate)
+
+
+def without_replicate(task_id: str, parts: int) -> str:
+    """The id of the task a replicate repeats: its first `parts` parts (2 for a method, 3 for a
+    generation task). The id of replicate 1 is that id already."""
+    return SEP.join(task_id.split(SEP)[:parts])
 
 
 def pair_key_str(generation_task: str, evaluation_task: str) -> str:

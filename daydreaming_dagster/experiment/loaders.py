@@ -6,6 +6,7 @@ is one sentence naming the file, the row or the column at fault."""
 from __future__ import annotations
 
 import csv
+import functools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ TEMPLATE_VARIABLES: dict[str, set[str]] = {"generation": {"concepts"}, "evaluati
 TEMPLATE_COLUMNS = ["template_id", "template_name", "description", "active"]
 MODEL_COLUMNS = ["id", "model", "provider", "display_name", "for_generation", "for_evaluation"]
 CONCEPT_COLUMNS = ["concept_id", "name", "active"]
+CONCEPTS_TABLE = "concepts/concepts_metadata.csv"
 
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
@@ -101,7 +103,7 @@ def _check_ids(df: pd.DataFrame, column: str, path: Path) -> None:
 
 def load_concepts(raw_dir: Path) -> pd.DataFrame:
     """Concepts with one description column per level (None where the file is absent)."""
-    path = raw_dir / "concepts" / "concepts_metadata.csv"
+    path = raw_dir / CONCEPTS_TABLE
     df = read_csv(path, CONCEPT_COLUMNS)
     _check_ids(df, "concept_id", path)
     df["active"] = _bool_column(df, "active", path)
@@ -119,6 +121,15 @@ def _read_optional(path: Path) -> str | None:
 
 def concept_content(row: pd.Series | dict, level: str) -> str:
     """The description at `level`, falling back to paragraph, then sentence, then the name."""
+    return _concept_content(row, level)[0]
+
+
+def concept_content_source(row: pd.Series | dict, level: str) -> str:
+    """The file (relative to `1_raw`) that `concept_content` takes the text from."""
+    return _concept_content(row, level)[1]
+
+
+def _concept_content(row: pd.Series | dict, level: str) -> tuple[str, str]:
     if level not in DESCRIPTION_LEVELS:
         raise ExperimentError(
             f"description_level {level!r} is not one of {', '.join(DESCRIPTION_LEVELS)}."
@@ -126,8 +137,8 @@ def concept_content(row: pd.Series | dict, level: str) -> str:
     for candidate in (level, "paragraph", "sentence"):
         text = row.get(f"description_{candidate}")
         if isinstance(text, str) and text:
-            return text
-    return str(row["name"])
+            return text, f"concepts/descriptions-{candidate}/{row['concept_id']}.txt"
+    return str(row["name"]), CONCEPTS_TABLE
 
 
 def load_templates(raw_dir: Path, kind: TemplateKind) -> pd.DataFrame:
@@ -217,8 +228,21 @@ def render_evaluation_prompt(template_text: str, response: str) -> str:
     return _render(template_text, response=response)
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(template_text: str) -> jinja2.Template:
+    # Compiling costs ~100x a render; an experiment has a handful of templates rendered many times.
+    return _JINJA.from_string(template_text)
+
+
 def _render(template_text: str, **variables) -> str:
     try:
-        return _JINJA.from_string(template_text).render(**variables)
+        return _compiled(template_text).render(**variables)
     except jinja2.UndefinedError as exc:
         raise ExperimentError(f"template rendering failed: {exc.message}.") from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(template_text: str) -> jinja2.Template:
+    # Compiling costs far more than rendering, and a batch (or the out-of-date check of a whole
+    # experiment) renders one template for many tasks.
+    return _JINJA.from_string(template_text)

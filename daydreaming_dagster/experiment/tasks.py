@@ -10,9 +10,9 @@ import pandas as pd
 
 from .errors import ExperimentError
 from .ids import combo_id, evaluation_task_id, generation_task_id
-from .loaders import concept_content
+from .loaders import concept_content, concept_content_source
 
-COMBINATION_COLUMNS = ["combo_id", "position", "concept_id", "name", "content", "description_level"]
+COMBINATION_COLUMNS = ["combo_id", "position", "concept_id", "name", "content", "description_level", "content_source"]
 GENERATION_TASK_COLUMNS = [
     "generation_task_id",
     "combo_id",
@@ -20,6 +20,7 @@ GENERATION_TASK_COLUMNS = [
     "generation_template_id",
     "generation_model_id",
     "generation_model",
+    "generation_replicate",
 ]
 EVALUATION_TASK_COLUMNS = [
     "generation_task_id",
@@ -27,6 +28,7 @@ EVALUATION_TASK_COLUMNS = [
     "evaluation_template_id",
     "evaluation_model_id",
     "evaluation_model",
+    "evaluation_replicate",
 ]
 # Above this many combinations the experiment is almost certainly a mistake in k, not a plan.
 MAX_COMBINATIONS = 100_000
@@ -55,15 +57,17 @@ def build_content_combinations(concepts: pd.DataFrame, k: int, level: str) -> pd
                     "name": member["name"],
                     "content": concept_content(member, level),
                     "description_level": level,
+                    "content_source": concept_content_source(member, level),
                 }
             )
     return pd.DataFrame(rows, columns=COMBINATION_COLUMNS)
 
 
 def build_generation_tasks(
-    combos: pd.DataFrame, templates: pd.DataFrame, models: pd.DataFrame
+    combos: pd.DataFrame, templates: pd.DataFrame, models: pd.DataFrame, replicates: int = 1
 ) -> pd.DataFrame:
-    """Combinations x active generation templates x generation models."""
+    """Combinations x active generation templates x generation models x replicates (each replicate
+    its own task and its own paid call; replicate 1 keeps the id a task has without replicates)."""
     concept_ids = combos.groupby("combo_id", sort=True)["concept_id"].agg(",".join)
     active_templates = sorted(templates.loc[templates["active"], "template_id"])
     generators = models[models["for_generation"]].sort_values("id")
@@ -71,24 +75,27 @@ def build_generation_tasks(
     _require(list(generators["id"]), "generation model")
     rows = [
         {
-            "generation_task_id": generation_task_id(cid, template_id, model.id),
+            "generation_task_id": generation_task_id(cid, template_id, model.id, replicate),
             "combo_id": cid,
             "concept_ids": ids,
             "generation_template_id": template_id,
             "generation_model_id": model.id,
             "generation_model": model.model,
+            "generation_replicate": replicate,
         }
         for cid, ids in concept_ids.items()
         for template_id in active_templates
         for model in generators.itertuples()
+        for replicate in range(1, replicates + 1)
     ]
     return pd.DataFrame(rows, columns=GENERATION_TASK_COLUMNS)
 
 
 def build_evaluation_tasks(
-    generation_tasks: pd.DataFrame, templates: pd.DataFrame, models: pd.DataFrame
+    generation_tasks: pd.DataFrame, templates: pd.DataFrame, models: pd.DataFrame, replicates: int = 1
 ) -> pd.DataFrame:
-    """Every generation task x active evaluation templates x judge models: one row per valid pair."""
+    """Every generation task x active evaluation templates x judge models x replicates: one row per
+    valid pair. A replicate of a method is a method key of its own (see ids.replicate_suffix)."""
     active_templates = sorted(templates.loc[templates["active"], "template_id"])
     judges = models[models["for_evaluation"]].sort_values("id")
     _require(active_templates, "active evaluation template")
@@ -96,13 +103,15 @@ def build_evaluation_tasks(
     methods = pd.DataFrame(
         [
             {
-                "evaluation_task_id": evaluation_task_id(template_id, judge.id),
+                "evaluation_task_id": evaluation_task_id(template_id, judge.id, replicate),
                 "evaluation_template_id": template_id,
                 "evaluation_model_id": judge.id,
                 "evaluation_model": judge.model,
+                "evaluation_replicate": replicate,
             }
             for template_id in active_templates
             for judge in judges.itertuples()
+            for replicate in range(1, replicates + 1)
         ]
     )
     pairs = generation_tasks[["generation_task_id"]].merge(methods, how="cross")

@@ -1,6 +1,7 @@
-"""The offline backend: instant, deterministic answers from (model_id, prompt), with no key and
-no network, so the whole pipeline runs on a fresh machine. Judge prompts (any prompt that
-mentions a score) get a few remarks and a final `SCORE: n` line that varies with the input."""
+"""The offline backend: instant, deterministic answers from (model_id, prompt, replicate), with no
+key and no network, so the whole pipeline runs on a fresh machine. Judge prompts (any prompt that
+mentions a score) get a few remarks and a final `SCORE: n` line that varies with the input; a
+judge's replicates land within a few points of its first verdict."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import re
 from collections.abc import Iterator
 
 from .requests import LLMRequest, LLMResponse, now_iso
+
+# How far (in points) an offline judge's replicate may land from its first verdict on an answer.
+JUDGE_NOISE = 2
 
 _STOPWORDS = frozenset(
     """
@@ -74,8 +78,11 @@ def _prompt_keywords(prompt: str) -> list[str]:
     return words or ["the idea", "the problem"]
 
 
-def _offline_text(model_id: str, prompt: str) -> str:
-    seed = hashlib.sha256(f"{model_id}\x00{prompt}".encode("utf-8")).digest()
+def _offline_text(model_id: str, prompt: str, replicate: int = 1) -> str:
+    base = hashlib.sha256(f"{model_id}\x00{prompt}".encode("utf-8")).digest()
+    # Replicate 1 answers from the base seed, as before replicates existed; each later replicate
+    # samples again from a seed of its own, so replicates differ like real samples do.
+    seed = base if replicate == 1 else hashlib.sha256(base + b"replicate" + replicate.to_bytes(4, "big")).digest()
     rng = _byte_stream(seed)
 
     def pick(items: list[str]) -> str:
@@ -84,7 +91,12 @@ def _offline_text(model_id: str, prompt: str) -> str:
     if "score" in prompt.lower():
         reasons = [pick(_JUDGE_LINES) for _ in range(2 + next(rng) % 3)]
         reasons = list(dict.fromkeys(reasons))  # no line twice
-        score = int.from_bytes(seed[:2], "big") % 11
+        # The judge's view of the answer comes from the base seed; a replicate judges the same
+        # answer again and lands within JUDGE_NOISE points of it: a judge consistent with itself,
+        # but not perfectly, so the reliability tables of an offline run have something to show.
+        score = int.from_bytes(base[:2], "big") % 11
+        if replicate != 1:
+            score = min(10, max(0, score + next(rng) % (2 * JUDGE_NOISE + 1) - JUDGE_NOISE))
         return "\n".join([*reasons, f"SCORE: {score}"])
 
     keywords = _prompt_keywords(prompt)
@@ -109,7 +121,7 @@ class OfflineBackend:
         return None
 
     def complete(self, request: LLMRequest) -> LLMResponse:
-        text = _offline_text(request.model_id, request.prompt)
+        text = _offline_text(request.model_id, request.prompt, request.replicate)
         prompt_tokens = len(request.prompt.split())
         completion_tokens = len(text.split())
         provenance = {
@@ -119,6 +131,7 @@ class OfflineBackend:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_chars": len(request.prompt),
             "latency_s": 0.0,
             "attempts": 1,
             "generation_id": None,

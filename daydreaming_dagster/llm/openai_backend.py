@@ -12,6 +12,7 @@ import contextlib
 import email.utils
 import json
 import logging
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -319,6 +320,11 @@ def _int_or_none(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _cost_or_none(value: Any) -> Optional[float]:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if number and math.isfinite(value) and value >= 0 else None
+
+
 def _response_from_body(request: LLMRequest, data: dict, *, latency_s: float, attempts: int) -> LLMResponse:
     choice = data["choices"][0] if isinstance(data["choices"], list) else {}
     choice = choice if isinstance(choice, dict) else {}
@@ -332,6 +338,9 @@ def _response_from_body(request: LLMRequest, data: dict, *, latency_s: float, at
         "prompt_tokens": _int_or_none(usage.get("prompt_tokens")),
         "completion_tokens": _int_or_none(usage.get("completion_tokens")),
         "total_tokens": _int_or_none(usage.get("total_tokens")),
+        # What the provider says the call cost (OpenRouter's usage.cost, in USD), when it says.
+        "provider_cost_usd": _cost_or_none(usage.get("cost")),
+        "prompt_chars": len(request.prompt),
         "latency_s": round(latency_s, 3),
         "attempts": attempts,
         "generation_id": generation_id if isinstance(generation_id, str) and generation_id else None,

@@ -23,6 +23,9 @@ class LLMRequest:
     prompt: str
     temperature: float
     max_tokens: int
+    # Which sample of the same request this is: replicates ask the same prompt again, each a paid
+    # call of its own. Replicate 1 is the request as it was before replicates existed.
+    replicate: int = 1
 
     @property
     def prompt_sha256(self) -> str:
@@ -30,14 +33,20 @@ class LLMRequest:
         return hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()
 
     def fingerprint(self) -> dict:
-        """What must match for a stored response to be reused for this request."""
-        return {
+        """What must match for a stored response to be reused for this request.
+
+        `replicate` is present only from replicate 2 on: absent means replicate 1, so the
+        fingerprints (and stored sidecars) of experiments without replicates stay as they were."""
+        fingerprint = {
             "model_id": self.model_id,
             "model": self.model,
             "temperature": float(self.temperature),
             "max_tokens": int(self.max_tokens),
             "prompt_sha256": self.prompt_sha256,
         }
+        if self.replicate != 1:
+            fingerprint["replicate"] = int(self.replicate)
+        return fingerprint
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ valid evaluation pair not yet materialized, as one stream: a pair starts as soon
 is materialized (see streaming.py) -> results. Partitions run in batches: each batch is one Dagster
 partition-range run over consecutive keys, which records a materialization for every partition in
 it (so `dagster dev` shows each one, and each stays re-runnable alone). Batches run on the worker
-pool (see pool.py), started before anything else; what a rerun may skip is decided in freshness.py."""
+pool (see pool.py), started before anything else; what a rerun may skip is decided in freshness.py
+and changes.py. Partitions another run is materializing are left to it (overlap.py)."""
 
 from __future__ import annotations
 
@@ -20,19 +21,38 @@ from pathlib import Path
 import dagster as dg
 
 from ..assets.common import MAX_PARTITIONS_PER_RUN
+from ..assets.partitions import evaluation_pairs_partitions, generation_tasks_partitions
 from ..assets.responding import LLM_POOL
+from ..compat import BulkActionStatus
 from ..experiment.pairs import valid_pair_keys
 from ..llm.slots import SharedCallSlots, share_call_slots
+from ..resources.config import ExperimentConfig
+from ..settings import Settings
 from ..store.layout import table_path
 from ..store.tables import read_table
 from .batches import Batch
+from .changes import ChangeCheck, StageCheck, change_report
 from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, tables_fingerprint
+from .instance_setup import open_instance
+from .overlap import IN_PROGRESS, InProgress
 from .pool import WorkerPool, default_workers, runs_in_flight, start_pool
 from .schedule import EVALUATION, GENERATION, Schedule
-from .streaming import Limits, StageReport, Stream
+from .streaming import Limits, StageReport, Stream, left_text
 from .worker import QUIET, execute, load_worker, partition_run_config, warm_worker
 
-__all__ = ["Runner", "StageReport", "default_workers", "print_progress", "start_pool"]
+__all__ = ["Runner", "StageReport", "default_workers", "left_text", "print_progress", "start_pool"]
+
+# The assets and partitions of each partitioned stage, to ask which of them other runs are doing.
+STAGES = {
+    "generation": ({"generation_prompt", "generation_response"}, generation_tasks_partitions),
+    "evaluation": ({"evaluation_prompt", "evaluation_response"}, evaluation_pairs_partitions),
+    # The prompts re-rendered for out-of-date answers that are kept (see changes.py).
+    "generation_prompts": ({"generation_prompt"}, generation_tasks_partitions),
+    "evaluation_prompts": ({"evaluation_prompt"}, evaluation_pairs_partitions),
+}
+# How often, and how long, a runner waits for another run that is building an unpartitioned stage.
+WAIT_POLL_S = 1.0
+STAGE_WAIT_S = 600.0
 
 
 def llm_pool_limit(instance: dg.DagsterInstance) -> int | None:
@@ -64,6 +84,7 @@ class Runner:
         workers: int | None = None,
         max_batch: int | None = None,
         data_root: Path | None = None,
+        max_cost_usd: float | None = None,
         offline: bool = False,
         pool: WorkerPool | None = None,
     ):
@@ -75,9 +96,11 @@ class Runner:
         self.parallel_calls = self.concurrency
         self.max_batch = max(1, max_batch or MAX_PARTITIONS_PER_RUN)
         self.replace_changed = replace_changed
+        # Overrides the experiment's max_cost_usd in every response step this runner starts.
+        self.max_cost_usd = max_cost_usd
         self.progress = progress
         self.offline = offline
-        self.instance = dg.DagsterInstance.get()
+        self.instance = open_instance()
         self._pool = pool if pool is not None or self.workers == 1 else start_pool(self.workers, self.concurrency, offline)
         self._threads: ThreadPoolExecutor | None = None
         self._warm = threading.Thread(target=_warm_up, name="warm-up", daemon=True)
@@ -98,13 +121,40 @@ class Runner:
     def _table(self, name: str):
         return read_table(table_path(self.output_root, name))
 
+    def _config(self) -> ExperimentConfig:
+        data_root = self.data_root or Settings.from_env().data_root
+        return ExperimentConfig.for_experiment(str(data_root), str(self.output_root))
+
     def materialized(self, asset_name: str) -> set[str]:
         return self.instance.get_materialized_partitions(dg.AssetKey(asset_name))
 
-    def run_single(self, job_name: str, tags: dict | None = None) -> StageReport:
+    def run_single(self, job_name: str, tags: dict | None = None, current: Callable[[], bool] | None = None) -> StageReport:
+        """Run an unpartitioned job; while another run of it is in progress, wait for that one and
+        then run only if `current()` says its outcome is not already what this run would build."""
         report = StageReport(job_name, total=1)
         started = time.monotonic()
         outcome = execute(job_name, None, QUIET, tags)
+        while outcome.left:
+            other = outcome.left[job_name]
+            self.progress(f"{job_name}: waiting for {other}, which is building it")
+            # Judge freshness only once the other run has finished: a run that finishes between
+            # a stale "not current" and our next try would be built twice.
+            waited = time.monotonic()
+            while self._in_progress(other):
+                if time.monotonic() - waited > STAGE_WAIT_S:
+                    report.failures[job_name] = (
+                        f"{other} has been building {job_name} for over {STAGE_WAIT_S / 60:.0f} min; if it is "
+                        "no longer running (its process was killed), terminate it on the Dagster UI's Runs page "
+                        "and run again."
+                    )
+                    report.seconds = time.monotonic() - started
+                    return report
+                time.sleep(WAIT_POLL_S)
+            if current is not None and current():
+                self.progress(f"{job_name}: up to date (built by {other})")
+                report.skipped, report.seconds = 1, time.monotonic() - started
+                return report
+            outcome = execute(job_name, None, QUIET, tags)
         report.seconds = time.monotonic() - started
         if outcome.success:
             report.succeeded = 1
@@ -112,19 +162,36 @@ class Runner:
             report.failures[job_name] = outcome.error or ""
         return report
 
-    def _todo(self, job_name: str, keys: list[str], done: set[str]) -> tuple[list[str], StageReport]:
-        """The keys of a stage to run: every key not in `done`, and the stage's report so far."""
-        if self.replace_changed:
-            # Materialized partitions may hold responses to a changed prompt; running them all is
-            # cheap because an unchanged stored response is reused without an LLM call.
-            done = set()
+    def _in_progress(self, other: str) -> bool:
+        """Whether the run or backfill named "run <id>" / "backfill <id>" is still in progress."""
+        kind, _, ident = other.partition(" ")
+        if kind == "backfill":
+            backfill = self.instance.get_backfill(ident)
+            return backfill is not None and backfill.status == BulkActionStatus.REQUESTED
+        run = self.instance.get_run_by_id(ident)
+        return run is not None and run.status in IN_PROGRESS
+
+    def _todo(self, job_name: str, keys: list[str], done: set[str], changed: set[str] = frozenset()) -> tuple[list[str], StageReport]:
+        """The keys of a stage to run, and the stage's report so far: every key not in `done` and
+        not left to another run that is materializing it. Keys in `changed` hold an answer to
+        another request (see changes.py): skipped, or with --replace-changed run again, whether
+        materialized or not; no other materialized key is run."""
+        done = (set(done) - changed) if self.replace_changed else set(done) | changed
         todo = [k for k in keys if k not in done]
         report = StageReport(job_name, total=len(keys), skipped=len(keys) - len(todo))
-        self.progress(f"{job_name}: {len(todo)} to run, {report.skipped} already materialized")
+        kept = 0 if self.replace_changed else sum(1 for k in keys if k in changed)
+        aside = f", {kept} out of date (kept as they are)" if kept else ""
+        busy = InProgress(self.instance).busy(*STAGES[job_name]) if todo else {}
+        left = {k: str(busy[k]) for k in todo if k in busy}
+        todo = [k for k in todo if k not in left]
+        report.left = len(left)
+        self.progress(
+            f"{job_name}: {len(todo)} to run, {report.skipped - kept} already materialized{aside}{left_text(left)}"
+        )
         return todo, report
 
-    def _limits(self) -> Limits:
-        if self.offline:
+    def _limits(self, calls: bool = True) -> Limits:
+        if self.offline or not calls:
             # Offline a run is CPU work only: one per worker at a time, as large as allowed.
             return Limits(runs=self.workers, max_batch=self.max_batch)
         runs = runs_in_flight(self.concurrency)
@@ -132,50 +199,103 @@ class Runner:
             runs = max(1, min(runs, pool_limit))
         return Limits(runs=runs, max_batch=self.max_batch, queued=self.concurrency if runs > 1 else None)
 
-    def _submitter(self, limits: Limits) -> tuple[Callable[[str, Batch], Future], SharedCallSlots | None]:
-        configs = {job: partition_run_config(job, self.replace_changed, self.parallel_calls) for job in (GENERATION, EVALUATION)}
+    def _submitter(self, limits: Limits, configs: dict[str, tuple[str, dict]]) -> tuple[Callable[[str, Batch], Future], SharedCallSlots | None]:
+        """How the stream starts a batch (`configs`: the stream's job -> the Dagster job and its run
+        config), and the call slots it watches."""
         if self._pool is not None:
-            return (lambda job, batch: self._pool.submit(execute, job, batch, configs[job])), self._pool.initargs[0]
+            return (lambda job, batch: self._pool.submit(execute, configs[job][0], batch, configs[job][1])), self._pool.initargs[0]
         # One worker: the runs execute in threads of this process (one at a time when `runs` is 1).
-        self._threads = ThreadPoolExecutor(limits.runs, thread_name_prefix="run")
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(limits.runs, thread_name_prefix="run")
         slots = None
         if limits.queued is not None:
             slots = SharedCallSlots(multiprocessing.get_context(), self.concurrency)
             share_call_slots(slots)
-        return (lambda job, batch: self._threads.submit(execute, job, batch, configs[job])), slots
+        return (lambda job, batch: self._threads.submit(execute, configs[job][0], batch, configs[job][1])), slots
 
-    def stream(self, generation_order: list[str]) -> list[StageReport]:
-        """Every generation and evaluation partition to run, as one stream; their two reports."""
-        generations, generation_report = self._todo(
-            GENERATION, self._table("generation_tasks")["generation_task_id"].tolist(), self.materialized("generation_response")
-        )
-        generated = self.materialized("generation_response")
-        coming = generated | set(generations)
-        pair_keys = [k for k in valid_pair_keys(self._table("evaluation_tasks")) if k.split("|", 1)[1] in coming]
-        pairs, evaluation_report = self._todo(EVALUATION, pair_keys, self.materialized("evaluation_response"))
-        schedule = Schedule(generation_order, generations, [(k.split("|", 1)[1], k.split("|", 1)[0]) for k in pairs], generated)
+    def stream(self, order: list[str], generations: tuple[list[str], StageReport] | None, pairs: tuple[list[str], StageReport] | None) -> None:
+        """Run `generations` and `pairs` (keys to run, and their stage's report) as one stream; a
+        pair waits for its generation when that runs in this stream, or is not materialized."""
+        gen_keys, gen_report = generations or ([], None)
+        pair_keys, pair_report = pairs or ([], None)
+        schedule = Schedule(order, gen_keys, [tuple(reversed(k.split("|", 1))) for k in pair_keys], self.materialized("generation_response"))
         limits = self._limits()
-        submit, slots = self._submitter(limits)
-        reports = {GENERATION: (generation_report, len(generations)), EVALUATION: (evaluation_report, len(pairs))}
-        stream = Stream(schedule, reports, submit, limits, self.progress, slots, on_first_outcome=self._warm.start)
-        if not generations:
+        configs = {job: (job, partition_run_config(job, self.replace_changed, self.parallel_calls, self.max_cost_usd)) for job in (GENERATION, EVALUATION)}
+        submit, slots = self._submitter(limits, configs)
+        reports = {job: (r, len(k)) for job, k, r in ((GENERATION, gen_keys, gen_report), (EVALUATION, pair_keys, pair_report)) if r}
+        stream = Stream(schedule, reports, submit, limits, self.progress, slots, on_first_outcome=self._warm_once)
+        if not gen_keys:
             stream.generations_finished()
         stream.run()
-        return [generation_report, evaluation_report]
+
+    def refresh_prompts(self, job_name: str, asset_name: str, check: StageCheck, runnable: list[str], order: list[str]) -> list[StageReport]:
+        """Render again the prompts of out-of-date partitions that are left as they are, so that
+        Dagster shows their answers stale (the prompt's data version is its digest): no LLM call."""
+        stale = set(check.prompts_to_refresh(self.output_root, asset_name))
+        todo, report = self._todo(job_name, [k for k in runnable if k in stale], set())
+        if not todo and not report.left:
+            return []
+        stage = GENERATION if job_name == "generation_prompts" else EVALUATION
+        generations, pairs = (todo, []) if stage == GENERATION else ([], [tuple(reversed(k.split("|", 1))) for k in todo])
+        schedule = Schedule(order, generations, pairs, order)
+        limits = self._limits(calls=False)
+        submit, _ = self._submitter(limits, {stage: (job_name, QUIET)})
+        Stream(schedule, {stage: (report, len(todo))}, submit, limits, self.progress).run()
+        return [report]
+
+    def _warm_once(self) -> None:
+        if self._warm.ident is None:
+            self._warm.start()
 
     def run(self) -> list[StageReport]:
         if self._pool is not None:
             self._pool.for_each_worker(warm_worker)  # the instance exists now: the workers may open it
         fingerprint = tables_fingerprint(self.data_root) if self.data_root else None
-        if fingerprint and tables_current(self.instance, fingerprint):
+        rebuilt = not (fingerprint and tables_current(self.instance, fingerprint))
+        # Answers can have gone out of date only if the experiment, the code or an answer changed.
+        checking = rebuilt or self.replace_changed or not results_current(self.instance)
+        if not rebuilt:
             self.progress("task_tables: up to date (experiment and code unchanged since they were built)")
             reports = [StageReport("task_tables", total=1, skipped=1)]
         else:
             load_worker()  # loads the code location here: an invalid experiment config fails now
-            reports = [self.run_single("task_tables", {TABLES_FINGERPRINT_TAG: fingerprint} if fingerprint else None)]
+            reports = [
+                self.run_single(
+                    "task_tables",
+                    {TABLES_FINGERPRINT_TAG: fingerprint} if fingerprint else None,
+                    (lambda: tables_current(self.instance, fingerprint)) if fingerprint else None,
+                )
+            ]
             if reports[-1].failures:
                 return reports
-        reports += self.stream(self.instance.get_dynamic_partitions("generation_tasks"))
+        checker = ChangeCheck(self.output_root, self._config(), self.instance) if checking else None
+        generation_changes = checker.generations() if checker else StageCheck("generation")
+        evaluation_changes = checker.evaluations() if checker else StageCheck("evaluation")
+        table = self._table("evaluation_tasks")
+        for line in change_report(generation_changes, evaluation_changes, table, self.replace_changed):
+            self.progress(line)
+        generation_keys = self._table("generation_tasks")["generation_task_id"].tolist()
+        order = self.instance.get_dynamic_partitions("generation_tasks")
+        pair_keys = valid_pair_keys(table)
+        generations = self._todo(GENERATION, generation_keys, self.materialized("generation_response"), generation_changes.keys())
+        generation = generations[1]
+        reports.append(generation)
+        together = not (self.replace_changed and generation_changes.keys())
+        if not together:
+            # Which pairs the re-asked generations make out of date is known once their answers are stored.
+            self.stream(order, generations, None)
+            if generation.succeeded:
+                evaluation_changes = checker.evaluations()
+        if not self.replace_changed:
+            reports += self.refresh_prompts("generation_prompts", "generation_prompt", generation_changes, generation_keys, order)
+        pairs = self._todo(EVALUATION, pair_keys, self.materialized("evaluation_response"), evaluation_changes.keys())
+        if generation.cap_reached:
+            self.progress("evaluation: not started: the spending cap was reached")
+        else:
+            self.stream(order, generations if together else None, pairs)
+            reports.append(pairs[1])
+            if not self.replace_changed and not generation.cap_reached:
+                reports += self.refresh_prompts("evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_keys, order)
         if self._pool is not None:
             self._pool.stop()  # the workers exit while the results build
         if results_current(self.instance):
@@ -184,7 +304,7 @@ class Runner:
         else:
             if self._warm.ident is not None:
                 self._warm.join()
-            reports.append(self.run_single("results"))
+            reports.append(self.run_single("results", current=lambda: results_current(self.instance)))
         return reports
 
 

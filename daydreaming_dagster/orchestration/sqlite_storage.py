@@ -27,8 +27,10 @@ from ..compat import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     ConsolidatedSqliteEventLogStorage,
     SqliteRunStorage,
+    SqliteScheduleStorage,
     create_engine,
 )
+from .instance_setup import creating
 
 _ENGINES: dict[tuple[int, str], db.engine.Engine] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -68,6 +70,10 @@ def _transaction(conn_string: str) -> Iterator[db.engine.Connection]:
 class PooledSqliteEventLogStorage(ConsolidatedSqliteEventLogStorage):
     """Dagster's consolidated SQLite event log (`<base_dir>/event_log.db`), with pooled connections."""
 
+    def __init__(self, base_dir: str, inst_data=None) -> None:
+        with creating(os.path.join(base_dir, "event_log.db")):
+            super().__init__(base_dir, inst_data)
+
     @contextmanager
     def _connect(self) -> Iterator[db.engine.Connection]:
         with _transaction(self._conn_string) as conn:
@@ -82,7 +88,26 @@ class PooledSqliteRunStorage(SqliteRunStorage):
     def from_config_value(cls, inst_data, config_value) -> PooledSqliteRunStorage:
         return cls.from_local(inst_data=inst_data, base_dir=os.path.join(config_value["base_dir"], "history"))
 
+    @classmethod
+    def from_local(cls, base_dir: str, inst_data=None) -> PooledSqliteRunStorage:
+        with creating(os.path.join(base_dir, "runs.db")):
+            return super().from_local(base_dir, inst_data)
+
     @contextmanager
     def connect(self) -> Iterator[db.engine.Connection]:
         with _transaction(self._conn_string) as conn:
             yield conn
+
+
+class LockedSqliteScheduleStorage(SqliteScheduleStorage):
+    """Dagster's SQLite schedule storage, created under a lock. `base_dir` is the instance folder:
+    the schedules live in `<base_dir>/schedules/schedules.db`, where Dagster's default storage keeps them."""
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value) -> LockedSqliteScheduleStorage:
+        return cls.from_local(inst_data=inst_data, base_dir=os.path.join(config_value["base_dir"], "schedules"))
+
+    @classmethod
+    def from_local(cls, base_dir: str, inst_data=None) -> LockedSqliteScheduleStorage:
+        with creating(os.path.join(base_dir, "schedules.db")):
+            return super().from_local(base_dir, inst_data)

@@ -7,7 +7,9 @@ more than the call slots queued (`queued`), so a slot that frees up is taken at 
 holds more than that: a batch waiting on one slow call keeps only its own slot, while other runs
 (up to `runs`) keep the rest busy, and the batches get smaller as the ready work runs out. A batch
 that fails is run again one partition per run, so each failure is recorded on its own partition
-and the answers the batch already stored are reused."""
+and the answers the batch already stored are reused. Partitions a batch found another run
+materializing are left to it (counted, not run again); once the spending cap refused a call no
+batch starts, and those in flight finish within the cap."""
 
 from __future__ import annotations
 
@@ -31,6 +33,24 @@ class StageReport:
     succeeded: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    cap_reached: bool = False  # the spending cap stopped the stage; what it did not run is left undone
+    left: int = 0  # partitions left to another run that was materializing them
+
+    def summary(self) -> str:
+        left = f", {self.left} left to another run" if self.left else ""
+        return (
+            f"{self.name}: {self.succeeded} ran, {self.skipped} skipped{left}, {len(self.failures)} failed "
+            f"in {self.seconds:.1f} s"
+        )
+
+
+def left_text(left: dict[str, str]) -> str:
+    """", N left to another run (run <id> and M more)" for a progress line; "" when none."""
+    if not left:
+        return ""
+    others = sorted(set(left.values()))
+    more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+    return f", {len(left)} left to another run ({others[0]}{more})"
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,7 @@ class Stream:
         self.call_slots = call_slots if limits.queued is not None else None
         self.on_first_outcome = on_first_outcome
         self._in_flight: dict[Future, tuple[str, Batch]] = {}
+        self.capped = False  # the spending cap refused a call: no batch starts any more
 
     def run(self) -> None:
         while True:
@@ -85,7 +106,7 @@ class Stream:
                 self._settle(future, *self._in_flight.pop(future))
 
     def _start_ready(self) -> None:
-        while len(self._in_flight) < self.limits.runs:
+        while len(self._in_flight) < self.limits.runs and not self.capped:
             if self.call_slots is not None and self.call_slots.unstarted >= self.limits.queued:
                 return
             free = self.limits.runs - len(self._in_flight)
@@ -102,37 +123,47 @@ class Stream:
     def _settle(self, future: Future, job: str, batch: Batch) -> None:
         try:
             outcome = future.result()
-            success, error, calls = outcome.success, outcome.error, outcome.calls
+            ran, success, error = tuple(outcome.keys), outcome.success, outcome.error
+            left, capped, calls = dict(outcome.left), outcome.cap_reached, outcome.calls
         except Exception as exc:  # noqa: BLE001 - a worker that died: the batch failed
-            success, error, calls = False, f"{type(exc).__name__}: {exc}", 0
+            ran, success, error, left, capped, calls = batch.keys, False, f"{type(exc).__name__}: {exc}", {}, False, 0
         if self.call_slots is not None:
             self.call_slots.add_unstarted(calls - len(batch.keys))  # the partitions that made no call
         if self.on_first_outcome is not None:
             self.on_first_outcome()
             self.on_first_outcome = None
         stage = self.stages[job]
-        if success:
-            stage.report.succeeded += len(batch.keys)
-            if job == GENERATION:
-                self.schedule.generation_done(batch.keys)
-        elif len(batch.keys) > 1:
-            self.progress(f"{job}: a batch of {len(batch.keys)} failed ({error}); running its partitions one by one")
-            self.schedule.retry_singly(job, batch)
+        name = stage.report.name
+        if left:
+            stage.report.left += len(left)
+            self.progress(f"{name}: a batch found{left_text(left)}")
+        if capped:
+            stage.report.cap_reached, self.capped = True, True
+            self.progress(f"{name}: stopped: {error}")
             return
-        else:
-            stage.report.failures[batch.keys[0]] = error or ""
-            self.progress(f"{job}: FAILED {batch.keys[0]}: {error}")
-        self._count(stage, job, len(batch.keys))
+        if success:
+            stage.report.succeeded += len(ran)
+            if job == GENERATION:
+                self.schedule.generation_done(ran)
+        elif len(ran) > 1:
+            self.progress(f"{name}: a batch of {len(ran)} failed ({error}); running its partitions one by one")
+            self.schedule.retry_singly(job, Batch(ran))
+            self._count(stage, job, len(left))
+            return
+        elif ran:
+            stage.report.failures[ran[0]] = error or ""
+            self.progress(f"{name}: FAILED {ran[0]}: {error}")
+        self._count(stage, job, len(ran) + len(left))
 
     def _count(self, stage: _Stage, job: str, partitions: int) -> None:
         before, stage.finished = stage.finished, stage.finished + partitions
         stage.last = time.monotonic()
-        stage.report.seconds = stage.last - stage.started
+        stage.report.seconds = stage.last - (stage.started or stage.last)
         step = max(1, stage.todo // 20)
         if stage.finished == stage.todo or stage.finished // step > before // step:
             rate = stage.finished / max(stage.report.seconds, 1e-9)
             failed = len(stage.report.failures)
-            self.progress(f"{job}: {stage.finished}/{stage.todo} done ({failed} failed, {rate:.1f}/s)")
+            self.progress(f"{stage.report.name}: {stage.finished}/{stage.todo} done ({failed} failed, {rate:.1f}/s)")
         if job == GENERATION and stage.finished == stage.todo:
             self.generations_finished()
 

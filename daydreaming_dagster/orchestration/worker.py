@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
 
+from ..assets.budget import CAP_REACHED
 from ..compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from ..llm.slots import counting_calls, share_call_slots
 from ..settings import Settings
 from .batches import Batch
+from .overlap import RERUN_TAG, RunsOverlap, owner_tags
 from .worker_instance import worker_instance
 
 _WORKER: dict = {}
@@ -22,10 +24,15 @@ _WORKER_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class BatchOutcome:
+    """What became of a batch: the keys that ran (all succeeded, or the run failed), and those
+    `left` to another run (key -> that run), which neither ran here nor failed."""
+
     keys: tuple[str, ...]
     success: bool
     error: str | None = None
-    calls: int = 0  # LLM calls the run started (the other partitions reused a stored answer or failed first)
+    cap_reached: bool = False  # the spending cap refused a call: nothing more should start
+    left: dict[str, str] = field(default_factory=dict)
+    calls: int = 0  # LLM calls the runs started (the other partitions reused a stored answer, or made none)
 
 
 def failure_text(result: dg.ExecuteInProcessResult) -> str:
@@ -40,6 +47,16 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
             cause = data.error.cause or data.error
             return (cause.message or data.error.message).strip().splitlines()[0]
     return "the run failed (see the run's logs in the Dagster UI)"
+
+
+def cap_reached(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether a step failed because the spending cap refused a call (see assets/budget.py)."""
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data.user_failure_data
+            if data is not None and CAP_REACHED in (data.metadata or {}):
+                return True
+    return False
 
 
 def load_worker(instance: bool = True) -> None:
@@ -73,29 +90,88 @@ def warm_worker() -> None:
         _WORKER["defs"].resolve_job_def(job_name)
 
 
+def held_elsewhere(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    """The partitions a failed run's steps left to another live run that held their claims (see
+    assets/responding.py): partition key -> that run's owner."""
+    held = {}
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE" and event.step_failure_data.user_failure_data:
+            value = event.step_failure_data.user_failure_data.metadata.get("held_elsewhere")
+            held.update(getattr(value, "value", None) or {})
+    return held
+
+
+# Jobs that render materialized prompts again on purpose, for answers gone out of date (changes.py).
+PROMPT_REFRESH_JOBS = frozenset({"generation_prompts", "evaluation_prompts"})
+
+
 def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | None = None) -> BatchOutcome:
     """Run one job in this process on the DAGSTER_HOME instance: unpartitioned (no batch), for one
-    partition, or for a range of partitions."""
+    partition, or for a range of partitions. Partitions another run is materializing are left to
+    it: the rest of the batch runs as the consecutive pieces that remain."""
     load_worker()
     job = _WORKER["defs"].resolve_job_def(job_name)
-    keys = batch.keys if batch else (job_name,)
-    partition_key, tags = None, dict(tags or {})
-    if batch and len(batch.keys) == 1:
-        partition_key = batch.start
-    elif batch:
-        tags.update({ASSET_PARTITION_RANGE_START_TAG: batch.start, ASSET_PARTITION_RANGE_END_TAG: batch.end})
+    tags = {**(tags or {}), **owner_tags()}
+    replacing = any(op.get("config", {}).get("replace_changed") for op in run_config.get("ops", {}).values())
+    if replacing or job_name in PROMPT_REFRESH_JOBS:
+        tags[RERUN_TAG] = "true"  # materialized partitions are re-run on purpose
+    pieces = [batch.keys] if batch else [None]
+    ran, left, errors, capped = [], {}, [], False
     with counting_calls() as calls:
-        result = job.execute_in_process(
-            instance=_WORKER["instance"], partition_key=partition_key, tags=tags, run_config=run_config, raise_on_error=False
-        )
-    return BatchOutcome(keys, result.success, None if result.success else failure_text(result), calls.started)
+        while pieces and not capped:
+            keys = pieces.pop(0)
+            try:
+                result = _execute_piece(job, keys, run_config, tags)
+            except RunsOverlap as overlap:
+                taken = {k: str(other) for k, other in overlap.busy.items()}
+                if keys is None:
+                    left[job_name] = next(iter(taken.values()))
+                else:
+                    taken = {k: v for k, v in taken.items() if k in keys} or dict.fromkeys(keys, next(iter(taken.values())))
+                    left.update(taken)
+                    pieces[:0] = _free_pieces(keys, taken)
+                continue
+            held = held_elsewhere(result)
+            left.update(held)
+            piece = keys or (job_name,)
+            ran += [k for k in piece if k not in held]
+            if not result.success and any(k not in held for k in piece):
+                errors.append(failure_text(result))
+                capped = cap_reached(result)
+    return BatchOutcome(tuple(ran), not errors, errors[0] if errors else None, capped, left, calls.started)
+
+
+def _execute_piece(job, keys: tuple[str, ...] | None, run_config: dict, tags: dict) -> dg.ExecuteInProcessResult:
+    partition_key, tags = None, dict(tags)
+    if keys is not None and len(keys) == 1:
+        partition_key = keys[0]
+    elif keys is not None:
+        tags.update({ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+    return job.execute_in_process(
+        instance=_WORKER["instance"], partition_key=partition_key, tags=tags, run_config=run_config, raise_on_error=False
+    )
+
+
+def _free_pieces(keys: tuple[str, ...], taken: dict) -> list[tuple[str, ...]]:
+    """The runs of consecutive keys of a batch that no other run has taken (each still a range)."""
+    pieces, current = [], []
+    for key in keys:
+        if key in taken:
+            if current:
+                pieces.append(tuple(current))
+            current = []
+        else:
+            current.append(key)
+    return pieces + ([tuple(current)] if current else [])
 
 
 # The runner prints its own progress; Dagster's per-event console lines would drown it.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def partition_run_config(job_name: str, replace_changed: bool, parallel_calls: int) -> dict:
+def partition_run_config(job_name: str, replace_changed: bool, parallel_calls: int, max_cost_usd: float | None = None) -> dict:
     asset = "generation_response" if job_name == "generation" else "evaluation_response"
     config = {"parallel_calls": parallel_calls, **({"replace_changed": True} if replace_changed else {})}
+    if max_cost_usd is not None:
+        config["max_cost_usd"] = float(max_cost_usd)
     return {**QUIET, "ops": {asset: {"config": config}}}

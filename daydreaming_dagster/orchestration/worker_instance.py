@@ -8,6 +8,9 @@ of each dimension to resolve a multi-partition key; on SQLite that was about 40%
 registration: this process's own (which clears the cache) or another process's (seen after
 `key_ttl_s`, or at once for a key asked about that is not cached).
 
+The same class makes creating a runner's run one step with checking that no other run is
+materializing its partitions (see overlap.py): two runners started together never both run one.
+
 A custom DagsterInstance class is Dagster's supported seam for this (`instance_class` in
 dagster.yaml); the runner names the class in the instance's ref for its own workers only, so the
 webserver, the daemon and the CLI keep the stock instance and never see a cached key list.
@@ -32,6 +35,8 @@ from collections.abc import Sequence
 import dagster as dg
 
 from ..compat import ConfigurableClassData, InstanceRef, NoOpComputeLogManager
+from .instance_setup import open_instance
+from .overlap import HOST_TAG, RERUN_TAG, check_no_overlap, run_creation_lock
 
 DEFAULT_KEY_TTL_S = 30.0
 
@@ -79,6 +84,15 @@ class KeyCachingInstance(dg.DagsterInstance):
                 self._handlers = list(super().get_yaml_python_handlers())
             return self._handlers
 
+    def create_run_for_job(self, job_def: dg.JobDefinition, **kwargs) -> dg.DagsterRun:
+        """A runner's run (tagged with its worker, see overlap.owner_tags) is created only when no
+        other run is materializing its partitions; else overlap.RunsOverlap is raised."""
+        if HOST_TAG not in (kwargs.get("tags") or {}):
+            return super().create_run_for_job(job_def, **kwargs)
+        with run_creation_lock(self):
+            check_no_overlap(self, job_def, kwargs["tags"], rerun_materialized=RERUN_TAG in kwargs["tags"])
+            return super().create_run_for_job(job_def, **kwargs)
+
 
 def worker_instance() -> dg.DagsterInstance:
     """DAGSTER_HOME's instance with its key cache and no compute-log capture; a home whose
@@ -90,6 +104,6 @@ def worker_instance() -> dg.DagsterInstance:
         ref = ref._replace(
             custom_instance_class_data=ConfigurableClassData(__name__, KeyCachingInstance.__name__, "{}\n")
         )
-    instance = dg.DagsterInstance.from_ref(ref)
+    instance = open_instance(ref)
     instance.get_yaml_python_handlers()  # built now, before any run of this process starts
     return instance

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 import pydantic
@@ -10,10 +12,15 @@ from pydantic import Field
 
 from ..experiment.errors import ExperimentError
 from ..experiment.loaders import DESCRIPTION_LEVELS, load_settings
+from ..llm.requests import LLMRequest
+
+# A replicate is a paid call per task; more than this is almost certainly a typo, not a plan.
+MAX_REPLICATES = 100
 
 
 class ExperimentConfig(dg.ConfigurableResource):
-    """Where the experiment lives and how it runs (k, description level, per-stage LLM parameters)."""
+    """Where the experiment lives and how it runs (k, description level, per-stage LLM parameters,
+    the spending cap)."""
 
     data_root: str = Field(default="data", description="Experiment folder holding 1_raw/.")
     output_root: str = Field(default="data", description="Where tables, prompts and responses go.")
@@ -23,10 +30,44 @@ class ExperimentConfig(dg.ConfigurableResource):
     generation_max_tokens: int = Field(default=1200, ge=1)
     evaluation_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     evaluation_max_tokens: int = Field(default=800, ge=1)
+    max_cost_usd: Optional[float] = Field(
+        default=None,
+        gt=0,
+        description="Spending cap in USD over every paid answer under the output root: no LLM call starts "
+        "whose worst case would pass it (a run's config may override it). None: no cap.",
+    )
+    generation_replicates: int = Field(
+        default=1, ge=1, le=MAX_REPLICATES, description="Answers sampled per generation task, each its own task."
+    )
+    evaluation_replicates: int = Field(
+        default=1, ge=1, le=MAX_REPLICATES, description="Judge answers per pair and method, each its own method key."
+    )
 
     @property
     def raw_dir(self) -> Path:
         return Path(self.data_root) / "1_raw"
+
+    def generation_request(self, task: Mapping, prompt: str) -> LLMRequest:
+        """What a generation task (a row of generation_tasks) asks its generator, with these settings."""
+        return LLMRequest(
+            model_id=task["generation_model_id"],
+            model=task["generation_model"],
+            prompt=prompt,
+            temperature=self.generation_temperature,
+            max_tokens=self.generation_max_tokens,
+            replicate=int(task.get("generation_replicate", 1)),
+        )
+
+    def evaluation_request(self, pair: Mapping, prompt: str) -> LLMRequest:
+        """What an evaluation pair (a row of evaluation_tasks) asks its judge, with these settings."""
+        return LLMRequest(
+            model_id=pair["evaluation_model_id"],
+            model=pair["evaluation_model"],
+            prompt=prompt,
+            temperature=self.evaluation_temperature,
+            max_tokens=self.evaluation_max_tokens,
+            replicate=int(pair.get("evaluation_replicate", 1)),
+        )
 
     @classmethod
     def for_experiment(cls, data_root: str, output_root: str) -> "ExperimentConfig":

@@ -8,7 +8,8 @@ from pathlib import Path
 import dagster as dg
 
 from ..llm.requests import LLMRequest, LLMResponse
-from ..store.layout import text_path
+from ..store.claims import DEFAULT_LEASE_S, DEFAULT_POLL_S, DEFAULT_RENEW_S, DEFAULT_WAIT_S, Claims, ClaimTimes
+from ..store.layout import claim_path, text_path
 from ..store.responses import (
     StoredResponseConflict,
     archived_provenance,
@@ -27,6 +28,7 @@ _FIELD_WORDS = {
     "model": "provider model",
     "temperature": "temperature",
     "max_tokens": "max_tokens",
+    "replicate": "replicate",
 }
 
 
@@ -55,12 +57,44 @@ class ResponseStore(dg.ConfigurableResource):
     nothing paid for), moves a stored response aside when asked to replace it, keeps rejected
     answers, and reads the provenance sidecars (stored, superseded and rejected) for accounting.
     Shares `base_path` and the layout of `text_path` with TextIOManager, whose write of the
-    step's output then finds the answer already stored."""
+    step's output then finds the answer already stored.
+
+    Calls are claimed through it (see store/claims.py), so two runs never pay for one response."""
 
     base_path: str
+    claim_lease_s: float = DEFAULT_LEASE_S
+    """A claim on a call lasts this long unless its owner renews it; a dead owner's claim is taken
+    over after it."""
+    claim_renew_s: float = DEFAULT_RENEW_S
+    """How often the owner of a claim renews it while its call is in flight."""
+    claim_wait_s: float = DEFAULT_WAIT_S
+    """How long a run waits for the answer of a call another live run has claimed, before it fails
+    that partition (a later re-run reuses the answer)."""
+    claim_poll_s: float = DEFAULT_POLL_S
+    """How often a waiting run looks for that answer."""
 
     def path(self, asset_name: str, parts: dict[str, str] | str) -> Path:
         return text_path(Path(self.base_path), asset_name, parts)
+
+    def claim_path(self, asset_name: str, parts: dict[str, str] | str) -> Path:
+        return claim_path(self.path(asset_name, parts))
+
+    @classmethod
+    def at(cls, base_path: str) -> ResponseStore:
+        """The archive under `base_path`, with claim times from DAYDREAM_CLAIM_* when they are set."""
+        times = ClaimTimes.from_env()
+        return cls(
+            base_path=base_path,
+            claim_lease_s=times.lease_s,
+            claim_renew_s=times.renew_s,
+            claim_wait_s=times.wait_s,
+            claim_poll_s=times.poll_s,
+        )
+
+    def claims(self) -> Claims:
+        """The claims on this archive's calls, with this resource's lease and wait times."""
+        times = ClaimTimes(self.claim_lease_s, self.claim_renew_s, self.claim_wait_s, self.claim_poll_s)
+        return Claims(times=times)
 
     def reusable(
         self, asset_name: str, parts: dict[str, str] | str, request: LLMRequest, replace_changed: bool

@@ -75,6 +75,20 @@ def claimed(path: Path) -> Iterator[int]:
             os.close(fd)  # releases the lock
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the lock file at `path`, waiting for any other holder (in this
+    process or another). The file is created if missing and never removed: removing it would let
+    two holders lock two different files. A killed holder's lock dies with it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        _lock(fd)
+        yield
+    finally:
+        os.close(fd)
+
+
 def fill(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

@@ -6,7 +6,8 @@
   4_evaluation/<asset>/<generation_task_id>/<evaluation_task_id>.txt
   5_results/<table>.csv (and figures)
 
-A response has a `.json` provenance sidecar next to it. Superseded responses move to
+A response has a `.json` provenance sidecar next to it, and, while a call for it is in flight, a
+claim `.NAME.claim.json` (see claims.py). Superseded responses move to
 `_superseded/` and answers that were paid for but not stored as the response (empty, truncated,
 or beaten to the file by another run) go to `_rejected/` in the same folder."""
 
@@ -49,6 +50,11 @@ def table_path(root: Path, asset_name: str, group: str | None = None) -> Path:
 
 def sidecar_path(path: Path) -> Path:
     return path.with_suffix(SIDECAR_SUFFIX)
+
+
+def claim_path(path: Path) -> Path:
+    """The claim on a response while its call is in flight: `.NAME.claim.json` beside it."""
+    return path.with_name(f".{path.stem}.claim.json")
 
 
 def temp_path(path: Path) -> Path:

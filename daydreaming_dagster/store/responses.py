@@ -15,7 +15,8 @@ from .files import atomic_write_bytes, claimed, fill, fsync_folder
 from .layout import REJECTED, SIDECAR_SUFFIX, SUPERSEDED, sidecar_path, temp_path
 
 # The fields that must match for a stored response to count as the answer to the current request.
-FINGERPRINT_FIELDS = ("model_id", "model", "temperature", "max_tokens", "prompt_sha256")
+# `replicate` is absent (None) for replicate 1, in requests and in sidecars written before it existed.
+FINGERPRINT_FIELDS = ("model_id", "model", "temperature", "max_tokens", "prompt_sha256", "replicate")
 
 
 class StoredResponseConflict(RuntimeError):

@@ -3,6 +3,7 @@ that imports pandas: processes that only write text do not pay for it)."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -30,3 +31,11 @@ def read_table(path: Path) -> pd.DataFrame:
     with _TABLE_CACHE_LOCK:
         _TABLE_CACHE[path] = (state, df)
     return df.copy()
+
+
+def table_digest(df: pd.DataFrame) -> str:
+    """A digest of a table's content (column names, then every value row by row): equal for equal
+    tables in any process, so rebuilding an unchanged table changes nothing downstream."""
+    digest = hashlib.sha256("\x1f".join(map(str, df.columns)).encode("utf-8"))
+    digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,163 @@
+"""The claims one response step holds on its paid calls (see store/claims.py), as `respond` uses them.
+
+A step claims every partition it has to call for before calling; one whose claim another live
+run holds is not called but waited for, and its answer reused when it is stored. Claims are
+renewed while the calls are in flight, released as each answer is stored or its call fails, and
+all released when the step ends, however it ends."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+
+from ..llm.requests import LLMRequest, LLMResponse
+from ..resources.responses import ResponseStore
+from ..store.claims import Claim, Heartbeat, Held, Owner
+from ..store.responses import StoredResponseConflict
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One partition's request: its partition key, its storage parts, and what to ask which model."""
+
+    key: str
+    parts: dict[str, str] | str
+    request: LLMRequest
+
+
+def held_message(asset_name: str, key: str, owner: str, waited_s: float) -> str:
+    """One sentence: another live run is paying for this partition's answer; re-run later to reuse it."""
+    return (
+        f"{asset_name} partition '{key}' is being asked of the model by {owner}, which still held its "
+        f"claim after {waited_s:g} s of waiting; it is not paid for twice, and re-running this partition "
+        "once that run has finished reuses its answer."
+    )
+
+
+class StepClaims:
+    """The claims of one response step. A context manager: leaving it releases every claim left.
+
+    After `take` and `wait`, `found` holds the answers that another run stored meanwhile (reused,
+    not paid), `conflicts` the partitions whose stored response belongs to another request, and
+    `held` the partitions another live run still held after the wait bound (with its owner)."""
+
+    def __init__(
+        self, context: dg.AssetExecutionContext, responses: ResponseStore, asset_name: str, replace_changed: bool
+    ) -> None:
+        self.context = context
+        self.responses = responses
+        self.asset_name = asset_name
+        self.replace_changed = replace_changed
+        self.claims = responses.claims()
+        self.owner = Owner.here(context.run.run_id)
+        self.heartbeat = Heartbeat(self.claims, on_lost=self._lost)
+        self.found: dict[str, LLMResponse] = {}
+        self.conflicts: dict[str, str] = {}
+        self.held: dict[str, str] = {}
+        self._mine: dict[str, Claim] = {}
+        self._deadlines: dict[str, float] = {}
+
+    def __enter__(self) -> StepClaims:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.heartbeat.close()
+
+    def _stored(self, ask: Ask) -> bool:
+        """Whether the answer is stored now (then it is in `found`); a conflict goes to `conflicts`."""
+        try:
+            stored = self.responses.reusable(self.asset_name, ask.parts, ask.request, self.replace_changed)
+        except StoredResponseConflict as exc:
+            self.conflicts[ask.key] = str(exc)
+            return True
+        if stored is None:
+            return False
+        self.found[ask.key] = stored
+        return True
+
+    def take(self, asks: Sequence[Ask]) -> tuple[list[Ask], list[Ask]]:
+        """Claim each ask: (those to call now, those another live run holds)."""
+        mine, theirs = [], []
+        for ask in asks:
+            subject = {"asset": self.asset_name, "partition": ask.key, "request": ask.request.fingerprint()}
+            claim = self.claims.take(self.responses.claim_path(self.asset_name, ask.parts), self.owner, subject)
+            if isinstance(claim, Held):
+                theirs.append(ask)
+                continue
+            self._mine[ask.key] = claim
+            self.heartbeat.add(claim)
+            if claim.took_over is not None:
+                self._log_takeover(ask, claim)
+            # The previous owner may have stored its answer just before letting go of the claim.
+            if self._stored(ask):
+                self.release(ask)
+            else:
+                mine.append(ask)
+        return mine, theirs
+
+    def release(self, ask: Ask) -> None:
+        """Release the claim on `ask` (its answer is stored, or its call failed)."""
+        claim = self._mine.pop(ask.key, None)
+        if claim is not None:
+            self.heartbeat.release(claim)
+
+    def wait(self, asks: Sequence[Ask]) -> list[Ask]:
+        """Wait while other live runs hold these asks. Returns the asks whose claim was let go (or
+        ran out) without a stored answer, to be taken again; the others end in `found`,
+        `conflicts` or (after the wait bound) `held`."""
+        waiting = {ask.key: ask for ask in asks}
+        if not waiting:
+            return []
+        times = self.claims.times
+        now = time.monotonic()
+        for key in waiting:
+            self._deadlines.setdefault(key, now + times.wait_s)
+        first = self.claims.holder(self.responses.claim_path(self.asset_name, asks[0].parts))
+        self.context.log.info(
+            f"{len(waiting)} {self.asset_name} partition(s) are being asked of the model by another run "
+            f"(first: {asks[0].key} by {first.owner if first else 'a run that just finished'}); "
+            f"waiting up to {times.wait_s:g} s to reuse the answers instead of paying again"
+        )
+        free: list[Ask] = []
+        while waiting:
+            for key, ask in list(waiting.items()):
+                if self._stored(ask):
+                    del waiting[key]
+                    continue
+                holder = self.claims.holder(self.responses.claim_path(self.asset_name, ask.parts))
+                if holder is None:
+                    free.append(waiting.pop(key))
+                elif time.monotonic() >= self._deadlines[key]:
+                    self.held[key] = holder.owner
+                    del waiting[key]
+            if free or not waiting:
+                break
+            time.sleep(times.poll_s)
+        if free:
+            self.context.log.info(
+                f"{len(free)} {self.asset_name} partition(s) were let go by their other run without a stored "
+                f"answer (first: {free[0].key}); claiming them"
+            )
+        return free
+
+    def _log_takeover(self, ask: Ask, claim: Claim) -> None:
+        dead = claim.took_over
+        if not dead:
+            self.context.log.warning(f"{ask.key}: took over an unreadable claim at {claim.path}; asking the model")
+            return
+        ago = max(0.0, time.time() - float(dead.get("expires_at", time.time())))
+        self.context.log.warning(
+            f"{ask.key}: took over the claim of {Owner.describe(dead)}, whose lease ran out {ago:.0f} s ago "
+            "(that process was killed or its machine lost); asking the model again, since its answer was never stored"
+        )
+
+    def _lost(self, claim: Claim) -> None:
+        now = self.claims.holder(claim.path)
+        self.context.log.warning(
+            f"the claim at {claim.path} ran out before it was renewed and "
+            f"{now.owner if now else 'another run'} took it over; if this call's answer arrives first it is "
+            "stored, otherwise it is kept in _rejected/"
+        )
