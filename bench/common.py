@@ -96,3 +96,28 @@ def run_measured(code: str, env: dict) -> dict:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["outer_wall_s"] = time.perf_counter() - started
     return result
+
+
+def tree_pss_mb(root_pid: int) -> float:
+    """Memory of a process and all its descendants, as the sum of their proportional set sizes (a
+    page shared by n of them counts 1/n in each), in MB; 0 for what already exited."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) / 1024
+                    break
+        except OSError:
+            pass
+    return total

@@ -8,7 +8,7 @@ heavy-tailed (`--latency heavy`: log-normal, median 4 s, p95 20 s, at most 60 s,
 commands wait the same time for the same call). Checks that both sent the same requests.
 
     uv run python bench/whole_command.py [--latency fixed|heavy] [--pairs 200|2000] [--concurrency 16]
-                                         [--repeat 3] [--seed 1] [--seconds 2]
+                                         [--repeat 3] [--seed 1] [--seconds 2] [--compare-with DIR]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import REPO, busy_cpu_seconds, fresh_home, machine, write_synthetic_experiment
+from common import REPO, busy_cpu_seconds, fresh_home, machine, tree_pss_mb, write_synthetic_experiment
 from llm_runs import judge_or_generation_answer
 
 sys.path.insert(0, str(REPO))
@@ -53,20 +53,30 @@ def identity(body: dict) -> str:
 def timed(server: FakeOpenAIServer, argv: list[str], env: dict, cwd: Path) -> dict:
     """Run a command; its wall, the machine's busy CPU meanwhile, and when its calls came."""
     before = len(server.requests)
-    cpu0, started = busy_cpu_seconds(), time.time()
-    out = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, cwd=cwd)
-    wall, cpu = time.time() - started, busy_cpu_seconds() - cpu0
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:4])} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    # Output to files, not pipes: the wall ends when the command's own process exits (when the
+    # prompt comes back), not when helper processes that inherited its pipes (a forkserver) are gone.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        cpu0, started = busy_cpu_seconds(), time.time()
+        process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=err, cwd=cwd)
+        peak_mb = 0.0
+        while process.poll() is None:
+            peak_mb = max(peak_mb, tree_pss_mb(process.pid))
+            time.sleep(0.25)
+        returncode = process.returncode
+        wall, cpu = time.time() - started, busy_cpu_seconds() - cpu0
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} failed:\n{stdout[-2000:]}\n{stderr[-3000:]}")
     requests = server.requests[before:]
     answered = [r.received_at + (server.latency_for(r.body) if server.latency_for else server.latency_s) for r in requests]
     return {
-        "wall": wall, "cpu": cpu, "stdout": out.stdout, "calls": Counter(identity(r.body) for r in requests),
+        "wall": wall, "cpu": cpu, "peak_mb": peak_mb, "stdout": stdout, "calls": Counter(identity(r.body) for r in requests),
         "first_call": min(r.received_at for r in requests) - started, "tail": started + wall - max(answered),
     }
 
 
-def daydream(server: FakeOpenAIServer, tmp: Path, experiment: Path, concurrency: int) -> dict:
+def daydream(server: FakeOpenAIServer, tmp: Path, experiment: Path, concurrency: int, code: Path | None = None) -> dict:
     data = tmp / "data"
     shutil.rmtree(data, ignore_errors=True)
     shutil.copytree(experiment / "1_raw", data / "1_raw")
@@ -74,6 +84,8 @@ def daydream(server: FakeOpenAIServer, tmp: Path, experiment: Path, concurrency:
     config = (home / "dagster.yaml").read_text()
     (home / "dagster.yaml").write_text(config.replace("default_limit: 8", f"default_limit: {concurrency}"))
     env = {"DAGSTER_HOME": str(home), "OPENROUTER_API_KEY": "bench-key", "OPENROUTER_BASE_URL": server.base_url}
+    if code is not None:  # another checkout of the project (e.g. `git archive main | tar -x -C DIR`)
+        env["PYTHONPATH"] = str(code)
     argv = [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(data), "--concurrency", str(concurrency)]
     r = timed(server, argv, env, tmp)
     r["stages"] = {m.group(1): float(m.group(2)) for m in re.finditer(r"(\w+): \d+ ran, \d+ skipped, \d+ failed in ([\d.]+) s", r["stdout"])}
@@ -94,6 +106,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, choices=sorted(EXPERIMENTS), default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--compare-with", type=Path, help="also time `daydream run` from this checkout of the project")
     args = parser.parse_args()
     print(f"machine: {machine()}; load average {load()} at start")
     server = FakeOpenAIServer().start()
@@ -110,15 +123,20 @@ def main() -> None:
             tmp = Path(tmp)
             experiment = write_synthetic_experiment(tmp / "experiment", *EXPERIMENTS[args.pairs])
             for rep in range(1, args.repeat + 1):
-                f = floor(server, tmp, experiment, args.concurrency)
-                d = daydream(server, tmp, experiment, args.concurrency)
-                same = "same calls" if f["calls"] == d["calls"] else "DIFFERENT CALLS"
+                runs = {"floor": floor(server, tmp, experiment, args.concurrency),
+                        "daydream run": daydream(server, tmp, experiment, args.concurrency)}
+                if args.compare_with:
+                    runs["compared"] = daydream(server, tmp, experiment, args.concurrency, args.compare_with)
+                f, d = runs["floor"], runs["daydream run"]
+                same = "same calls" if all(r["calls"] == f["calls"] for r in runs.values()) else "DIFFERENT CALLS"
                 ratios.append(d["wall"] / f["wall"])
-                stages = ", ".join(f"{k} {v:.1f} s" for k, v in d["stages"].items())
                 print(f"\nrun {rep} (load average {load()}): {sum(d['calls'].values())} calls, {same}")
-                print(f"  floor       {f['wall']:6.1f} s wall (first call at {f['first_call']:.1f} s, {f['tail']:.1f} s after the last answer), {f['cpu']:.1f} s machine CPU")
-                print(f"  daydream run{d['wall']:6.1f} s wall (first call at {d['first_call']:.1f} s, {d['tail']:.1f} s after the last answer), {d['cpu']:.1f} s machine CPU")
-                print(f"  ratio {ratios[-1]:.3f}; daydream run's stages: {stages}")
+                for name, r in runs.items():
+                    print(f"  {name:12s} {r['wall']:6.1f} s wall (ratio {r['wall'] / f['wall']:.3f}): first call at "
+                          f"{r['first_call']:.1f} s, exit {r['tail']:.1f} s after the last answer; {r['cpu']:.1f} s machine "
+                          f"CPU; peak memory {r['peak_mb']:.0f} MB (PSS)")
+                    if "stages" in r:
+                        print(f"  {'':12s} stages: {', '.join(f'{k} {v:.1f} s' for k, v in r['stages'].items())}")
     finally:
         server.stop()
     print(f"\nratio daydream run / floor over {len(ratios)} run(s): {', '.join(f'{r:.3f}' for r in ratios)}; "

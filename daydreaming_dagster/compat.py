@@ -16,6 +16,7 @@ from dagster._core.instance.types import CachingDynamicPartitionsLoader
 from dagster._core.loader import LoadingContextForTest
 from dagster._core.storage.base_storage import DagsterStorage
 from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import ConsolidatedSqliteEventLogStorage
+from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
 from dagster._core.storage.sql import ALEMBIC_SCRIPTS_LOCATION, create_engine
@@ -42,6 +43,8 @@ WHY = {
     "InstanceRef": "`daydream run`'s workers name their DagsterInstance subclass in the instance's ref "
     "(Dagster's supported seam for a custom instance class)",
     "ConfigurableClassData": "how a ref names that class",
+    "NoOpComputeLogManager": "`daydream run`'s workers name it in that ref: no `tail -F` and watcher processes "
+    "per run, and no swapping of the process's stdout/stderr while several runs share it",
     "DagsterStorage": "the pooled PostgreSQL storage is a storage of its own, on the same base as "
     "dagster-postgres's DagsterPostgresStorage",
     "ConfigurableClass": "and, like it, configured from dagster.yaml",
@@ -77,6 +80,7 @@ __all__ = [
     "DagsterStorage",
     "InstanceRef",
     "LoadingContextForTest",
+    "NoOpComputeLogManager",
     "PartitionBackfill",
     "StaleStatus",
     "SqliteRunStorage",

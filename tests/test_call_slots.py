@@ -1,8 +1,10 @@
-"""Machine-wide call slots: at most N calls in flight across threads and processes, a killed
-holder's slot free at once, and the LLM client holding one per call against the real test server."""
+"""Call slots: machine-wide ones (at most N calls in flight across threads and processes, a killed
+holder's slot free at once, the LLM client holding one per call against the real test server), and
+`daydream run`'s shared ones, which count the calls each run starts."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -12,8 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from daydreaming_dagster.llm import slots as llm_slots
+from daydreaming_dagster.llm.openai_backend import OpenAIBackend
 from daydreaming_dagster.llm.requests import LLMRequest
-from daydreaming_dagster.llm.slots import FileCallSlots
+from daydreaming_dagster.llm.slots import FileCallSlots, SharedCallSlots
 from daydreaming_dagster.resources.llm import LLMClientResource, machine_slots_folder
 
 KEY = "sk-or-v1-SLOTS-0123456789abcdef"
@@ -82,3 +86,49 @@ def test_the_client_holds_one_machine_slot_per_call(openai_server):
     arrivals = sorted(r.received_at for r in openai_server.requests)
     assert wall >= 1.1
     assert arrivals[2] - arrivals[0] >= 0.3 and arrivals[4] - arrivals[2] >= 0.3
+
+
+def test_daydream_runs_call_slots_count_the_calls_each_run_starts(openai_server, monkeypatch):
+    # The runner hands a run of five partitions out; three of them call (the others, say, reuse a
+    # stored answer). Each call takes one off the queued count as it takes its slot; the rest is the
+    # runner's to settle when the run ends.
+    monkeypatch.setattr(llm_slots, "_shared_call_slots", None)
+    slots = SharedCallSlots(multiprocessing.get_context(), 2)
+    llm_slots.share_call_slots(slots)
+    openai_server.latency_s = 0.3
+    slots.add_unstarted(5)
+    with llm_slots.counting_calls() as calls:
+        counted = OpenAIBackend(api_key=KEY, base_url=openai_server.base_url, timeout_s=5.0)
+    uncounted = OpenAIBackend(api_key=KEY, base_url=openai_server.base_url, timeout_s=5.0)
+    request = LLMRequest(model_id="m", model="vendor/m", prompt="Say something.", temperature=0.0, max_tokens=20)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: counted.complete(request), range(3)))
+    assert calls.started == 3 and slots.unstarted == 2
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: uncounted.complete(request), range(2)))  # no run's calls: nothing to count
+    assert calls.started == 3 and slots.unstarted == 2
+
+    arrivals = sorted(r.received_at for r in openai_server.requests)
+    assert arrivals[2] - arrivals[0] >= 0.25  # two slots: the third call waited for one
+
+
+def test_daydream_runs_call_slots_go_to_the_calls_of_a_process_in_the_order_they_asked():
+    slots = SharedCallSlots(multiprocessing.get_context(), 1)
+    order, lock = [], threading.Lock()
+
+    def call(number: int) -> None:
+        with slots.hold():
+            with lock:
+                order.append(number)
+            time.sleep(0.02)
+
+    with slots.hold():  # the only slot is taken while eight calls line up
+        threads = []
+        for number in range(8):
+            threads.append(threading.Thread(target=call, args=(number,)))
+            threads[-1].start()
+            time.sleep(0.02)
+    for thread in threads:
+        thread.join()
+    assert order == list(range(8))

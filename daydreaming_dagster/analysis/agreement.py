@@ -97,3 +97,10 @@ def score_summary(scores: pd.DataFrame, by: list[str], score_col: str = "score")
     out = grouped["_score"].agg(["count", "mean", "std", "min", "max"])
     out["n_failed"] = grouped["_failed"].sum().astype(int)
     return out.reset_index().sort_values(by, kind="stable", ignore_index=True)
+
+
+def warm_up() -> None:
+    """Import scipy.stats and krippendorff now, so a process can pay for them while it waits and
+    compute the agreement tables at once later."""
+    import krippendorff  # noqa: F401
+    from scipy import stats  # noqa: F401

@@ -106,3 +106,9 @@ def _text_colour(rgba) -> str:
     """Black on light cells, white on dark ones."""
     r, g, b = rgba[:3]
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def warm_up() -> None:
+    """Render a 1x1 heatmap and throw it away: imports matplotlib and loads its fonts (~1.5 s of
+    CPU), so a process can pay for that while it waits and build the real figures at once later."""
+    heatmap_png(pd.DataFrame([[1.0]]), title="warm-up", xlabel="x", ylabel="y", counts=pd.DataFrame([[1]]))

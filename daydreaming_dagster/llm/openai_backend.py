@@ -16,14 +16,19 @@ import math
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import httpx2
-import openai
 import tenacity
 
+if TYPE_CHECKING:
+    import openai
+
 from .requests import MISSING_KEY_MESSAGE, IncompleteResponseError, LLMError, LLMRequest, LLMResponse, now_iso, who
-from .slots import FileCallSlots, call_slot
+from .slots import FileCallSlots, call_slot, current_run_calls
+
+# `openai` (and its `httpx2`) are imported where a call is made, not here: importing the SDK costs
+# ~1 s of CPU, and a process that loads the code location without calling (the `daydream run`
+# process itself, the webserver) need not pay it. `daydream run`'s workers import it at start.
 
 # Statuses worth another attempt: request timeout, rate limit, and server-side failures
 # (including the 52x family that CDNs in front of providers answer with).  501 (not
@@ -77,6 +82,8 @@ class OpenAIBackend:
         self.backoff_base_s = backoff_base_s
         self._log = log or logging.getLogger(__name__)
         self._machine_slots = machine_slots
+        # Built in a run's own thread: its calls are counted for that run (see llm/slots.py).
+        self._run_calls = current_run_calls()
         self._client: openai.OpenAI | None = None
 
     def __repr__(self) -> str:  # never shows the key
@@ -90,7 +97,7 @@ class OpenAIBackend:
     def complete(self, request: LLMRequest) -> LLMResponse:
         """One chat completion for `request`; raises LLMError (or IncompleteResponseError)."""
         self.check_ready()
-        with call_slot(), self._machine_slots.hold() if self._machine_slots else contextlib.nullcontext():
+        with call_slot(self._run_calls), self._machine_slots.hold() if self._machine_slots else contextlib.nullcontext():
             return self._complete(request)
 
     def close(self) -> None:
@@ -99,6 +106,8 @@ class OpenAIBackend:
             self._client = None
 
     def _get_client(self) -> openai.OpenAI:
+        import openai
+
         if self._client is None:
             self._client = openai.OpenAI(
                 api_key=self._api_key,
@@ -159,6 +168,9 @@ class OpenAIBackend:
 
     def _attempt(self, client: openai.OpenAI, request: LLMRequest) -> tuple[dict, float]:
         """One HTTP attempt: the decoded JSON body and the latency, or a classified fault."""
+        import httpx2
+        import openai
+
         started = time.monotonic()
         try:
             raw = client.chat.completions.with_raw_response.create(

@@ -1,7 +1,9 @@
 """Call slots: how many LLM calls may be in flight at once across processes.
 
-Two kinds. `daydream run` gives its worker processes one multiprocessing semaphore
-(`share_call_slots`), so the calls across all of its runs stay within --concurrency. Runs the
+Two kinds. `daydream run` gives its worker processes one set of `SharedCallSlots`
+(`share_call_slots`), so the calls across all of its runs stay within --concurrency; the same
+object tells the runner how many of the partitions it handed out have not started their call yet,
+so it hands out more before a slot would fall idle (see orchestration/streaming.py). Runs the
 Dagster daemon launches (UI backfills, the sensor) are separate processes with nothing shared but
 the machine: `FileCallSlots` is a set of slot files in a folder, a call holding an exclusive
 `flock` on one of them while it is in flight. A slot is free again the moment its holder ends,
@@ -12,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 try:
@@ -24,15 +29,107 @@ except ImportError:  # Windows: no flock; FileCallSlots then does not limit
 _shared_call_slots = None
 
 
-def share_call_slots(semaphore) -> None:
-    """Make every API call of this process hold one slot of `semaphore` (a multiprocessing
+class RunCalls:
+    """How many calls one Dagster run started (each counted when it takes its slot)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = 0
+
+    def count(self) -> None:
+        with self._lock:
+            self.started += 1
+
+
+# The run this thread is executing. A backend is built in the run's own thread (when its resources
+# are set up) and keeps the run's RunCalls; the calls themselves run in other threads.
+_RUN_CALLS: ContextVar[RunCalls | None] = ContextVar("daydream_run_calls", default=None)
+
+
+@contextlib.contextmanager
+def counting_calls() -> Iterator[RunCalls]:
+    """Count the calls of the run executed inside this block (by backends built inside it)."""
+    calls = RunCalls()
+    token = _RUN_CALLS.set(calls)
+    try:
+        yield calls
+    finally:
+        _RUN_CALLS.reset(token)
+
+
+def current_run_calls() -> RunCalls | None:
+    return _RUN_CALLS.get()
+
+
+class SharedCallSlots:
+    """`count` call slots shared by the processes of one `daydream run` (build it with their
+    multiprocessing context, pass it to them at start), and the number of partitions handed to runs
+    whose call has not started: the runner adds a run's partitions when it starts the run, each call
+    takes one off as it takes its slot, and the runner takes off the rest when the run ends (those
+    that needed no call).
+
+    Within a process, calls take the slots in the order they asked for them. An OS semaphore wakes
+    its waiters in no set order: the calls of every run then finish at about the same time, at the
+    end, so no generation is done early enough for its judges to start while the others run. In
+    order, the runs started first are done first."""
+
+    def __init__(self, context, count: int) -> None:
+        self._semaphore = context.BoundedSemaphore(count)
+        self._unstarted = context.Value("i", 0)
+        self._line: deque[threading.Event] = deque()  # this process's calls waiting, in order
+        self._line_lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"semaphore": self._semaphore, "unstarted": self._unstarted}
+
+    def __setstate__(self, state: dict) -> None:
+        self._semaphore, self._unstarted = state["semaphore"], state["unstarted"]
+        self._line, self._line_lock = deque(), threading.Lock()
+
+    @property
+    def unstarted(self) -> int:
+        return self._unstarted.value
+
+    def add_unstarted(self, partitions: int) -> None:
+        with self._unstarted.get_lock():
+            self._unstarted.value += partitions
+
+    @contextlib.contextmanager
+    def hold(self, calls: RunCalls | None = None) -> Iterator[None]:
+        turn = threading.Event()
+        with self._line_lock:
+            self._line.append(turn)
+            if self._line[0] is turn:
+                turn.set()
+        try:
+            turn.wait()  # only the first in this process's line waits on the shared semaphore
+            self._semaphore.acquire()
+        finally:
+            with self._line_lock:
+                self._line.remove(turn)
+                if self._line:
+                    self._line[0].set()
+        try:
+            if calls is not None:  # a call no run counts is settled when its run ends
+                calls.count()
+                self.add_unstarted(-1)
+            yield
+        finally:
+            self._semaphore.release()
+
+
+def share_call_slots(slots) -> None:
+    """Make every API call of this process hold one slot of `slots` (SharedCallSlots, or any
     semaphore shared with sibling processes) while it is in flight, retries included."""
     global _shared_call_slots
-    _shared_call_slots = semaphore
+    _shared_call_slots = slots
 
 
-def call_slot():
-    """A context that holds one shared slot while a call is in flight (a no-op when none are shared)."""
+def call_slot(calls: RunCalls | None = None):
+    """A context that holds one shared slot while a call of the run counted by `calls` is in flight
+    (a no-op when none are shared)."""
+    if isinstance(_shared_call_slots, SharedCallSlots):
+        return _shared_call_slots.hold(calls)
     return _shared_call_slots or contextlib.nullcontext()
 
 

@@ -1,37 +1,46 @@
 """`daydream run`: the whole experiment on the Dagster instance in DAGSTER_HOME, resumably.
 
-Order: task tables (registers keys) -> every generation partition not yet materialized -> every
-valid evaluation pair not yet materialized whose generation exists -> results. Partitions run in
-batches: each batch is one Dagster partition-range run over consecutive keys, which records a
-materialization for every partition in it (so `dagster dev` shows each one, and each stays
-re-runnable alone). Batches run on the worker pool (see worker.py); what a rerun may skip is
-decided in freshness.py. Partitions another run is materializing are left to it (overlap.py)."""
+Order: task tables (registers keys) -> every generation partition not yet materialized and every
+valid evaluation pair not yet materialized, as one stream: a pair starts as soon as its generation
+is materialized (see streaming.py) -> results. Partitions run in batches: each batch is one Dagster
+partition-range run over consecutive keys, which records a materialization for every partition in
+it (so `dagster dev` shows each one, and each stays re-runnable alone). Batches run on the worker
+pool (see pool.py), started before anything else; what a rerun may skip is decided in freshness.py
+and changes.py. Partitions another run is materializing are left to it (overlap.py)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import as_completed
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
 
 from ..assets.common import MAX_PARTITIONS_PER_RUN
 from ..assets.partitions import evaluation_pairs_partitions, generation_tasks_partitions
+from ..assets.responding import LLM_POOL
 from ..compat import BulkActionStatus
 from ..experiment.pairs import valid_pair_keys
+from ..llm.slots import SharedCallSlots, share_call_slots
 from ..resources.config import ExperimentConfig
 from ..settings import Settings
 from ..store.layout import table_path
 from ..store.tables import read_table
-from .batches import Batch, batch_size, key_batches, pair_batches
+from .batches import Batch
 from .changes import ChangeCheck, StageCheck, change_report
 from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, tables_fingerprint
 from .instance_setup import open_instance
 from .overlap import IN_PROGRESS, InProgress
-from .worker import QUIET, BatchOutcome, WorkerPool, default_workers, execute, load_worker, partition_run_config
+from .pool import WorkerPool, default_workers, runs_in_flight, start_pool
+from .schedule import EVALUATION, GENERATION, Schedule
+from .streaming import Limits, StageReport, Stream, left_text
+from .worker import QUIET, execute, load_worker, partition_run_config, warm_worker
+
+__all__ = ["Runner", "StageReport", "default_workers", "left_text", "print_progress", "start_pool"]
 
 # The assets and partitions of each partitioned stage, to ask which of them other runs are doing.
 STAGES = {
@@ -46,32 +55,25 @@ WAIT_POLL_S = 1.0
 STAGE_WAIT_S = 600.0
 
 
-@dataclass
-class StageReport:
-    name: str
-    total: int = 0
-    skipped: int = 0
-    succeeded: int = 0
-    failures: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    cap_reached: bool = False  # the spending cap stopped the stage; what it did not run is left undone
-    left: int = 0  # partitions left to another run that was materializing them
-
-    def summary(self) -> str:
-        left = f", {self.left} left to another run" if self.left else ""
-        return (
-            f"{self.name}: {self.succeeded} ran, {self.skipped} skipped{left}, {len(self.failures)} failed "
-            f"in {self.seconds:.1f} s"
-        )
+def llm_pool_limit(instance: dg.DagsterInstance) -> int | None:
+    """How many steps of the LLM pool may run at once across all runs (None: no limit). A response
+    step over this limit would wait for a slot, polling once a second or less often."""
+    config = instance.get_concurrency_config().pool_config
+    if config.pool_granularity is not None and config.pool_granularity.value == "run":
+        return None
+    for pool in instance.event_log_storage.get_pool_limits():
+        if pool.name == LLM_POOL:
+            return pool.limit
+    return config.default_pool_limit
 
 
 class Runner:
     """Executes the stages; `progress` receives one line per update.
 
     `concurrency` bounds the LLM calls in flight. Partitions run in batches (partition-range runs of
-    at most `max_batch` partitions) on `workers` processes; every run may start `concurrency` calls,
-    and a semaphore the workers share keeps the total within it, so a worker busy starting or
-    recording a run leaves its slots to the others."""
+    at most `max_batch` partitions), several at once on `workers` processes (one: in this process);
+    every run may start `concurrency` calls, and call slots the workers share keep the total within
+    it. `pool` is the worker pool when the caller started it early (see `start_pool`)."""
 
     def __init__(
         self,
@@ -83,23 +85,38 @@ class Runner:
         max_batch: int | None = None,
         data_root: Path | None = None,
         max_cost_usd: float | None = None,
+        offline: bool = False,
+        pool: WorkerPool | None = None,
     ):
         self.output_root = Path(output_root)
         # Given, a rerun skips the task tables when the experiment and code are unchanged.
         self.data_root = Path(data_root) if data_root else None
         self.concurrency = max(1, concurrency)
-        self.workers = max(1, workers or default_workers(self.concurrency))
+        self.workers = max(1, workers or default_workers(self.concurrency, offline))
         self.parallel_calls = self.concurrency
         self.max_batch = max(1, max_batch or MAX_PARTITIONS_PER_RUN)
         self.replace_changed = replace_changed
         # Overrides the experiment's max_cost_usd in every response step this runner starts.
         self.max_cost_usd = max_cost_usd
         self.progress = progress
+        self.offline = offline
         self.instance = open_instance()
-        self._pool = WorkerPool(self.workers, self.concurrency)
+        self._pool = pool if pool is not None or self.workers == 1 else start_pool(self.workers, self.concurrency, offline)
+        self._threads: ThreadPoolExecutor | None = None
+        self._warm = threading.Thread(target=_warm_up, name="warm-up", daemon=True)
 
     def close(self) -> None:
-        self._pool.close()
+        """Wait for the runs in flight (their answers are paid for: they store them), then stop."""
+        if self._pool is not None:
+            if running := self._pool.in_flight():
+                self.progress(f"waiting for the {running} run(s) in flight to store their answers (Ctrl-C again stops them)")
+            try:
+                self._pool.close()
+            except KeyboardInterrupt:
+                self._pool.close(wait=False)
+        if self._threads is not None:
+            self._threads.shutdown()
+        share_call_slots(None)
 
     def _table(self, name: str):
         return read_table(table_path(self.output_root, name))
@@ -154,18 +171,11 @@ class Runner:
         run = self.instance.get_run_by_id(ident)
         return run is not None and run.status in IN_PROGRESS
 
-    def run_partitions(
-        self,
-        job_name: str,
-        keys: list[str],
-        done: set[str],
-        batcher: Callable[[list[str], int], list[Batch]],
-        changed: set[str] = frozenset(),
-        run_config: dict | None = None,
-    ) -> StageReport:
-        """Run every key not in `done`, in the batches `batcher(todo, size)` forms. Keys in `changed`
-        hold an answer to another request (see changes.py): skipped, or with --replace-changed run
-        again, whether materialized or not; no other materialized key is run."""
+    def _todo(self, job_name: str, keys: list[str], done: set[str], changed: set[str] = frozenset()) -> tuple[list[str], StageReport]:
+        """The keys of a stage to run, and the stage's report so far: every key not in `done` and
+        not left to another run that is materializing it. Keys in `changed` hold an answer to
+        another request (see changes.py): skipped, or with --replace-changed run again, whether
+        materialized or not; no other materialized key is run."""
         done = (set(done) - changed) if self.replace_changed else set(done) | changed
         todo = [k for k in keys if k not in done]
         report = StageReport(job_name, total=len(keys), skipped=len(keys) - len(todo))
@@ -178,79 +188,68 @@ class Runner:
         self.progress(
             f"{job_name}: {len(todo)} to run, {report.skipped - kept} already materialized{aside}{left_text(left)}"
         )
-        if not todo:
-            return report
-        batches = batcher(todo, batch_size(len(todo), self.workers, self.max_batch))
-        run_config = run_config or partition_run_config(
-            job_name, self.replace_changed, self.parallel_calls, self.max_cost_usd
-        )
-        started, finished, step = time.monotonic(), 0, max(1, len(todo) // 20)
-        for outcome in self._outcomes(job_name, batches, run_config):
-            if outcome.left:
-                report.left += len(outcome.left)
-                self.progress(f"{job_name}: a batch found{left_text(outcome.left)}")
-            if outcome.cap_reached:
-                report.cap_reached = True
-                self.progress(f"{job_name}: stopped: {outcome.error}")
-                continue
-            if outcome.success:
-                report.succeeded += len(outcome.keys)
-            else:
-                report.failures[outcome.keys[0]] = outcome.error or ""
-                self.progress(f"{job_name}: FAILED {outcome.keys[0]}: {outcome.error}")
-            before, finished = finished, finished + len(outcome.keys) + len(outcome.left)
-            if finished == len(todo) or finished // step > before // step:
-                rate = finished / max(time.monotonic() - started, 1e-9)
-                self.progress(f"{job_name}: {finished}/{len(todo)} done ({len(report.failures)} failed, {rate:.1f}/s)")
-        report.seconds = time.monotonic() - started
-        return report
+        return todo, report
 
-    def _outcomes(self, job_name: str, batches: list[Batch], run_config: dict) -> Iterable[BatchOutcome]:
-        """Every partition's outcome; a batch that fails is run again one partition per run, so each
-        partition that can succeed is materialized and each failure is recorded on its own partition
-        (answers the batch already paid for are stored, and those runs reuse them). A batch the
-        spending cap stopped is not: nothing more may start."""
-        for outcome in self._run_batches(job_name, batches, run_config):
-            if outcome.success or len(outcome.keys) <= 1 or outcome.cap_reached:
-                yield outcome
-                continue
-            self.progress(
-                f"{job_name}: a batch of {len(outcome.keys)} failed ({outcome.error}); running its partitions one by one"
-            )
-            if outcome.left:  # those were not run here, and are not run again
-                yield BatchOutcome((), True, left=outcome.left)
-            yield from self._run_batches(job_name, [Batch((k,)) for k in outcome.keys], run_config)
+    def _limits(self, calls: bool = True) -> Limits:
+        if self.offline or not calls:
+            # Offline a run is CPU work only: one per worker at a time, as large as allowed.
+            return Limits(runs=self.workers, max_batch=self.max_batch)
+        runs = runs_in_flight(self.concurrency)
+        if pool_limit := llm_pool_limit(self.instance):
+            runs = max(1, min(runs, pool_limit))
+        return Limits(runs=runs, max_batch=self.max_batch, queued=self.concurrency if runs > 1 else None)
 
-    def _run_batches(self, job_name: str, batches: list[Batch], run_config: dict) -> Iterable[BatchOutcome]:
-        """Every batch's outcome; once the spending cap refused a call, no batch that has not
-        started yet starts (those running finish, within the cap)."""
-        if self.workers == 1 or len(batches) == 1:
-            for batch in batches:
-                outcome = execute(job_name, batch, run_config)
-                yield outcome
-                if outcome.cap_reached:
-                    return
-            return
-        futures = [self._pool.submit(job_name, batch, run_config) for batch in batches]
-        for future in as_completed(futures):
-            if future.cancelled():
-                continue
-            outcome = future.result()
-            if outcome.cap_reached:
-                for waiting in futures:
-                    waiting.cancel()
-            yield outcome
+    def _submitter(self, limits: Limits, configs: dict[str, tuple[str, dict]]) -> tuple[Callable[[str, Batch], Future], SharedCallSlots | None]:
+        """How the stream starts a batch (`configs`: the stream's job -> the Dagster job and its run
+        config), and the call slots it watches."""
+        if self._pool is not None:
+            return (lambda job, batch: self._pool.submit(execute, configs[job][0], batch, configs[job][1])), self._pool.initargs[0]
+        # One worker: the runs execute in threads of this process (one at a time when `runs` is 1).
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(limits.runs, thread_name_prefix="run")
+        slots = None
+        if limits.queued is not None:
+            slots = SharedCallSlots(multiprocessing.get_context(), self.concurrency)
+            share_call_slots(slots)
+        return (lambda job, batch: self._threads.submit(execute, configs[job][0], batch, configs[job][1])), slots
 
-    def refresh_prompts(
-        self, job_name: str, asset_name: str, check: StageCheck, batcher, runnable: list[str]
-    ) -> list[StageReport]:
+    def stream(self, order: list[str], generations: tuple[list[str], StageReport] | None, pairs: tuple[list[str], StageReport] | None) -> None:
+        """Run `generations` and `pairs` (keys to run, and their stage's report) as one stream; a
+        pair waits for its generation when that runs in this stream, or is not materialized."""
+        gen_keys, gen_report = generations or ([], None)
+        pair_keys, pair_report = pairs or ([], None)
+        schedule = Schedule(order, gen_keys, [tuple(reversed(k.split("|", 1))) for k in pair_keys], self.materialized("generation_response"))
+        limits = self._limits()
+        configs = {job: (job, partition_run_config(job, self.replace_changed, self.parallel_calls, self.max_cost_usd)) for job in (GENERATION, EVALUATION)}
+        submit, slots = self._submitter(limits, configs)
+        reports = {job: (r, len(k)) for job, k, r in ((GENERATION, gen_keys, gen_report), (EVALUATION, pair_keys, pair_report)) if r}
+        stream = Stream(schedule, reports, submit, limits, self.progress, slots, on_first_outcome=self._warm_once)
+        if not gen_keys:
+            stream.generations_finished()
+        stream.run()
+
+    def refresh_prompts(self, job_name: str, asset_name: str, check: StageCheck, runnable: list[str], order: list[str]) -> list[StageReport]:
         """Render again the prompts of out-of-date partitions that are left as they are, so that
         Dagster shows their answers stale (the prompt's data version is its digest): no LLM call."""
         stale = set(check.prompts_to_refresh(self.output_root, asset_name))
-        keys = [k for k in runnable if k in stale]
-        return [self.run_partitions(job_name, keys, set(), batcher, run_config=QUIET)] if keys else []
+        todo, report = self._todo(job_name, [k for k in runnable if k in stale], set())
+        if not todo and not report.left:
+            return []
+        stage = GENERATION if job_name == "generation_prompts" else EVALUATION
+        generations, pairs = (todo, []) if stage == GENERATION else ([], [tuple(reversed(k.split("|", 1))) for k in todo])
+        schedule = Schedule(order, generations, pairs, order)
+        limits = self._limits(calls=False)
+        submit, _ = self._submitter(limits, {stage: (job_name, QUIET)})
+        Stream(schedule, {stage: (report, len(todo))}, submit, limits, self.progress).run()
+        return [report]
+
+    def _warm_once(self) -> None:
+        if self._warm.ident is None:
+            self._warm.start()
 
     def run(self) -> list[StageReport]:
+        if self._pool is not None:
+            self._pool.for_each_worker(warm_worker)  # the instance exists now: the workers may open it
         fingerprint = tables_fingerprint(self.data_root) if self.data_root else None
         rebuilt = not (fingerprint and tables_current(self.instance, fingerprint))
         # Answers can have gone out of date only if the experiment, the code or an answer changed.
@@ -260,8 +259,6 @@ class Runner:
             reports = [StageReport("task_tables", total=1, skipped=1)]
         else:
             load_worker()  # loads the code location here: an invalid experiment config fails now
-            if self.workers > 1:
-                self._pool.start()  # the workers load it too, while the task tables build
             reports = [
                 self.run_single(
                     "task_tables",
@@ -274,71 +271,51 @@ class Runner:
         checker = ChangeCheck(self.output_root, self._config(), self.instance) if checking else None
         generation_changes = checker.generations() if checker else StageCheck("generation")
         evaluation_changes = checker.evaluations() if checker else StageCheck("evaluation")
-        pairs = self._table("evaluation_tasks")
-        for line in change_report(generation_changes, evaluation_changes, pairs, self.replace_changed):
+        table = self._table("evaluation_tasks")
+        for line in change_report(generation_changes, evaluation_changes, table, self.replace_changed):
             self.progress(line)
         generation_keys = self._table("generation_tasks")["generation_task_id"].tolist()
-        generation_order = self.instance.get_dynamic_partitions("generation_tasks")
-
-        def generation_batcher(todo: list[str], size: int) -> list[Batch]:
-            return key_batches(generation_order, todo, size)
-
-        generation = self.run_partitions(
-            "generation",
-            generation_keys,
-            self.materialized("generation_response"),
-            generation_batcher,
-            generation_changes.keys(),
-        )
+        order = self.instance.get_dynamic_partitions("generation_tasks")
+        pair_keys = valid_pair_keys(table)
+        generations = self._todo(GENERATION, generation_keys, self.materialized("generation_response"), generation_changes.keys())
+        generation = generations[1]
         reports.append(generation)
+        together = not (self.replace_changed and generation_changes.keys())
+        if not together:
+            # Which pairs the re-asked generations make out of date is known once their answers are stored.
+            self.stream(order, generations, None)
+            if generation.succeeded:
+                evaluation_changes = checker.evaluations()
         if not self.replace_changed:
-            reports += self.refresh_prompts(
-                "generation_prompts", "generation_prompt", generation_changes, generation_batcher, generation_keys
-            )
-        elif checker and generation.succeeded:
-            evaluation_changes = checker.evaluations()  # re-asked generations make their pairs out of date
-
-        generated = self.materialized("generation_response")
-        pair_keys = valid_pair_keys(pairs, generation_task=generated)
-        waiting = len(pairs) - len(pair_keys)
-        if waiting:
-            self.progress(f"evaluation: {waiting} pair(s) wait for a generation that is not materialized")
-
-        def pair_batcher(todo: list[str], size: int) -> list[Batch]:
-            as_pairs = [(g, e) for e, g in (k.split("|", 1) for k in todo)]
-            return pair_batches(generation_order, as_pairs, size)
-
+            reports += self.refresh_prompts("generation_prompts", "generation_prompt", generation_changes, generation_keys, order)
+        pairs = self._todo(EVALUATION, pair_keys, self.materialized("evaluation_response"), evaluation_changes.keys())
         if generation.cap_reached:
             self.progress("evaluation: not started: the spending cap was reached")
         else:
-            reports.append(
-                self.run_partitions(
-                    "evaluation",
-                    pair_keys,
-                    self.materialized("evaluation_response"),
-                    pair_batcher,
-                    evaluation_changes.keys(),
-                )
-            )
-            if not self.replace_changed:
-                reports += self.refresh_prompts(
-                    "evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_batcher, pair_keys
-                )
+            self.stream(order, generations if together else None, pairs)
+            reports.append(pairs[1])
+            if not self.replace_changed and not generation.cap_reached:
+                reports += self.refresh_prompts("evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_keys, order)
+        if self._pool is not None:
+            self._pool.stop()  # the workers exit while the results build
         if results_current(self.instance):
             self.progress("results: up to date (nothing they read has changed since they were built)")
             reports.append(StageReport("results", total=1, skipped=1))
         else:
+            if self._warm.ident is not None:
+                self._warm.join()
             reports.append(self.run_single("results", current=lambda: results_current(self.instance)))
         return reports
 
 
-def left_text(left: dict[str, str]) -> str:
-    """", N left to another run (run <id> and M more)" for a progress line; "" when none."""
-    if not left:
-        return ""
-    others = sorted(set(left.values()))
-    more = f" and {len(others) - 1} more" if len(others) > 1 else ""
-    return f", {len(left)} left to another run ({others[0]}{more})"
+def _warm_up() -> None:
+    """Load the code location, matplotlib and the statistics modules in this process while the
+    stream runs, so the results build at once when it ends."""
+    from ..analysis import agreement, figures
+
+    load_worker()
+    figures.warm_up()
+    agreement.warm_up()
 
 
 def print_progress(line: str) -> None:

@@ -1,26 +1,25 @@
-"""`daydream run`'s worker processes: each loads the code location and its instance once, then
-executes runs (one partition, a partition range, or an unpartitioned job) in process.
-
-Workers fork from a forkserver that imported the code location once, so N workers do not pay N
-imports (~3 s of CPU each), and share one semaphore of call slots (see llm.slots)."""
+"""What `daydream run`'s worker processes (see pool.py), and the runner itself, do: load the code
+location and its instance once, then execute runs (one partition, a partition range, or an
+unpartitioned job) in process, several at once in threads."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import Future, ProcessPoolExecutor
+import threading
 from dataclasses import dataclass, field
 
 import dagster as dg
 
 from ..assets.budget import CAP_REACHED
 from ..compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from ..llm.slots import counting_calls, share_call_slots
 from ..settings import Settings
 from .batches import Batch
 from .overlap import RERUN_TAG, RunsOverlap, owner_tags
 from .worker_instance import worker_instance
 
 _WORKER: dict = {}
+_WORKER_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,7 @@ class BatchOutcome:
     error: str | None = None
     cap_reached: bool = False  # the spending cap refused a call: nothing more should start
     left: dict[str, str] = field(default_factory=dict)
+    calls: int = 0  # LLM calls the runs started (the other partitions reused a stored answer, or made none)
 
 
 def failure_text(result: dg.ExecuteInProcessResult) -> str:
@@ -59,16 +59,35 @@ def cap_reached(result: dg.ExecuteInProcessResult) -> bool:
     return False
 
 
-def load_worker() -> None:
-    """This process's code location and instance, loaded once for the settings in the environment
-    (again when they change, as between two in-process `daydream` calls); no partition keys are
-    read here."""
+def load_worker(instance: bool = True) -> None:
+    """This process's code location and (with `instance`) instance, loaded once for the settings in
+    the environment (again when they change, as between two in-process `daydream` calls); no
+    partition keys are read here."""
     from ..definitions import build_definitions
 
     settings = Settings.from_env()
     key = (settings, settings.output_root, os.environ.get("DAGSTER_HOME"), bool(os.environ.get("OPENROUTER_API_KEY")))
-    if _WORKER.get("key") != key:
-        _WORKER.update(key=key, defs=build_definitions(settings), instance=worker_instance())
+    with _WORKER_LOCK:
+        if _WORKER.get("key") != key:
+            _WORKER.clear()
+            _WORKER.update(key=key, defs=build_definitions(settings))
+        if instance and "instance" not in _WORKER:
+            _WORKER["instance"] = worker_instance()
+
+
+def init_worker(call_slots) -> None:
+    """A worker process's start: share the runner's call slots, load the code location. The
+    instance opens with the first run: by then the runner has created its storage (processes that
+    create a fresh instance's storage at the same moment break it)."""
+    share_call_slots(call_slots)
+    load_worker(instance=False)
+
+
+def warm_worker() -> None:
+    """Open the instance and resolve the partition jobs before the first batch arrives."""
+    load_worker()
+    for job_name in ("generation", "evaluation"):
+        _WORKER["defs"].resolve_job_def(job_name)
 
 
 def held_elsewhere(result: dg.ExecuteInProcessResult) -> dict[str, str]:
@@ -98,27 +117,28 @@ def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | N
         tags[RERUN_TAG] = "true"  # materialized partitions are re-run on purpose
     pieces = [batch.keys] if batch else [None]
     ran, left, errors, capped = [], {}, [], False
-    while pieces and not capped:
-        keys = pieces.pop(0)
-        try:
-            result = _execute_piece(job, keys, run_config, tags)
-        except RunsOverlap as overlap:
-            taken = {k: str(other) for k, other in overlap.busy.items()}
-            if keys is None:
-                left[job_name] = next(iter(taken.values()))
-            else:
-                taken = {k: v for k, v in taken.items() if k in keys} or dict.fromkeys(keys, next(iter(taken.values())))
-                left.update(taken)
-                pieces[:0] = _free_pieces(keys, taken)
-            continue
-        held = held_elsewhere(result)
-        left.update(held)
-        piece = keys or (job_name,)
-        ran += [k for k in piece if k not in held]
-        if not result.success and any(k not in held for k in piece):
-            errors.append(failure_text(result))
-            capped = cap_reached(result)
-    return BatchOutcome(tuple(ran), not errors, errors[0] if errors else None, capped, left)
+    with counting_calls() as calls:
+        while pieces and not capped:
+            keys = pieces.pop(0)
+            try:
+                result = _execute_piece(job, keys, run_config, tags)
+            except RunsOverlap as overlap:
+                taken = {k: str(other) for k, other in overlap.busy.items()}
+                if keys is None:
+                    left[job_name] = next(iter(taken.values()))
+                else:
+                    taken = {k: v for k, v in taken.items() if k in keys} or dict.fromkeys(keys, next(iter(taken.values())))
+                    left.update(taken)
+                    pieces[:0] = _free_pieces(keys, taken)
+                continue
+            held = held_elsewhere(result)
+            left.update(held)
+            piece = keys or (job_name,)
+            ran += [k for k in piece if k not in held]
+            if not result.success and any(k not in held for k in piece):
+                errors.append(failure_text(result))
+                capped = cap_reached(result)
+    return BatchOutcome(tuple(ran), not errors, errors[0] if errors else None, capped, left, calls.started)
 
 
 def _execute_piece(job, keys: tuple[str, ...] | None, run_config: dict, tags: dict) -> dg.ExecuteInProcessResult:
@@ -155,54 +175,3 @@ def partition_run_config(job_name: str, replace_changed: bool, parallel_calls: i
     if max_cost_usd is not None:
         config["max_cost_usd"] = float(max_cost_usd)
     return {**QUIET, "ops": {asset: {"config": config}}}
-
-
-def default_workers(concurrency: int, offline: bool = False) -> int:
-    """Worker processes. A run's Dagster bookkeeping is CPU work: offline (answers are instant)
-    one worker per core is fastest. Against an API, two more keep the call slots busy while other
-    workers start or record runs (measured on 2 cores: 0.87 of the ideal rate with 3, 0.90 with 4)."""
-    cores = os.cpu_count() or 1
-    return max(1, min(concurrency, cores if offline else cores + 2))
-
-
-def _init_worker(call_slots) -> None:
-    from ..llm.slots import share_call_slots
-
-    share_call_slots(call_slots)
-    load_worker()
-
-
-def _ready() -> None:
-    """A no-op task: submitting one per worker starts the workers early."""
-
-
-class WorkerPool:
-    """`workers` processes forked from a forkserver that imported the code location once, sharing
-    `concurrency` call slots; started on first use (or early, with `start`)."""
-
-    def __init__(self, workers: int, concurrency: int) -> None:
-        self.workers = workers
-        self.concurrency = concurrency
-        self._pool: ProcessPoolExecutor | None = None
-
-    def start(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # forkserver, not fork: this process holds open SQLite connections and threads.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["daydreaming_dagster.definitions"])
-            self._pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=context,
-                initializer=_init_worker,
-                initargs=(context.BoundedSemaphore(self.concurrency),),
-            )
-            for _ in range(self.workers):
-                self._pool.submit(_ready)
-        return self._pool
-
-    def submit(self, job_name: str, batch: Batch, run_config: dict) -> Future:
-        return self.start().submit(execute, job_name, batch, run_config)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)

@@ -1,0 +1,176 @@
+"""The generation and evaluation stages of `daydream run` as one stream of batches.
+
+A batch (one Dagster partition-range run) starts whenever a run may start and work is ready: the
+generations first, then each generation's pairs as soon as its batch is materialized, so judges are
+called while other generations are still being asked. Against an API the stream keeps a few calls
+more than the call slots queued (`queued`), so a slot that frees up is taken at once, and never
+holds more than that: a batch waiting on one slow call keeps only its own slot, while other runs
+(up to `runs`) keep the rest busy, and the batches get smaller as the ready work runs out. A batch
+that fails is run again one partition per run, so each failure is recorded on its own partition
+and the answers the batch already stored are reused. Partitions a batch found another run
+materializing are left to it (counted, not run again); once the spending cap refused a call no
+batch starts, and those in flight finish within the cap."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+
+from .batches import Batch, batch_size
+from .schedule import EVALUATION, GENERATION, Schedule
+
+# How often the stream looks at the queued calls while no run ends (seconds).
+POLL_S = 0.05
+
+
+@dataclass
+class StageReport:
+    name: str
+    total: int = 0
+    skipped: int = 0
+    succeeded: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    cap_reached: bool = False  # the spending cap stopped the stage; what it did not run is left undone
+    left: int = 0  # partitions left to another run that was materializing them
+
+    def summary(self) -> str:
+        left = f", {self.left} left to another run" if self.left else ""
+        return (
+            f"{self.name}: {self.succeeded} ran, {self.skipped} skipped{left}, {len(self.failures)} failed "
+            f"in {self.seconds:.1f} s"
+        )
+
+
+def left_text(left: dict[str, str]) -> str:
+    """", N left to another run (run <id> and M more)" for a progress line; "" when none."""
+    if not left:
+        return ""
+    others = sorted(set(left.values()))
+    more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+    return f", {len(left)} left to another run ({others[0]}{more})"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """`runs` in flight at most, of at most `max_batch` partitions; with `queued` set, a run starts
+    only while fewer than `queued` of the partitions handed out wait for their call (see llm/slots.py)."""
+
+    runs: int
+    max_batch: int
+    queued: int | None = None
+
+
+@dataclass
+class _Stage:
+    report: StageReport
+    todo: int
+    finished: int = 0
+    started: float | None = None
+    last: float | None = None
+
+
+class Stream:
+    """Runs the schedule's batches through `submit(job, batch) -> Future[BatchOutcome]`."""
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        reports: dict[str, tuple[StageReport, int]],
+        submit: Callable[[str, Batch], Future],
+        limits: Limits,
+        progress: Callable[[str], None],
+        call_slots=None,
+        on_first_outcome: Callable[[], None] | None = None,
+    ) -> None:
+        self.schedule = schedule
+        self.stages = {job: _Stage(report, todo) for job, (report, todo) in reports.items()}
+        self.submit = submit
+        self.limits = limits
+        self.progress = progress
+        self.call_slots = call_slots if limits.queued is not None else None
+        self.on_first_outcome = on_first_outcome
+        self._in_flight: dict[Future, tuple[str, Batch]] = {}
+        self.capped = False  # the spending cap refused a call: no batch starts any more
+
+    def run(self) -> None:
+        while True:
+            self._start_ready()
+            if not self._in_flight:
+                return
+            timeout = POLL_S if self.call_slots is not None else None
+            done, _ = wait(self._in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in done:
+                self._settle(future, *self._in_flight.pop(future))
+
+    def _start_ready(self) -> None:
+        while len(self._in_flight) < self.limits.runs and not self.capped:
+            if self.call_slots is not None and self.call_slots.unstarted >= self.limits.queued:
+                return
+            free = self.limits.runs - len(self._in_flight)
+            item = self.schedule.next_batch(lambda ready: batch_size(ready, free, self.limits.max_batch))
+            if item is None:
+                return
+            job, batch = item
+            stage = self.stages[job]
+            stage.started = stage.started or time.monotonic()
+            if self.call_slots is not None:
+                self.call_slots.add_unstarted(len(batch.keys))
+            self._in_flight[self.submit(job, batch)] = (job, batch)
+
+    def _settle(self, future: Future, job: str, batch: Batch) -> None:
+        try:
+            outcome = future.result()
+            ran, success, error = tuple(outcome.keys), outcome.success, outcome.error
+            left, capped, calls = dict(outcome.left), outcome.cap_reached, outcome.calls
+        except Exception as exc:  # noqa: BLE001 - a worker that died: the batch failed
+            ran, success, error, left, capped, calls = batch.keys, False, f"{type(exc).__name__}: {exc}", {}, False, 0
+        if self.call_slots is not None:
+            self.call_slots.add_unstarted(calls - len(batch.keys))  # the partitions that made no call
+        if self.on_first_outcome is not None:
+            self.on_first_outcome()
+            self.on_first_outcome = None
+        stage = self.stages[job]
+        name = stage.report.name
+        if left:
+            stage.report.left += len(left)
+            self.progress(f"{name}: a batch found{left_text(left)}")
+        if capped:
+            stage.report.cap_reached, self.capped = True, True
+            self.progress(f"{name}: stopped: {error}")
+            return
+        if success:
+            stage.report.succeeded += len(ran)
+            if job == GENERATION:
+                self.schedule.generation_done(ran)
+        elif len(ran) > 1:
+            self.progress(f"{name}: a batch of {len(ran)} failed ({error}); running its partitions one by one")
+            self.schedule.retry_singly(job, Batch(ran))
+            self._count(stage, job, len(left))
+            return
+        elif ran:
+            stage.report.failures[ran[0]] = error or ""
+            self.progress(f"{name}: FAILED {ran[0]}: {error}")
+        self._count(stage, job, len(ran) + len(left))
+
+    def _count(self, stage: _Stage, job: str, partitions: int) -> None:
+        before, stage.finished = stage.finished, stage.finished + partitions
+        stage.last = time.monotonic()
+        stage.report.seconds = stage.last - (stage.started or stage.last)
+        step = max(1, stage.todo // 20)
+        if stage.finished == stage.todo or stage.finished // step > before // step:
+            rate = stage.finished / max(stage.report.seconds, 1e-9)
+            failed = len(stage.report.failures)
+            self.progress(f"{stage.report.name}: {stage.finished}/{stage.todo} done ({failed} failed, {rate:.1f}/s)")
+        if job == GENERATION and stage.finished == stage.todo:
+            self.generations_finished()
+
+    def generations_finished(self) -> None:
+        """Every generation has its outcome: the pairs still waiting will not run in this stream."""
+        waiting = self.schedule.waiting_pairs()
+        if waiting and EVALUATION in self.stages:
+            self.stages[EVALUATION].todo -= waiting
+            self.stages[EVALUATION].report.total -= waiting
+            self.progress(f"evaluation: {waiting} pair(s) wait for a generation that is not materialized")

@@ -1,0 +1,75 @@
+"""The worker pool of `daydream run`: real processes that each run several tasks at once, a worker
+that dies failing only its own tasks (and replaced), and a failed start reported on every task."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from daydreaming_dagster.orchestration.pool import WorkerPool
+
+NOTHING = "tests.test_pool:start_nothing"
+
+
+def start_nothing(*_args) -> None:
+    """A worker start that loads nothing (the tests' tasks need no code location)."""
+
+
+def refuse_to_start(*_args) -> None:
+    raise ValueError("the experiment config is invalid")
+
+
+def nap(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def die() -> None:
+    os._exit(3)
+
+
+@pytest.fixture
+def pool_of():
+    pools = []
+
+    def make(*args, **kwargs) -> WorkerPool:
+        pools.append(WorkerPool(*args, preload=(), **kwargs).start())
+        return pools[-1]
+
+    yield make
+    for pool in pools:
+        pool.close(wait=False)
+
+
+def test_each_worker_runs_several_tasks_at_once(pool_of):
+    pool = pool_of(2, runs_per_worker=3, initializer=NOTHING)
+    for future in pool.for_each_worker(nap, 0):  # the processes are up before the clock starts
+        future.result(timeout=120)
+
+    started = time.monotonic()
+    pids = [f.result(timeout=60) for f in [pool.submit(nap, 1.0) for _ in range(6)]]
+
+    assert time.monotonic() - started < 2.5  # six one-second tasks on two processes
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+
+
+def test_a_worker_that_dies_fails_only_its_own_tasks_and_another_takes_its_place(pool_of):
+    pool = pool_of(2, runs_per_worker=2, initializer=NOTHING)
+    first, second = pool.for_each_worker(nap, 0)
+    first.result(timeout=120), second.result(timeout=120)
+    slow = pool.submit(nap, 1.5)  # one worker: this one survives
+    fatal = pool.submit(die)  # the other worker
+
+    with pytest.raises(RuntimeError, match=r"worker process \d exited \(code 3\)"):
+        fatal.result(timeout=60)
+    assert slow.result(timeout=60) > 0
+    assert all(f.result(timeout=120) > 0 for f in [pool.submit(nap, 0.1) for _ in range(4)])
+
+
+def test_a_worker_that_cannot_start_fails_each_task_with_the_reason(pool_of):
+    pool = pool_of(1, initializer="tests.test_pool:refuse_to_start")
+
+    with pytest.raises(ValueError, match="the experiment config is invalid"):
+        pool.submit(nap, 0).result(timeout=120)
