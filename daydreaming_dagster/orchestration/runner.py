@@ -25,6 +25,7 @@ from ..experiment.pairs import valid_pair_keys
 from ..resources.config import ExperimentConfig
 from ..settings import Settings
 from ..store.layout import table_path
+from ..store.roots import data_path
 from ..store.tables import read_table
 from .batches import Batch, batch_size, key_batches, pair_batches
 from .changes import ChangeCheck, StageCheck, change_report
@@ -84,9 +85,9 @@ class Runner:
         data_root: Path | None = None,
         max_cost_usd: float | None = None,
     ):
-        self.output_root = Path(output_root)
+        self.output_root = data_path(output_root)
         # Given, a rerun skips the task tables when the experiment and code are unchanged.
-        self.data_root = Path(data_root) if data_root else None
+        self.data_root = data_path(data_root) if data_root else None
         self.concurrency = max(1, concurrency)
         self.workers = max(1, workers or default_workers(self.concurrency))
         self.parallel_calls = self.concurrency
