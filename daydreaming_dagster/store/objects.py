@@ -49,16 +49,8 @@ class Head:
     modified: datetime
 
     @property
-    def st_size(self) -> int:
+    def st_size(self) -> int:  # as os.stat_result names it
         return self.size
-
-    @property
-    def st_mtime(self) -> float:
-        return self.modified.timestamp()
-
-    @property
-    def st_mtime_ns(self) -> int:
-        return int(self.modified.timestamp() * 1e9)
 
 
 class S3Store:
@@ -279,6 +271,8 @@ class S3Path:
 
     def as_posix(self) -> str:
         return str(self)
+
+    as_uri = as_posix
 
     # -- reads ---------------------------------------------------------------------------------
     def stat(self) -> Head:

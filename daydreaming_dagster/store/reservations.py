@@ -176,7 +176,7 @@ def in_flight(root: Path) -> list[Reservation]:
     for entry in entries:
         if not entry.name.endswith(".json"):
             continue
-        path = entry if is_remote(entry) else Path(entry.path)
+        path = Path(entry.path) if isinstance(entry, os.DirEntry) else entry
         try:
             reservation = Reservation(path=path, **json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:

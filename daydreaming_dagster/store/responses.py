@@ -163,7 +163,7 @@ def archived_provenance(paths: list[Path]) -> Iterator[tuple[Path, str, dict]]:
                 if stem not in by_stem:
                     continue
                 try:
-                    source = entry if is_remote(entry) else Path(entry.path)
+                    source = Path(entry.path) if isinstance(entry, os.DirEntry) else entry
                     provenance = json.loads(source.read_text(encoding="utf-8"))
                 except (OSError, json.JSONDecodeError):
                     continue
