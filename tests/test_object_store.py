@@ -16,7 +16,7 @@ from daydreaming_dagster.store import files, objects
 from daydreaming_dagster.store.claims import Claim, Claims, ClaimTimes, Held, Owner
 from daydreaming_dagster.store.layout import claim_path, sidecar_path, text_path
 from daydreaming_dagster.store.object_archive import ObjectClaims
-from daydreaming_dagster.store.objects import S3Path
+from daydreaming_dagster.store.object_paths import S3Path
 from daydreaming_dagster.store.responses import StoredResponseConflict, move_aside, read_provenance, write_response_once
 from daydreaming_dagster.store.roots import StorageRefused, data_path
 from daydreaming_dagster.store.spend import paid_tallies
@@ -56,6 +56,17 @@ def test_an_unusable_data_root_is_refused_in_one_sentence(url, words):
     message = str(refused.value)
     assert words in message and message.count(". ") == 0 and message.endswith(".")
     assert "secret" not in message
+
+
+def test_daydream_refuses_a_gs_root_in_one_sentence_before_doing_anything(tmp_path, monkeypatch, capsys):
+    from daydreaming_dagster.cli import main
+
+    for name in ("DAYDREAM_DATA_ROOT", "DAYDREAM_BACKEND", "DAGSTER_HOME"):  # restored after the test
+        monkeypatch.setenv(name, str(tmp_path / "unused"))
+    assert main(["run", "--offline", "--data-root", "gs://bucket/exp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gs:// data roots are not supported yet") and err.count("\n") == 0
+    assert not (tmp_path / "unused").exists()
 
 
 # --------------------------------------------------------------------------- refusing weak storage

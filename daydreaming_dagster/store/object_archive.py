@@ -12,29 +12,47 @@ responses.py and claims.py, built on S3Store's conditional writes instead of loc
 
 from __future__ import annotations
 
+import contextlib
+
+from botocore.exceptions import BotoCoreError, ClientError
+
 from .layout import SUPERSEDED, sidecar_path
-from .objects import S3Path
+from .object_paths import S3Path
 
 
 class ObjectClaims:
-    """claims.ClaimBackend on S3: the version of a claim is its ETag."""
+    """claims.ClaimBackend on S3: the version of a claim is its ETag. A failed request (network,
+    throttling past boto3's retries) is raised as OSError, which the claim heartbeat treats as a
+    passing fault and retries on its next beat, as it does for a file system's."""
 
     def create(self, path: S3Path, data: bytes) -> str | None:
-        return path.store.create(path.key, data)
+        with _as_os_error():
+            return path.store.create(path.key, data)
 
     def read(self, path: S3Path) -> tuple[bytes, str] | None:
-        return path.store.get(path.key)
+        with _as_os_error():
+            return path.store.get(path.key)
 
     def replace(self, path: S3Path, data: bytes, version: str) -> str | None:
-        return path.store.replace(path.key, data, version)
+        with _as_os_error():
+            return path.store.replace(path.key, data, version)
 
     def delete(self, path: S3Path, version: str) -> bool:
-        return path.store.delete(path.key, version)
+        with _as_os_error():
+            return path.store.delete(path.key, version)
+
+
+@contextlib.contextmanager
+def _as_os_error():
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise OSError(f"object store request failed: {exc}") from exc
 
 
 def write_object_once(path: S3Path, text: str, provenance: dict, sidecar: bytes) -> bool:
     """responses.write_response_once on S3 (see the module docstring)."""
-    from .responses import settle_existing
+    from .responses import StoredResponseConflict, keep_rejected, settle_existing
 
     store, data = path.store, text.encode("utf-8")
     stored = store.get(path.key)
@@ -43,11 +61,14 @@ def write_object_once(path: S3Path, text: str, provenance: dict, sidecar: bytes)
     side = sidecar_path(path)
     # A sidecar without its text is one a writer left when it was killed between its two writes
     # (or one being written right now): replace exactly the version we read.
-    previous = store.get(side.key)
-    if previous is None:
-        mine = store.create(side.key, sidecar)
-    else:
-        mine = store.replace(side.key, sidecar, previous[1])
+    for _ in range(3):
+        previous = store.get(side.key)
+        if previous is None:
+            mine = store.create(side.key, sidecar)
+        else:
+            mine = store.replace(side.key, sidecar, previous[1])
+        if mine is not None:
+            break
     if mine is not None and store.create(path.key, data) is not None:
         return True
     # Another writer stored this response between our look and our create (possible only after
@@ -55,8 +76,9 @@ def write_object_once(path: S3Path, text: str, provenance: dict, sidecar: bytes)
     if mine is not None and previous is not None:
         store.replace(side.key, previous[0], mine)
     stored = store.get(path.key)
-    if stored is None:
-        raise RuntimeError(f"{path}: another writer is storing this response at the same moment; run again.")
+    if stored is None:  # another writer keeps rewriting the sidecar: keep this paid answer aside
+        kept = keep_rejected(path, text, provenance, "another writer was storing this response at the same moment")
+        raise StoredResponseConflict(f"{path} was being stored by another writer at the same moment; this answer is kept at {kept}.")
     return settle_existing(path, stored[0].decode("utf-8"), text, provenance)
 
 

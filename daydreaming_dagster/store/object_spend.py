@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from .claims import Claim, Claims, ClaimTimes, Owner
 from .layout import SIDECAR_SUFFIX, asset_folder
 from .object_archive import ObjectClaims
-from .objects import S3Path
+from .object_paths import S3Path
 from .spend import PAID_ASSETS, Key, Tally, answer_tally
 
 # The spending lock is held for one check and one reservation: seconds at most.

@@ -3,7 +3,7 @@ URL, chosen from the data root's scheme in this one place.
 
 `data_path` turns a setting (`DAYDREAM_DATA_ROOT`, `--data-root`, a resource's root string) into
 the object every module joins paths on: a `pathlib.Path` for a local folder or a `file://` URL, an
-`S3Path` (store/objects.py) for `s3://bucket/prefix`. An `S3Path` offers the part of pathlib the
+`S3Path` (store/object_paths.py) for `s3://bucket/prefix`. An `S3Path` offers the part of pathlib the
 project reads and lists with, and carries its bucket's `S3Store`, which does the conditional writes
 that keep paid answers write-once. The modules that write (files, responses, claims, spend,
 reservations, tables) keep their POSIX code for local paths and branch on `is_remote` once, so the
@@ -53,7 +53,7 @@ def data_path(value):
                 f"the data root s3://...@{parts.netloc.rsplit('@', 1)[1]}/ carries credentials in its URL; "
                 "give them through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the provider's usual configuration."
             )
-        from .objects import S3Path  # boto3 is the optional `s3` extra: imported only for s3:// roots
+        from .object_paths import S3Path  # boto3 is the optional `s3` extra: imported only for s3:// roots
 
         return S3Path.from_url(text)
     if scheme in _NOT_YET:
