@@ -217,3 +217,14 @@ def test_the_pipeline_on_s3_stores_the_same_files_resumes_free_and_replaces_deli
     for record in records:
         metadata = str(record.event_log_entry.asset_materialization.metadata)
         assert SECRET_KEY not in metadata and KEY not in metadata and "s3://" in metadata
+
+
+def test_a_table_on_s3_is_read_again_only_when_its_etag_changed(s3):
+    from daydreaming_dagster.store.tables import read_table
+
+    path = S3Path(s3.bucket, "exp/2_tasks/t.csv")
+    path.write_text("combo_id,n\nc1,1\n")
+    assert read_table(path)["combo_id"].tolist() == ["c1"]
+    assert read_table(path)["combo_id"].tolist() == ["c1"]  # a conditional GET: 304, the cached table
+    path.write_text("combo_id,n\nc1,1\nc2,2\n")
+    assert read_table(path)["combo_id"].tolist() == ["c1", "c2"]

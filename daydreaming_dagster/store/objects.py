@@ -63,13 +63,17 @@ class S3Store:
         self._checked = False
         self._check_lock = threading.Lock()
 
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        """The object's bytes and ETag; None when there is none."""
+    def get(self, key: str, unless: str | None = None) -> tuple[bytes | None, str] | None:
+        """The object's bytes and ETag; None when there is none; (None, etag) when its ETag is
+        still `unless` (a conditional GET: nothing is downloaded)."""
         try:
-            got = self.client.get_object(Bucket=self.bucket, Key=key)
+            extra = {"IfNoneMatch": unless} if unless else {}
+            got = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
         except ClientError as exc:
             if _code(exc) in _MISSING:
                 return None
+            if unless and _code(exc) in {"304", "NotModified"}:
+                return None, unless
             raise
         return got["Body"].read(), got["ETag"]
 

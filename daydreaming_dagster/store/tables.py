@@ -40,11 +40,11 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def _read_object_table(path) -> pd.DataFrame:
-    got = path.store.get(path.key)
-    if got is None:
-        raise FileNotFoundError(str(path))
     with _TABLE_CACHE_LOCK:
         cached = _TABLE_CACHE.get(path)
+    got = path.store.get(path.key, unless=cached[0] if cached else None)  # downloads only a changed table
+    if got is None:
+        raise FileNotFoundError(str(path))
     if cached and cached[0] == got[1]:
         return cached[1].copy()
     data = got[0]
