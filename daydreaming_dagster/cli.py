@@ -13,6 +13,7 @@ from dotenv import load_dotenv
 
 from .llm.requests import MISSING_KEY_MESSAGE
 from .orchestration.instance_setup import BrokenInstanceError, open_instance
+from .store.roots import StorageRefused, data_path
 
 DEFAULT_DAGSTER_HOME = "dagster_home"
 # The project's instance configuration, given to a DAGSTER_HOME that has none (e.g. the offline one).
@@ -23,7 +24,9 @@ def _configure(args: argparse.Namespace) -> None:
     """Export the settings that definitions.py and every worker process read, before Dagster loads."""
     load_dotenv(Path.cwd() / ".env", override=False)
     if args.data_root:
-        os.environ["DAYDREAM_DATA_ROOT"] = str(Path(args.data_root).resolve())
+        # A URL (s3://, file://) is kept as given; a path is made absolute for the worker processes.
+        root = data_path(args.data_root)
+        os.environ["DAYDREAM_DATA_ROOT"] = str(root.resolve()) if "://" not in args.data_root else args.data_root
     if getattr(args, "offline", False):
         os.environ["DAYDREAM_BACKEND"] = "offline"
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except BrokenInstanceError as exc:
+    except (BrokenInstanceError, StorageRefused) as exc:
         print(str(exc), file=sys.stderr)
         return 2
     except BrokenPipeError:

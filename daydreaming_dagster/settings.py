@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .store.roots import data_path
+
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 BACKENDS = ("openai", "offline")
 # LLM calls in flight at once from this machine to one API, across every process (runs the daemon
@@ -32,7 +34,7 @@ class Settings:
     def output_root(self) -> Path:
         override = os.environ.get("DAYDREAM_OUTPUT_ROOT")
         if override:
-            return Path(override)
+            return data_path(override)
         return self.data_root / "offline" if self.offline else self.data_root
 
     @classmethod
@@ -44,7 +46,7 @@ class Settings:
         if not calls.isdigit() or int(calls) < 1:
             raise ValueError(f"DAYDREAM_MAX_CALLS_IN_FLIGHT is {calls!r}; use a whole number of at least 1.")
         return cls(
-            data_root=Path(os.environ.get("DAYDREAM_DATA_ROOT", "data")),
+            data_root=data_path(os.environ.get("DAYDREAM_DATA_ROOT", "data")),
             backend=backend,
             base_url=os.environ.get("OPENROUTER_BASE_URL", DEFAULT_BASE_URL),
             max_calls_in_flight=int(calls),

@@ -37,6 +37,7 @@ from ..store.reservations import (
     reserve,
     spending_lock,
 )
+from ..store.roots import data_path
 from ..store.spend import Tally, paid_tallies
 
 # Metadata key of a step failure caused by the cap: `daydream run` then stops instead of retrying.
@@ -116,7 +117,7 @@ class SpendingGuard:
 
     def __init__(self, cap_usd: float, output_root: Path | str, prices: dict) -> None:
         self.cap = float(cap_usd)
-        self.root = Path(output_root)
+        self.root = data_path(output_root)
         self.prices = prices
         self._held: dict[str, Reservation] = {}
         self._count_key = (self.root.resolve(), tuple(sorted(prices.items())))

@@ -26,6 +26,7 @@ from ..resources.config import ExperimentConfig
 from ..resources.responses import ResponseStore
 from ..store.layout import text_path
 from ..store.responses import read_provenance
+from ..store.roots import data_path
 
 # Stored answers read per stage and model to calibrate (plenty for a ratio and a mean, and
 # bounded on a large experiment).
@@ -150,7 +151,7 @@ def stored_samples(
 ) -> list[dict]:
     """Up to SAMPLES_PER_MODEL stored answers per stage and model: the tokens the provider reported,
     and the characters of the prompt (when known for certain) and of the answer."""
-    root = Path(config.output_root)
+    root = data_path(config.output_root)
     partitions = [("generation", "generation_response", "generation_prompt", key) for key in generation_keys]
     if pairs is not None:
         partitions += [

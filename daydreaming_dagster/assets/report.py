@@ -15,6 +15,7 @@ from ..report.payload import ReportTables, ReportTexts, build_payload
 from ..resources.config import ExperimentConfig
 from ..store.files import atomic_write_bytes
 from ..store.layout import table_path
+from ..store.roots import data_path
 
 GROUP = "results"
 REPORT_NAME = "report"
@@ -24,7 +25,7 @@ TEXT_INPUTS = ("generation_prompt", "generation_response", "evaluation_response"
 
 
 def report_path(output_root: str | Path) -> Path:
-    return table_path(Path(output_root), REPORT_NAME, GROUP).with_suffix(".html")
+    return table_path(data_path(output_root), REPORT_NAME, GROUP).with_suffix(".html")
 
 
 def _by_key(context: dg.AssetExecutionContext, name: str, value: dict[str, str] | str) -> dict[str, str]:
@@ -84,7 +85,7 @@ def results_report(
         answers=_by_key(context, "generation_response", generation_response),
         judge_answers=_by_key(context, "evaluation_response", evaluation_response),
     )
-    name = Path(experiment_config.data_root).resolve().name
+    name = data_path(experiment_config.data_root).resolve().name
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = render_page(build_payload(tables, texts, title=f"Results report: {name}", generated=generated))
     path = report_path(experiment_config.output_root)

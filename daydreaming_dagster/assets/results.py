@@ -28,6 +28,7 @@ from ..resources.config import ExperimentConfig
 from ..resources.responses import ResponseStore
 from ..store.files import atomic_write_bytes
 from ..store.layout import table_path, text_path
+from ..store.roots import data_path
 from .common import experiment_errors_as_failures, md_preview
 
 GROUP = "results"
@@ -58,7 +59,7 @@ def parsed_scores(
     experiment_config: ExperimentConfig,
 ) -> dg.Output[pd.DataFrame]:
     """The final score of every evaluation pair; a pair without a score says why in `parse_error`."""
-    root = Path(experiment_config.output_root)
+    root = data_path(experiment_config.output_root)
     if isinstance(evaluation_response, str):
         (only_key,) = context.asset_partition_keys_for_input("evaluation_response")
         evaluation_response = {str(only_key): evaluation_response}
@@ -153,7 +154,7 @@ scores_by_combination = _summary_asset(
 @dg.asset(group_name=GROUP, io_manager_key="table_io_manager", kinds={"pandas", "csv"}, metadata=RESULTS_META)
 def top_generations(parsed_scores: pd.DataFrame, experiment_config: ExperimentConfig) -> dg.Output[pd.DataFrame]:
     """The top-scoring generations (mean over every judge score they got), with their response files."""
-    root = Path(experiment_config.output_root)
+    root = data_path(experiment_config.output_root)
     df = top_generations_table(
         parsed_scores, lambda generation_task_id: text_path(root, "generation_response", generation_task_id)
     )
@@ -205,7 +206,7 @@ def score_heatmap(
         vmin=vmin,
         vmax=vmax,
     )
-    path = table_path(Path(experiment_config.output_root), "score_heatmap", GROUP).with_suffix(".png")
+    path = table_path(data_path(experiment_config.output_root), "score_heatmap", GROUP).with_suffix(".png")
     atomic_write_bytes(path, png)
     table = means.round(2).rename_axis(index=None, columns=None).reset_index(names="generation_template_id")
     return dg.MaterializeResult(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,9 @@ def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
         raise ExperimentError(f"{path} is missing.")
     _check_field_counts(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # An object-store path (store/objects.py) is read whole: pandas takes bytes, not its name.
+        source = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
+        df = pd.read_csv(source, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExperimentError(f"{path} is not a valid CSV file: {first_line}.") from exc

@@ -24,6 +24,7 @@ from ..experiment.prompts import GENERATION_ANSWER, Prompt, digest, evaluation_p
 from ..resources.config import ExperimentConfig
 from ..store.layout import table_path, text_path
 from ..store.responses import mismatched_fields, read_provenance
+from ..store.roots import data_path
 from ..store.tables import read_table
 
 # What a fingerprint field that differs says about where the change is.
@@ -112,7 +113,7 @@ class ChangeCheck:
         instance: dg.DagsterInstance | None,
         tables: Mapping[str, pd.DataFrame] | None = None,
     ) -> None:
-        self.root = Path(output_root)
+        self.root = data_path(output_root)
         self.config = config
         self.instance = instance
         self.tables = tables

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -23,6 +22,7 @@ from ..experiment.loaders import load_concepts, load_models, load_templates
 from ..experiment.tasks import build_content_combinations, build_evaluation_tasks, build_generation_tasks
 from ..resources.config import ExperimentConfig
 from ..settings import Settings
+from ..store.roots import data_path
 from ..store.spend import paid_tallies
 from .changes import ChangeCheck, change_report
 from .instance_setup import open_instance
@@ -104,7 +104,7 @@ def _out_of_date(plan: Plan, t: dict[str, pd.DataFrame], instance: dg.DagsterIns
     each out-of-date generation and pair, and every pair of those generations (their judge prompts
     quote the new answer; estimated from the stored one)."""
     config = plan.config
-    checker = ChangeCheck(Path(config.output_root), config, instance, tables=t)
+    checker = ChangeCheck(data_path(config.output_root), config, instance, tables=t)
     generations, evaluations = checker.generations(), checker.evaluations()
     plan.changes = change_report(generations, evaluations, t["evaluation_tasks"], replace_changed=False)
     if not plan.changes:
@@ -126,7 +126,7 @@ def _out_of_date(plan: Plan, t: dict[str, pd.DataFrame], instance: dg.DagsterIns
 def spent_so_far(config: ExperimentConfig, llm_models: pd.DataFrame) -> tuple[float, list[str], int]:
     """What every paid answer under the output root cost, the models whose cost is unknown, and
     how many answers were paid."""
-    tallies = paid_tallies(Path(config.output_root))
+    tallies = paid_tallies(data_path(config.output_root))
     total, unknown = spent_usd(tallies, price_table(model_prices(llm_models)))
     return total, unknown, sum(t.calls for t in tallies.values())
 

@@ -5,7 +5,6 @@ spending cap stopped it, says in one sentence what was spent, what is left and h
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -16,6 +15,7 @@ from ..analysis.usage import model_prices
 from ..experiment.errors import ExperimentError
 from ..resources.config import ExperimentConfig
 from ..settings import Settings
+from ..store.roots import data_path
 from ..store.spend import PAID_ASSETS, Tally, paid_tallies
 from .plan import Plan, make_plan, spent_so_far
 
@@ -56,14 +56,14 @@ class RunCosts:
             unpriced = self.plan.models_to_call() - set(price_table(model_prices(self.plan.llm_models)))
             if unpriced:
                 return unpriced_sentence(unpriced)
-        self.before = _per_stage_and_model(paid_tallies(Path(self.config.output_root)))
+        self.before = _per_stage_and_model(paid_tallies(data_path(self.config.output_root)))
         return None
 
     def report(self) -> str:
         """The estimate made before the run next to what the run paid for, per stage and model."""
         if self.plan is None:
             return ""
-        after = _per_stage_and_model(paid_tallies(Path(self.config.output_root)))
+        after = _per_stage_and_model(paid_tallies(data_path(self.config.output_root)))
         made = {}
         for key, tally in after.items():
             tally = tally.copy()

@@ -29,6 +29,7 @@ from ..llm.slots import SharedCallSlots, share_call_slots
 from ..resources.config import ExperimentConfig
 from ..settings import Settings
 from ..store.layout import table_path
+from ..store.roots import data_path
 from ..store.tables import read_table
 from .batches import Batch
 from .changes import ChangeCheck, StageCheck, change_report
@@ -88,9 +89,9 @@ class Runner:
         offline: bool = False,
         pool: WorkerPool | None = None,
     ):
-        self.output_root = Path(output_root)
+        self.output_root = data_path(output_root)
         # Given, a rerun skips the task tables when the experiment and code are unchanged.
-        self.data_root = Path(data_root) if data_root else None
+        self.data_root = data_path(data_root) if data_root else None
         self.concurrency = max(1, concurrency)
         self.workers = max(1, workers or default_workers(self.concurrency, offline))
         self.parallel_calls = self.concurrency

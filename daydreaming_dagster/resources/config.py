@@ -13,6 +13,7 @@ from pydantic import Field
 from ..experiment.errors import ExperimentError
 from ..experiment.loaders import DESCRIPTION_LEVELS, load_settings
 from ..llm.requests import LLMRequest
+from ..store.roots import data_path
 
 # A replicate is a paid call per task; more than this is almost certainly a typo, not a plan.
 MAX_REPLICATES = 100
@@ -45,7 +46,7 @@ class ExperimentConfig(dg.ConfigurableResource):
 
     @property
     def raw_dir(self) -> Path:
-        return Path(self.data_root) / "1_raw"
+        return data_path(self.data_root) / "1_raw"
 
     def generation_request(self, task: Mapping, prompt: str) -> LLMRequest:
         """What a generation task (a row of generation_tasks) asks its generator, with these settings."""
@@ -72,11 +73,11 @@ class ExperimentConfig(dg.ConfigurableResource):
     @classmethod
     def for_experiment(cls, data_root: str, output_root: str) -> "ExperimentConfig":
         """Defaults overridden by the experiment folder's optional `1_raw/experiment.toml`."""
-        settings = load_settings(Path(data_root) / "1_raw")
+        settings = load_settings(data_path(data_root) / "1_raw")
         unknown = sorted(set(settings) - set(cls.model_fields) - {"data_root", "output_root"})
         if unknown:
             raise ExperimentError(
-                f"{Path(data_root) / '1_raw' / 'experiment.toml'} has unknown setting(s) {', '.join(unknown)}."
+                f"{data_path(data_root) / '1_raw' / 'experiment.toml'} has unknown setting(s) {', '.join(unknown)}."
             )
         if settings.get("description_level", "paragraph") not in DESCRIPTION_LEVELS:
             raise ExperimentError(
@@ -88,5 +89,5 @@ class ExperimentConfig(dg.ConfigurableResource):
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "setting"
             raise ExperimentError(
-                f"{Path(data_root) / '1_raw' / 'experiment.toml'} has an invalid {field}: {first['msg']}."
+                f"{data_path(data_root) / '1_raw' / 'experiment.toml'} has an invalid {field}: {first['msg']}."
             ) from exc

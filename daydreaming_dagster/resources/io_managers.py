@@ -12,6 +12,7 @@ from ..llm.requests import LLMResponse
 from ..store.files import atomic_write_bytes, atomic_write_text
 from ..store.layout import table_path, text_path
 from ..store.responses import write_response_once
+from ..store.roots import data_path
 from ..store.tables import read_table
 
 
@@ -62,7 +63,7 @@ class TextIOManager(dg.ConfigurableIOManager):
     base_path: str
 
     def _path(self, asset_name: str, parts) -> Path:
-        return text_path(Path(self.base_path), asset_name, parts)
+        return text_path(data_path(self.base_path), asset_name, parts)
 
     def handle_output(self, context: dg.OutputContext, obj: str | LLMResponse | dict) -> None:
         name = _asset_name(context)
@@ -122,7 +123,7 @@ class TableIOManager(dg.ConfigurableIOManager):
         group = context.definition_metadata.get("daydream/group") if context.definition_metadata else None
         if isinstance(context, dg.InputContext) and context.upstream_output is not None:
             group = (context.upstream_output.definition_metadata or {}).get("daydream/group")
-        return table_path(Path(self.base_path), _asset_name(context), group)
+        return table_path(data_path(self.base_path), _asset_name(context), group)
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
         path = self._path(context)

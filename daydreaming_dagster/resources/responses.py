@@ -20,6 +20,7 @@ from ..store.responses import (
     read_provenance,
     write_response_once,
 )
+from ..store.roots import claim_backend, data_path
 
 # How a fingerprint field reads in a sentence.
 _FIELD_WORDS = {
@@ -74,7 +75,7 @@ class ResponseStore(dg.ConfigurableResource):
     """How often a waiting run looks for that answer."""
 
     def path(self, asset_name: str, parts: dict[str, str] | str) -> Path:
-        return text_path(Path(self.base_path), asset_name, parts)
+        return text_path(data_path(self.base_path), asset_name, parts)
 
     def claim_path(self, asset_name: str, parts: dict[str, str] | str) -> Path:
         return claim_path(self.path(asset_name, parts))
@@ -94,7 +95,7 @@ class ResponseStore(dg.ConfigurableResource):
     def claims(self) -> Claims:
         """The claims on this archive's calls, with this resource's lease and wait times."""
         times = ClaimTimes(self.claim_lease_s, self.claim_renew_s, self.claim_wait_s, self.claim_poll_s)
-        return Claims(times=times)
+        return Claims(backend=claim_backend(self.base_path), times=times)
 
     def reusable(
         self, asset_name: str, parts: dict[str, str] | str, request: LLMRequest, replace_changed: bool

@@ -16,17 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .layout import temp_path
+from .roots import StorageRefused, is_remote
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; the rename still keeps writes atomic
     fcntl = None
 
-# Lock errors of file systems without flock support; writing goes on without the lock there.
+# Lock errors of file systems without flock support (some network file systems): writing there
+# without the lock would silently lose the write-once guarantee, so it refuses instead.
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
-def _lock(fd: int) -> None:
+def lock_fd(fd: int, path: Path | str) -> None:
+    """Take the exclusive lock on the open file `fd` (at `path`), or refuse with one sentence where
+    the file system cannot lock."""
     if fcntl is None:
         return
     try:
@@ -34,6 +38,10 @@ def _lock(fd: int) -> None:
     except OSError as exc:
         if exc.errno not in _NO_LOCKING:
             raise
+        raise StorageRefused(
+            f"the file system of {Path(path).parent} cannot lock files ({errno.errorcode.get(exc.errno, exc.errno)}), "
+            "so paid answers could not be kept write-once there; use a local disk or an s3:// data root."
+        ) from None
 
 
 def _is_file_at(fd: int, path: Path) -> bool:
@@ -57,7 +65,7 @@ def claimed(path: Path) -> Iterator[int]:
     while True:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            _lock(fd)
+            lock_fd(fd, tmp)
             if _is_file_at(fd, tmp):
                 break
         except BaseException:
@@ -83,7 +91,7 @@ def exclusive_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        _lock(fd)
+        lock_fd(fd, path)
         yield
     finally:
         os.close(fd)
@@ -111,7 +119,11 @@ def fsync_folder(folder: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via `.NAME.writing.tmp` in the same folder and a rename: readers see old or new, never half."""
+    """Write via `.NAME.writing.tmp` in the same folder and a rename: readers see old or new, never half.
+    On object storage one PUT does the same."""
+    if is_remote(path):
+        path.write_bytes(data)
+        return
     path = Path(path)
     with claimed(path) as fd:
         fill(fd, data)

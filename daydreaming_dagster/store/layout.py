@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .roots import data_path
+
 FOLDERS = {
     "generation_prompt": "3_generation",
     "generation_response": "3_generation",
@@ -31,7 +33,7 @@ REJECTED = "_rejected"
 
 def asset_folder(root: Path, asset_name: str) -> Path:
     """The folder holding every partition file of a text asset."""
-    return Path(root) / FOLDERS.get(asset_name, "other") / asset_name
+    return data_path(root) / FOLDERS.get(asset_name, "other") / asset_name
 
 
 def text_path(root: Path, asset_name: str, keys_by_dimension: dict[str, str] | str | None) -> Path:
@@ -45,7 +47,7 @@ def text_path(root: Path, asset_name: str, keys_by_dimension: dict[str, str] | s
 
 
 def table_path(root: Path, asset_name: str, group: str | None = None) -> Path:
-    return Path(root) / TABLE_FOLDERS.get(group or "", DEFAULT_TABLE_FOLDER) / f"{asset_name}.csv"
+    return data_path(root) / TABLE_FOLDERS.get(group or "", DEFAULT_TABLE_FOLDER) / f"{asset_name}.csv"
 
 
 def sidecar_path(path: Path) -> Path:

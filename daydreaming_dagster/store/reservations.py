@@ -11,7 +11,6 @@ is gone (on this host), or that is older than `STALE_AFTER_S` (another host), no
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import socket
@@ -21,10 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks
-    fcntl = None
+from .files import lock_fd
+from .roots import data_path, is_remote
 
 FOLDER = ".spend"
 # One line per call admitted under a cap, its worst case: lets a check that just counted everything
@@ -37,22 +34,23 @@ _HOST = socket.gethostname()
 
 
 def spend_folder(root: Path) -> Path:
-    return Path(root) / FOLDER
+    return data_path(root) / FOLDER
 
 
 @contextlib.contextmanager
 def spending_lock(root: Path) -> Iterator[None]:
     """Hold the output root's spending lock: checks and new reservations happen one at a time."""
     folder = spend_folder(root)
+    if is_remote(folder):
+        from .object_spend import object_spending_lock
+
+        with object_spending_lock(folder):
+            yield
+        return
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                    raise
+        lock_fd(fd, folder / "lock")  # refuses where the file system cannot lock
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -84,6 +82,10 @@ def reserve(root: Path, worst_usd: float | None, model_id: str, what: str) -> Re
         "created": time.time(),
     }
     path = folder / f"{os.getpid()}-{uuid.uuid4().hex}.json"
+    if is_remote(path):
+        path.write_bytes(json.dumps(record).encode("utf-8"))  # a fresh uuid: no one else writes it
+        _log_admission(root, worst_usd)
+        return Reservation(path=path, **record)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         os.write(fd, json.dumps(record).encode("utf-8"))
@@ -94,14 +96,23 @@ def reserve(root: Path, worst_usd: float | None, model_id: str, what: str) -> Re
 
 
 def _log_admission(root: Path, worst_usd: float | None) -> None:
+    line = f"{'nan' if worst_usd is None else repr(float(worst_usd))}\n".encode()
+    if is_remote(spend_folder(root)):
+        from .object_spend import append_line
+
+        return append_line(spend_folder(root) / ADMISSIONS, line)
     fd = os.open(spend_folder(root) / ADMISSIONS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
-        os.write(fd, f"{'nan' if worst_usd is None else repr(float(worst_usd))}\n".encode())
+        os.write(fd, line)
     finally:
         os.close(fd)
 
 
 def admissions_end(root: Path) -> int:
+    if is_remote(spend_folder(root)):
+        from .object_spend import log_end
+
+        return log_end(spend_folder(root) / ADMISSIONS)
     try:
         return os.stat(spend_folder(root) / ADMISSIONS).st_size
     except FileNotFoundError:
@@ -113,6 +124,13 @@ def admissions_since(root: Path, offset: int) -> tuple[float, int]:
     is unknown), and the log's end: read under `spending_lock`, it bounds what was paid or put in
     flight since a check that saw the log end at `offset`."""
     path = spend_folder(root) / ADMISSIONS
+    if is_remote(path):
+        from .object_spend import log_since
+
+        data = log_since(path, offset)
+        if data is None:
+            return 0.0, 0
+        return sum(float(line) for line in data.split()), offset + len(data)
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
@@ -148,13 +166,17 @@ def _stale(r: Reservation, now: float) -> bool:
 def in_flight(root: Path) -> list[Reservation]:
     """The calls under way now, as reservations; those of dead processes are removed."""
     folder = spend_folder(root) / "in_flight"
-    if not folder.is_dir():
+    if is_remote(folder):
+        entries = list(folder.iterdir())
+    elif folder.is_dir():
+        entries = os.scandir(folder)
+    else:
         return []
     now, live = time.time(), []
-    for entry in os.scandir(folder):
+    for entry in entries:
         if not entry.name.endswith(".json"):
             continue
-        path = Path(entry.path)
+        path = Path(entry.path) if isinstance(entry, os.DirEntry) else entry
         try:
             reservation = Reservation(path=path, **json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .files import atomic_write_bytes, claimed, fill, fsync_folder
 from .layout import REJECTED, SIDECAR_SUFFIX, SUPERSEDED, sidecar_path, temp_path
+from .roots import data_path, is_remote
 
 # The fields that must match for a stored response to count as the answer to the current request.
 # `replicate` is absent (None) for replicate 1, in requests and in sidecars written before it existed.
@@ -25,11 +26,11 @@ class StoredResponseConflict(RuntimeError):
 
 def read_provenance(path: Path) -> dict | None:
     side = sidecar_path(path)
-    if not side.is_file():
-        return None
+    if not is_remote(side) and not side.is_file():
+        return None  # (on object storage the read below answers that in one request)
     try:
         return json.loads(side.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, FileNotFoundError):
         return None
 
 
@@ -56,21 +57,17 @@ def write_response_once(path: Path, text: str, provenance: dict) -> bool:
     one is stored, this response is kept under `_rejected/` and StoredResponseConflict is raised.
     Both files are fully written before either is renamed into place; the sidecar goes first, so
     a response counts as stored only once its text exists, and then its sidecar exists too."""
+    if is_remote(path):
+        from .object_archive import write_object_once
+
+        return write_object_once(path, text, provenance, _sidecar_bytes({**provenance, **content_digest(text.encode())}))
     path = Path(path)
     data = text.encode("utf-8")
     record = {**provenance, **content_digest(data)}
     side = sidecar_path(path)
     with claimed(path) as text_fd:
         if path.exists():
-            stored = path.read_text(encoding="utf-8")
-            if stored == text and not mismatched_fields(read_provenance(path), provenance):
-                return False
-            reason = f"a different response was already stored at {path} when this one arrived"
-            kept = keep_rejected(path, text, provenance, reason)
-            raise StoredResponseConflict(
-                f"{path} already holds a different response; it is never overwritten. The new answer "
-                f"is kept at {kept}. To replace the stored one, re-run deliberately with replace_changed."
-            )
+            return settle_existing(path, path.read_text(encoding="utf-8"), text, provenance)
         with claimed(side) as side_fd:
             fill(side_fd, _sidecar_bytes(record))
             fill(text_fd, data)
@@ -84,6 +81,19 @@ def write_response_once(path: Path, text: str, provenance: dict) -> bool:
     return True
 
 
+def settle_existing(path: Path, stored: str, text: str, provenance: dict) -> bool:
+    """A response arrived for `path` where `stored` already is: False when it is the same answer
+    to the same request; otherwise keep the new one under `_rejected/` and raise the conflict."""
+    if stored == text and not mismatched_fields(read_provenance(path), provenance):
+        return False
+    reason = f"a different response was already stored at {path} when this one arrived"
+    kept = keep_rejected(path, text, provenance, reason)
+    raise StoredResponseConflict(
+        f"{path} already holds a different response; it is never overwritten. The new answer "
+        f"is kept at {kept}. To replace the stored one, re-run deliberately with replace_changed."
+    )
+
+
 def _timestamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
@@ -92,6 +102,10 @@ def move_aside(path: Path) -> Path | None:
     """Move a stored response (and its sidecar) to `_superseded/<name>.<n>.txt` (+ `.json`).
 
     Returns the new path, or None when nothing is stored. Never overwrites an earlier one."""
+    if is_remote(path):
+        from .object_archive import move_object_aside
+
+        return move_object_aside(path)
     path = Path(path)
     folder = path.parent / SUPERSEDED
     with claimed(path):
@@ -116,7 +130,7 @@ def move_aside(path: Path) -> Path | None:
 def keep_rejected(path: Path, text: str, provenance: dict, reason: str) -> Path:
     """Keep an answer that is not stored as the response (empty, truncated, ...) for inspection,
     at `_rejected/<name>.<timestamp>.txt` (+ `.json` with `rejected_because`)."""
-    path = Path(path)
+    path = path if is_remote(path) else Path(path)
     target = path.parent / REJECTED / f"{path.stem}.{_timestamp()}{path.suffix}"
     data = text.encode("utf-8")
     record = {**provenance, **content_digest(data), "rejected_because": reason}
@@ -130,13 +144,18 @@ def archived_provenance(paths: list[Path]) -> Iterator[tuple[Path, str, dict]]:
     "rejected", provenance), reading each `_superseded/` and `_rejected/` folder once."""
     by_folder: dict[Path, dict[str, Path]] = {}
     for path in paths:
-        by_folder.setdefault(Path(path).parent, {})[Path(path).stem] = Path(path)
+        path = data_path(path)
+        by_folder.setdefault(path.parent, {})[path.stem] = path
     for folder, by_stem in by_folder.items():
         for kind, sub in (("superseded", SUPERSEDED), ("rejected", REJECTED)):
             archive = folder / sub
-            if not archive.is_dir():
+            if is_remote(archive):
+                entries = sorted(archive.iterdir(), key=lambda e: e.name)
+            elif archive.is_dir():
+                entries = sorted(os.scandir(archive), key=lambda e: e.name)
+            else:
                 continue
-            for entry in sorted(os.scandir(archive), key=lambda e: e.name):
+            for entry in entries:
                 if entry.name.startswith(".") or not entry.name.endswith(SIDECAR_SUFFIX):
                     continue
                 # <stem>.<n or timestamp>.json
@@ -144,7 +163,8 @@ def archived_provenance(paths: list[Path]) -> Iterator[tuple[Path, str, dict]]:
                 if stem not in by_stem:
                     continue
                 try:
-                    provenance = json.loads(Path(entry.path).read_text(encoding="utf-8"))
+                    source = Path(entry.path) if isinstance(entry, os.DirEntry) else entry
+                    provenance = json.loads(source.read_text(encoding="utf-8"))
                 except (OSError, json.JSONDecodeError):
                     continue
                 yield by_stem[stem], kind, provenance

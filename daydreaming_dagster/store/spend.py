@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .layout import SIDECAR_SUFFIX, asset_folder
+from .roots import data_path, is_remote
 
 PAID_ASSETS = ("generation_response", "evaluation_response")
 # File systems stamp modification times at a coarse tick; a folder changed within this many
@@ -174,7 +175,14 @@ _LEDGERS_LOCK = threading.Lock()
 def paid_tallies(root: Path) -> dict[Key, Tally]:
     """Every paid answer under `root`, summed per (asset, model_id, backend); this process's
     ledger of that root remembers what it has read."""
-    root = Path(root).resolve()
+    root = data_path(root)
+    if is_remote(root):
+        from .object_spend import ObjectLedger
+
+        with _LEDGERS_LOCK:
+            ledger = _LEDGERS.setdefault(root, ObjectLedger(root))
+        return ledger.tallies()
+    root = root.resolve()
     with _LEDGERS_LOCK:
         ledger = _LEDGERS.setdefault(root, PaidLedger(root))
     return ledger.tallies()
