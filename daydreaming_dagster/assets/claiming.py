@@ -1,7 +1,8 @@
 """The claims one response step holds on its paid calls (see store/claims.py), as `respond` uses them.
 
 A step claims every partition it has to call for before calling; one whose claim another live
-run holds is not called but waited for, and its answer reused when it is stored. Claims are
+run holds is not called but waited for, and its answer reused when it is stored (one a provider
+batch holds is not waited for: it is left to the batch, see orchestration/batch_submit.py). Claims are
 renewed while the calls are in flight, released as each answer is stored or its call fails, and
 all released when the step ends, however it ends."""
 
@@ -109,6 +110,12 @@ class StepClaims:
         ran out) without a stored answer, to be taken again; the others end in `found`,
         `conflicts` or (after the wait bound) `held`."""
         waiting = {ask.key: ask for ask in asks}
+        for key, ask in list(waiting.items()):
+            # A provider batch answers within hours, not within the wait bound: left to it at once.
+            holder = self.claims.holder(self.responses.claim_path(self.asset_name, ask.parts))
+            if holder is not None and holder.record.get("batch"):
+                self.held[key] = holder.owner
+                del waiting[key]
         if not waiting:
             return []
         times = self.claims.times

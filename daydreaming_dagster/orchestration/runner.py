@@ -26,6 +26,7 @@ from ..resources.config import ExperimentConfig
 from ..settings import Settings
 from ..store.layout import table_path
 from ..store.tables import read_table
+from .batch_run import held_by_batches
 from .batches import Batch, batch_size, key_batches, pair_batches
 from .changes import ChangeCheck, StageCheck, change_report
 from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, tables_fingerprint
@@ -172,6 +173,7 @@ class Runner:
         kept = 0 if self.replace_changed else sum(1 for k in keys if k in changed)
         aside = f", {kept} out of date (kept as they are)" if kept else ""
         busy = InProgress(self.instance).busy(*STAGES[job_name]) if todo else {}
+        busy = {**held_by_batches(self.output_root, job_name), **busy} if todo else busy  # open provider batches
         left = {k: str(busy[k]) for k in todo if k in busy}
         todo = [k for k in todo if k not in left]
         report.left = len(left)

@@ -1,0 +1,190 @@
+"""Batch mode end to end: `daydream run --batch` against the test server's batch protocol (a batch
+answers after a short delay), on a real Dagster instance with real files."""
+
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from daydreaming_dagster.cli import INSTANCE_TEMPLATE
+from daydreaming_dagster.cli import main as daydream
+from daydreaming_dagster.store.batch_ledger import BatchLedger
+from daydreaming_dagster.store.layout import table_path
+from tests.experiment_factory import write_experiment
+from tests.pipeline import KEY
+from tests.test_cost import PRICES, answer, write_prices
+
+RUN = ["run", "--workers", "1", "--concurrency", "2"]
+
+
+def set_batch_columns(root: Path, columns: dict[str, dict[str, str]]) -> None:
+    """Add columns to llm_models.csv: {column: {model_id: value}} (empty where not given)."""
+    path = root / "1_raw" / "llm_models.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column, values in columns.items():
+        table[column] = table["id"].map(lambda m: values.get(m, ""))
+    table.to_csv(path, index=False)
+
+
+@pytest.fixture
+def batched(tmp_path, monkeypatch, openai_server) -> Path:
+    """The tiny experiment (6 generations, 12 pairs), priced, for `daydream` in this process."""
+    experiment = write_experiment(tmp_path / "data")
+    write_prices(experiment, PRICES)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(INSTANCE_TEMPLATE, home / "dagster.yaml")
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "DAGSTER_HOME": str(home),
+        "OPENROUTER_API_KEY": KEY,
+        "OPENROUTER_BASE_URL": openai_server.base_url,
+        "DAYDREAM_DATA_ROOT": str(experiment),
+        "DAYDREAM_BATCH_POLL_S": "0.1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("DAYDREAM_BACKEND", "DAYDREAM_OUTPUT_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    openai_server.default_answer = answer
+    openai_server.batches.delay_s = 0.3
+    return experiment
+
+
+def materialization_counts(asset: str) -> collections.Counter:
+    records = dg.DagsterInstance.get().fetch_materializations(dg.AssetKey(asset), limit=10000).records
+    return collections.Counter(r.partition_key for r in records)
+
+
+def batch_asked(server) -> collections.Counter:
+    return collections.Counter((b["model"], b["messages"][-1]["content"]) for b in server.batches.answered_bodies)
+
+
+def test_the_whole_experiment_in_batch_mode_pays_each_request_once_at_the_batch_price(batched, openai_server, capsys):
+    assert daydream([*RUN, "--batch", "--wait"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr()
+
+    assert openai_server.requests == []  # nothing was asked live
+    asked = batch_asked(openai_server)
+    assert len(asked) == 6 + 12 and set(asked.values()) == {1}
+    assert openai_server.batches.files_uploaded == 4  # one file per model: 2 generators, then 2 judges
+    assert "batches: " in out.err and "request(s) done" in out.err
+    gen, pairs = materialization_counts("generation_response"), materialization_counts("evaluation_response")
+    assert len(gen) == 6 and len(pairs) == 12 and set(gen.values()) | set(pairs.values()) == {1}
+    for sidecar in (batched / "4_evaluation" / "evaluation_response").rglob("*.json"):
+        provenance = json.loads(sidecar.read_text())
+        assert provenance["backend"] == "openai-batch" and provenance["batch_id"].startswith("batch_")
+        assert provenance["batch_price_factor"] == 0.5
+    assert all(r["state"] == "collected" for r in BatchLedger(batched).records())
+    assert list(batched.rglob(".*.claim.json")) == []
+    assert not list((batched / ".spend" / "batched").glob("*.json"))
+
+    usage = pd.read_csv(table_path(batched, "llm_usage", "results"))
+    paid = collections.defaultdict(float)
+    for body in openai_server.batches.responses:
+        model = body["model"].removeprefix("test/")
+        paid[model] += (body["usage"]["prompt_tokens"] * PRICES[model][0] + body["usage"]["completion_tokens"] * PRICES[model][1]) / 1e6
+    for row in usage.itertuples():
+        assert row.cost_usd == pytest.approx(0.5 * paid[row.model_id])  # the batch price, not the list price
+    assert (batched / "5_results" / "parsed_scores.csv").is_file()
+
+
+def test_without_wait_it_submits_and_returns_and_the_next_run_collects(batched, openai_server, capsys):
+    openai_server.batches.delay_s = 0
+    assert daydream([*RUN, "--batch"]) == 0
+    assert openai_server.batches.requests_answered == 0 and openai_server.batches.created == 2
+    assert "2 batch(es) still open" in capsys.readouterr().out
+    assert daydream(["batches"]) == 0
+    listed = capsys.readouterr().out
+    assert "generation_response" not in listed or "no open batch" in listed  # they finished meanwhile: collected
+
+    assert daydream([*RUN, "--batch"]) == 0  # materializes the generations, submits their evaluations
+    assert len(materialization_counts("generation_response")) == 6
+    assert openai_server.batches.created == 4
+    assert daydream([*RUN, "--batch"]) == 0
+    assert len(materialization_counts("evaluation_response")) == 12
+    assert openai_server.requests == [] and set(batch_asked(openai_server).values()) == {1}
+
+
+def test_a_provider_without_batch_api_is_refused_before_anything_is_uploaded(batched, openai_server, capsys):
+    openai_server.batches.supported = False
+    assert daydream([*RUN, "--batch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no batch endpoint" in err and len(err.splitlines()) == 1
+    assert openai_server.batches.files_uploaded == 0 and openai_server.requests == []
+
+
+def test_a_model_marked_never_is_refused_in_one_sentence(batched, openai_server, capsys):
+    set_batch_columns(batched, {"batch": {"judge-model-2": "never"}})
+    assert daydream([*RUN, "--batch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("judge-model-2 has no batch API") and len(err.splitlines()) == 1
+    assert openai_server.batches.files_uploaded == 0 and openai_server.requests == []
+
+
+def test_failed_and_expired_requests_are_asked_again_and_only_those(batched, openai_server, capsys):
+    failing = {"first": True}
+
+    def fail_once(line) -> bool:  # the first generation of gen-model-1 fails in its first batch
+        if line["body"]["model"] == "test/gen-model-1" and failing["first"]:
+            failing["first"] = False
+            return True
+        return False
+
+    openai_server.batches.fail_when = fail_once
+    expiring = {"left": 1}
+
+    def expire_first_judge_batch(batch) -> bool:  # the first judge-model-1 batch answers 2 requests, then expires
+        first = json.loads(openai_server.batches.files[batch["input_file_id"]]["data"].splitlines()[0])
+        if first["body"]["model"] == "test/judge-model-1" and expiring["left"]:
+            expiring["left"] = 0
+            return True
+        return False
+
+    openai_server.batches.expire_when = expire_first_judge_batch
+    openai_server.batches.expire_keep = 2
+
+    assert daydream([*RUN, "--batch", "--wait"]) == 0, capsys.readouterr().err
+
+    asked = batch_asked(openai_server)
+    assert len(asked) == 18 and max(asked.values()) == 1  # a failed or expired request is never answered twice
+    records = list(BatchLedger(batched).records())
+    [expired] = [r for r in records if r.get("provider_state") == "expired"]
+    appearances = collections.Counter(key for r in records for key in r["items"])
+    errored = {key for r in records for key in r.get("errors", {})}
+    assert len(errored) == 1 + (len(expired["items"]) - 2)  # the failed generation and the expired judge requests
+    assert {key for key, n in appearances.items() if n > 1} == errored  # asked again: exactly those
+    assert max(appearances.values()) == 2
+    assert len(materialization_counts("evaluation_response")) == 12 and openai_server.requests == []
+
+
+def test_retry_live_asks_the_failed_requests_live(batched, openai_server, capsys):
+    openai_server.batches.fail_when = lambda line: line["custom_id"].endswith("gen-model-2") and "alpha" in line["body"]["messages"][0]["content"]
+    assert daydream([*RUN, "--batch", "--wait", "--retry-live"]) == 0, capsys.readouterr().err
+    live = [r.body["model"] for r in openai_server.requests]
+    assert live and set(live) == {"test/gen-model-2"}
+    assert openai_server.batches.created == 4
+    assert len(materialization_counts("evaluation_response")) == 12
+
+
+def test_the_plan_prices_batched_models_at_their_batch_price(batched, capsys):
+    assert daydream(["plan"]) == 0
+    live = capsys.readouterr().out
+    assert daydream(["plan", "--batch"]) == 0
+    batch = capsys.readouterr().out
+    set_batch_columns(batched, {"batch": {m: "yes" for m in PRICES}, "batch_discount": {m: "0.25" for m in PRICES}})
+    assert daydream(["plan"]) == 0
+    quarter = capsys.readouterr().out
+
+    def total(text: str) -> float:
+        line = next(line for line in text.splitlines() if line.lstrip().startswith("total"))
+        return float(line.split("$")[-1].split()[0].replace(",", "").rstrip(")"))
+
+    assert "Batch mode: gen-model-1 x0.5" in batch and "Batch mode" not in live
+    assert total(batch) == pytest.approx(total(live) / 2, rel=0.01)
+    assert total(quarter) == pytest.approx(total(live) / 4, rel=0.01)
