@@ -8,7 +8,7 @@ import pytest
 
 from tests.experiment_factory import write_experiment
 
-pytest_plugins = ["tests.openai_server", "tests.pipeline", "tests.browser", "tests.postgres"]
+pytest_plugins = ["tests.openai_server", "tests.pipeline", "tests.browser", "tests.postgres", "tests.batch_fixtures"]
 
 
 @pytest.fixture

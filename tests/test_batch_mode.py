@@ -5,64 +5,15 @@ from __future__ import annotations
 
 import collections
 import json
-import shutil
-from pathlib import Path
 
-import dagster as dg
 import pandas as pd
 import pytest
 
-from daydreaming_dagster.cli import INSTANCE_TEMPLATE
 from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.store.batch_ledger import BatchLedger
 from daydreaming_dagster.store.layout import table_path
-from tests.experiment_factory import write_experiment
-from tests.pipeline import KEY
-from tests.test_cost import PRICES, answer, write_prices
-
-RUN = ["run", "--workers", "1", "--concurrency", "2"]
-
-
-def set_batch_columns(root: Path, columns: dict[str, dict[str, str]]) -> None:
-    """Add columns to llm_models.csv: {column: {model_id: value}} (empty where not given)."""
-    path = root / "1_raw" / "llm_models.csv"
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for column, values in columns.items():
-        table[column] = table["id"].map(lambda m: values.get(m, ""))
-    table.to_csv(path, index=False)
-
-
-@pytest.fixture
-def batched(tmp_path, monkeypatch, openai_server) -> Path:
-    """The tiny experiment (6 generations, 12 pairs), priced, for `daydream` in this process."""
-    experiment = write_experiment(tmp_path / "data")
-    write_prices(experiment, PRICES)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(INSTANCE_TEMPLATE, home / "dagster.yaml")
-    monkeypatch.chdir(tmp_path)
-    for name, value in {
-        "DAGSTER_HOME": str(home),
-        "OPENROUTER_API_KEY": KEY,
-        "OPENROUTER_BASE_URL": openai_server.base_url,
-        "DAYDREAM_DATA_ROOT": str(experiment),
-        "DAYDREAM_BATCH_POLL_S": "0.1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    for name in ("DAYDREAM_BACKEND", "DAYDREAM_OUTPUT_ROOT"):
-        monkeypatch.delenv(name, raising=False)
-    openai_server.default_answer = answer
-    openai_server.batches.delay_s = 0.3
-    return experiment
-
-
-def materialization_counts(asset: str) -> collections.Counter:
-    records = dg.DagsterInstance.get().fetch_materializations(dg.AssetKey(asset), limit=10000).records
-    return collections.Counter(r.partition_key for r in records)
-
-
-def batch_asked(server) -> collections.Counter:
-    return collections.Counter((b["model"], b["messages"][-1]["content"]) for b in server.batches.answered_bodies)
+from tests.batch_fixtures import RUN, batch_asked, materialization_counts, set_batch_columns
+from tests.test_cost import PRICES
 
 
 def test_the_whole_experiment_in_batch_mode_pays_each_request_once_at_the_batch_price(batched, openai_server, capsys):
@@ -100,8 +51,9 @@ def test_without_wait_it_submits_and_returns_and_the_next_run_collects(batched, 
     assert openai_server.batches.requests_answered == 0 and openai_server.batches.created == 2
     assert "2 batch(es) still open" in capsys.readouterr().out
     assert daydream(["batches"]) == 0
-    listed = capsys.readouterr().out
-    assert "generation_response" not in listed or "no open batch" in listed  # they finished meanwhile: collected
+    listed = capsys.readouterr()
+    assert listed.out.strip() == "no open batch."  # they finished meanwhile, and listing collected them
+    assert listed.err.count("3 answer(s) stored") == 2
 
     assert daydream([*RUN, "--batch"]) == 0  # materializes the generations, submits their evaluations
     assert len(materialization_counts("generation_response")) == 6

@@ -123,7 +123,8 @@ def run_batch(args: argparse.Namespace, settings: Settings) -> int:
     for report in failed:
         for key, error in list(report.failures.items())[:20]:
             print(f"{report.name} {key}: {error}", file=sys.stderr)
-    print(", ".join(r.summary() for r in reports if r.total))
+    if summary := ", ".join(r.summary() for r in reports if r.total):
+        print(summary)
     if comparison := costs.report():
         print(comparison)
     open_now = BatchLedger(settings.output_root).open_records()

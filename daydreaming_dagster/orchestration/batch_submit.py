@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..analysis.budget import Price, cap_sentence, unknown_spend_sentence, unpriced_sentence, worst_case_usd
+from ..analysis.budget import HOW_TO_RAISE, Price, unknown_spend_sentence, unpriced_sentence, worst_case_usd
+from ..analysis.estimate import usd
 from ..assets.budget import spent_usd
 from ..assets.claiming import Ask
 from ..experiment.batch_choice import BatchChoice
@@ -236,7 +237,12 @@ class Submitter:
                 raise BatchRefused(unknown_spend_sentence(unknown, self.cap))
             flying = sum(r.worst_usd or 0.0 for r in flights)
             if spent + flying + worst > self.cap:
-                raise BatchRefused(cap_sentence(f"batch of {len(requests)} {model_id}", worst, spent, flying, self.cap))
+                flight = f" and {usd(flying)} in flight at worst case" if flying > 0 else ""
+                raise BatchRefused(
+                    f"spending cap reached: {usd(spent)} spent{flight}, and a batch of {len(requests)} {model_id} "
+                    f"call(s) may cost up to {usd(worst)} at the batch price, which could pass the {usd(self.cap)} cap, "
+                    f"so nothing was submitted; {HOW_TO_RAISE}."
+                )
             reserve_batch(self.root, sid, worst, model_id)
         return worst
 
