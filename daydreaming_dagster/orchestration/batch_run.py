@@ -111,6 +111,8 @@ def run_batch(args: argparse.Namespace, settings: Settings) -> int:
         store = ResponseStore.at(str(settings.output_root))
         cap = args.max_cost if args.max_cost is not None else config.max_cost_usd
         submitter = Submitter(backend, store, choice, prices, cap, print_progress)
+        if not args.wait:
+            submitter.then_evaluate = {"judges": sorted(choice.batched), "discounts": choice.discounts}
         rounds = Rounds(runner, config, submitter, store, choice, args.retry_live)
         reports = rounds.run(args.wait)
     except (BatchRefused, LLMError, ExperimentError) as exc:
@@ -125,9 +127,9 @@ def run_batch(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{report.name} {key}: {error}", file=sys.stderr)
     if summary := ", ".join(r.summary() for r in reports if r.total):
         print(summary)
-    if comparison := costs.report():
-        print(comparison)
     open_now = BatchLedger(settings.output_root).open_records()
+    if not open_now and (comparison := costs.report()):  # while batches are open it would compare with nothing
+        print(comparison)
     if open_now:
         print(f"{len(open_now)} batch(es) still open: `daydream batches` lists them; the batches_collect sensor "
               "or `daydream run --batch` collects them when they finish.")

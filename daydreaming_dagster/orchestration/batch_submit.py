@@ -128,6 +128,9 @@ class Submitter:
         self.short = store.claims()
         self.long = long_claims(store)
         self.skipped: dict[str, str] = {}  # key -> why it was not submitted (stored answer to another request)
+        # Set on a run that does not wait: the batched models and discounts the batches_collect sensor
+        # uses to batch the evaluations of these generations once they are answered.
+        self.then_evaluate: dict | None = None
 
     def submit(self, asset: str, asks: Sequence[Ask]) -> list[dict]:
         """Submit every ask not stored, not held and not in an open batch; the new ledger records."""
@@ -198,6 +201,8 @@ class Submitter:
             "created": time.time(),
             "items": {ask.key: {"parts": ask.parts, "request": request_record(ask.request)} for ask, _ in part},
         }
+        if self.then_evaluate and asset == "generation_response":
+            record["then_evaluate"] = self.then_evaluate
         self.ledger.write(record)
         try:
             batch_id = self.backend.submit(model, {ask.key: ask.request for ask, _ in part}, {METADATA_KEY: sid})
