@@ -15,6 +15,7 @@ import pytest
 from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.llm.batch_backend import jsonl_line
 from daydreaming_dagster.llm.requests import LLMRequest
+from daydreaming_dagster.orchestration.worker import failure_text
 from daydreaming_dagster.store.batch_ledger import BatchLedger, submission_id
 from daydreaming_dagster.store.reservations import in_flight
 from tests.batch_fixtures import RUN, batch_asked, materialization_counts
@@ -88,6 +89,7 @@ def test_a_live_run_leaves_the_partitions_an_open_batch_holds_to_it(batched, ope
     key = pipeline.generation_keys()[0]
     result = pipeline.generate(key)
     assert not result.success and openai_server.requests == []
+    assert f"generation_response partition '{key}' is in provider batch batch_" in failure_text(result)
     assert key not in instance.get_materialized_partitions(dg.AssetKey("generation_response"))
 
 

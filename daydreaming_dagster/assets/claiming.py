@@ -30,7 +30,15 @@ class Ask:
 
 
 def held_message(asset_name: str, key: str, owner: str, waited_s: float) -> str:
-    """One sentence: another live run is paying for this partition's answer; re-run later to reuse it."""
+    """One sentence: another live run (or a provider batch) is paying for this partition's answer;
+    re-run later to reuse it."""
+    if "(run batch " in owner:  # see orchestration/batch_submit.py: a batch's claim names it as its run
+        batch = owner.split("(run batch ", 1)[1].rstrip(")")
+        return (
+            f"{asset_name} partition '{key}' is in provider batch {batch}, which holds its claim; it is not asked "
+            "live, and its answer is stored and materialized when the batch finishes (`daydream batches` lists "
+            "the open batches)."
+        )
     return (
         f"{asset_name} partition '{key}' is being asked of the model by {owner}, which still held its "
         f"claim after {waited_s:g} s of waiting; it is not paid for twice, and re-running this partition "
