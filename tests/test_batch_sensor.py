@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import dagster as dg
 
+from daydreaming_dagster.assets.batch_step import BATCH_TAG
 from daydreaming_dagster.cli import main as daydream
+from daydreaming_dagster.compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from daydreaming_dagster.definitions import build_resources
 from daydreaming_dagster.orchestration.batch_sensor import build_batch_sensor
+from daydreaming_dagster.orchestration.worker import failure_text
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.layout import text_path
 from daydreaming_dagster.store.responses import read_provenance
 from tests.batch_fixtures import RUN, batch_asked
-from tests.pipeline import Pipeline
+from tests.pipeline import KEY, Pipeline
 
 
 def tick(instance: dg.DagsterInstance):
@@ -49,3 +52,28 @@ def test_the_sensor_collects_requests_exactly_the_answered_partitions_and_batche
         pair = next(p for p in pipeline.pairs() if p.keys_by_dimension["generation_tasks"] == generations[0])
         assert pipeline.evaluate(pair).success
         assert openai_server.requests == [] and set(batch_asked(openai_server).values()) == {1}
+
+
+def test_a_ui_run_with_the_batch_tag_submits_instead_of_calling_and_the_sensor_finishes_it(
+    experiment, instance, openai_server, monkeypatch
+):
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    openai_server.batches.delay_s = 0
+    pipeline = Pipeline(experiment, instance, openai_server)
+    pipeline.tables()
+    keys = pipeline.generation_keys()
+
+    tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1], BATCH_TAG: "true"}
+    result = pipeline.materialize(["generation_prompt", "generation_response"], tags=tags)
+
+    assert not result.success and openai_server.requests == []
+    message = failure_text(result)
+    assert message.startswith("6 generation_response partition(s) were submitted to provider batch(es) batch_")
+    assert "none asked live" in message and openai_server.batches.created == 2
+    assert not instance.get_materialized_partitions(dg.AssetKey("generation_response"))
+
+    with dg.build_sensor_context(instance=instance, resources=pipeline.resources) as context:
+        requests = build_batch_sensor()(context)
+    assert sorted(r.partition_key for r in requests) == sorted(keys)
+    assert pipeline.generate_all() is None  # the requested runs: every answer reused, no call
+    assert openai_server.requests == [] and openai_server.batches.requests_answered == 6

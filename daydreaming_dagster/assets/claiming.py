@@ -2,7 +2,7 @@
 
 A step claims every partition it has to call for before calling; one whose claim another live
 run holds is not called but waited for, and its answer reused when it is stored (one a provider
-batch holds is not waited for: it is left to the batch, see orchestration/batch_submit.py). Claims are
+batch holds is not waited for: it is left to the batch, see assets/batch_submit.py). Claims are
 renewed while the calls are in flight, released as each answer is stored or its call fails, and
 all released when the step ends, however it ends."""
 
@@ -32,7 +32,7 @@ class Ask:
 def held_message(asset_name: str, key: str, owner: str, waited_s: float) -> str:
     """One sentence: another live run (or a provider batch) is paying for this partition's answer;
     re-run later to reuse it."""
-    if "(run batch " in owner:  # see orchestration/batch_submit.py: a batch's claim names it as its run
+    if "(run batch " in owner:  # see assets/batch_submit.py: a batch's claim names it as its run
         batch = owner.split("(run batch ", 1)[1].rstrip(")")
         return (
             f"{asset_name} partition '{key}' is in provider batch {batch}, which holds its claim; it is not asked "

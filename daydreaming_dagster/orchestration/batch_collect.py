@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..assets.batch_submit import reconcile, request_of
 from ..llm.batch_backend import BatchBackend, BatchState
 from ..llm.requests import LLMError
 from ..resources.responses import ResponseStore
 from ..store.batch_ledger import BatchLedger
 from ..store.reservations import release_batch
 from ..store.responses import StoredResponseConflict
-from .batch_submit import reconcile, request_of
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..analysis.budget import price_table
 from ..analysis.estimate import usd
 from ..analysis.usage import model_prices
+from ..assets.batch_submit import BatchRefused, Submitter, evaluation_asks, generation_asks
 from ..experiment.batch_choice import BatchChoice, batch_prices, choose
 from ..experiment.errors import ExperimentError
 from ..experiment.loaders import load_models
@@ -32,7 +33,6 @@ from ..store.batch_ledger import BatchLedger
 from ..store.layout import table_path
 from ..store.tables import read_table
 from .batch_collect import cancel, look
-from .batch_submit import BatchRefused, Submitter, evaluation_asks, generation_asks
 from .batches import key_batches, pair_batches
 
 DEFAULT_POLL_S = 30.0

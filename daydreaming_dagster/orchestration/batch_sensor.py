@@ -16,6 +16,7 @@ import dagster as dg
 
 from ..analysis.budget import price_table
 from ..analysis.usage import model_prices
+from ..assets.batch_submit import BatchRefused, Submitter, evaluation_asks
 from ..experiment.batch_choice import BatchChoice, batch_prices
 from ..experiment.loaders import load_models
 from ..llm.batch_backend import OpenAIBatchBackend
@@ -26,7 +27,6 @@ from ..store.batch_ledger import BatchLedger
 from ..store.layout import table_path
 from ..store.tables import read_table
 from .batch_collect import Collected, look
-from .batch_submit import BatchRefused, Submitter, evaluation_asks
 from .sensors import pairs_request
 
 GENERATION = [dg.AssetKey("generation_prompt"), dg.AssetKey("generation_response")]

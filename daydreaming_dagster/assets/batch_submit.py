@@ -27,8 +27,6 @@ import pandas as pd
 
 from ..analysis.budget import HOW_TO_RAISE, Price, unknown_spend_sentence, unpriced_sentence, worst_case_usd
 from ..analysis.estimate import usd
-from ..assets.budget import spent_usd
-from ..assets.claiming import Ask
 from ..experiment.batch_choice import BatchChoice
 from ..experiment.ids import pair_key_str
 from ..experiment.prompts import evaluation_prompts, generation_prompts
@@ -43,6 +41,8 @@ from ..store.reservations import in_flight, release_batch, reserve_batch, spendi
 from ..store.responses import StoredResponseConflict
 from ..store.spend import paid_tallies
 from ..store.tables import read_table
+from .budget import spent_usd
+from .claiming import Ask
 
 # A batch claim outlives OpenAI's 24 h completion window, so a batch that is never collected
 # (its ledger lost with a machine) frees its partitions for a live run a day later.
