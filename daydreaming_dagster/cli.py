@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     from .orchestration.batch_run import batch_wanted, run_batch
 
-    if args.batch or batch_wanted(settings):  # batch mode: see orchestration/batch_run.py
+    if args.batch or (not settings.offline and batch_wanted(settings)):  # batch mode: orchestration/batch_run.py
         return run_batch(args, settings)
     from .experiment.errors import ExperimentError
     from .orchestration.run_costs import RunCosts

@@ -140,3 +140,18 @@ def test_the_plan_prices_batched_models_at_their_batch_price(batched, capsys):
     assert "Batch mode: gen-model-1 x0.5" in batch and "Batch mode" not in live
     assert total(batch) == pytest.approx(total(live) / 2, rel=0.01)
     assert total(quarter) == pytest.approx(total(live) / 4, rel=0.01)
+
+
+def test_a_file_over_the_providers_request_limit_is_split(batched, openai_server, monkeypatch):
+    monkeypatch.setenv("DAYDREAM_BATCH_MAX_REQUESTS", "2")
+    openai_server.batches.delay_s = 3600
+    assert daydream([*RUN, "--batch"]) == 0
+    records = list(BatchLedger(batched).records())
+    assert sorted(len(r["items"]) for r in records) == [1, 1, 2, 2]  # 3 generations per model: 2 + 1
+    assert len({r["model_id"] for r in records}) == 2 and openai_server.batches.created == 4
+
+
+def test_an_offline_run_ignores_the_batch_column(batched, openai_server, capsys):
+    set_batch_columns(batched, {"batch": {m: "yes" for m in PRICES}})
+    assert daydream([*RUN, "--offline"]) == 0, capsys.readouterr().err
+    assert openai_server.batches.created == 0 and openai_server.requests == []
