@@ -16,7 +16,7 @@ from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.llm.batch_backend import jsonl_line
 from daydreaming_dagster.llm.requests import LLMRequest
 from daydreaming_dagster.orchestration.worker import failure_text
-from daydreaming_dagster.store.batch_ledger import BatchLedger, submission_id
+from daydreaming_dagster.store.batch_ledger import BatchLedger, file_digest
 from daydreaming_dagster.store.reservations import in_flight
 from tests.batch_fixtures import RUN, batch_asked, materialization_counts
 from tests.pipeline import Pipeline
@@ -57,7 +57,7 @@ def test_a_batch_created_but_not_recorded_is_adopted_not_submitted_again(batched
     ledger = BatchLedger(batched)
     record = next(r for r in ledger.records() if r["model_id"] == "gen-model-1")
     requests = {k: LLMRequest(**item["request"]) for k, item in record["items"].items()}
-    assert submission_id(b"".join(jsonl_line(k, r) for k, r in requests.items())) == record["submission"]
+    assert file_digest(b"".join(jsonl_line(k, r) for k, r in requests.items())) == record["file_sha256"]
     ledger.write({**{k: v for k, v in record.items() if k not in ("batch_id", "submitted")},
                   "state": "intended", "created": time.time() - 3600})
     created = openai_server.batches.created

@@ -6,14 +6,15 @@ is taken (store/claims.py) as for a live call. Per model, the claimed requests g
 the provider's limits; for each file, in this order:
 
 1. its worst case is checked against the spending cap and reserved (it counts until collected);
-2. the ledger record is written, "intended", named by a digest of the file (store/batch_ledger.py);
-3. the file is uploaded and the batch created, with that digest in the batch's metadata;
+2. the ledger record is written, "intended", with the file's digest, under a new submission id
+   (store/batch_ledger.py);
+3. the file is uploaded and the batch created, with that submission id in the batch's metadata;
 4. the record becomes "submitted" with the batch id, and every claim is extended to the batch's
    completion window with the batch id in it: a live run leaves these partitions to the batch
    (assets/claiming.py), a second submit skips them.
 
 A SIGKILL between 2 and 4 leaves an "intended" record and claims with a short lease: the next
-`daydream run --batch` (or the sensor) asks the provider for a batch carrying that digest
+`daydream run --batch` (or the sensor) asks the provider for a batch carrying that id
 (`reconcile`), and adopts it, or, when none was created, drops the record. A batch is never
 created twice for one record, and a partition is never in two open batches."""
 
@@ -34,7 +35,7 @@ from ..llm.batch_backend import BatchBackend, jsonl_line, split_lines
 from ..llm.requests import LLMError, LLMRequest
 from ..resources.config import ExperimentConfig
 from ..resources.responses import ResponseStore
-from ..store.batch_ledger import BatchLedger, submission_id
+from ..store.batch_ledger import BatchLedger, file_digest, submission_id
 from ..store.claims import Claim, Claims, ClaimTimes, Held, Owner
 from ..store.layout import table_path, text_path
 from ..store.reservations import in_flight, release_batch, reserve_batch, spending_lock
@@ -199,6 +200,7 @@ class Submitter:
             "price_factor": factor,
             "worst_usd": worst,
             "created": time.time(),
+            "file_sha256": file_digest(data),
             "items": {ask.key: {"parts": ask.parts, "request": request_record(ask.request)} for ask, _ in part},
         }
         if self.then_evaluate and asset == "generation_response":

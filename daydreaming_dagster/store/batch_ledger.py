@@ -1,9 +1,9 @@
 """The ledger of provider batches: one small JSON record per submitted file, under
 `<output root>/.batches/<submission>.json`, written atomically (temp file, fsync, rename).
 
-A submission's id is a digest of its input file, so the record can be written before the batch
-exists ("intended") and the provider asked afterwards whether a batch with that id in its metadata
-was created. Its life: intended -> submitted (batch id known) -> collected (answers stored, errors
+A submission's id (its input file's digest and a random part) is chosen before the batch exists,
+so the record can be written first ("intended", with the file's full digest) and the provider
+asked afterwards whether a batch with that id in its metadata was created. Its life: intended -> submitted (batch id known) -> collected (answers stored, errors
 noted) | abandoned (never created) | cancelled. Records are never deleted: they are the history
 of what was sent, and `daydream batches` lists them."""
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +22,14 @@ FOLDER = ".batches"
 OPEN = ("intended", "submitted")
 
 
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def submission_id(data: bytes) -> str:
-    """The id of a submission: a digest of its input file's bytes."""
-    return hashlib.sha256(data).hexdigest()[:32]
+    """A new submission's id: the start of its input file's digest, and a random part, since the
+    same file may be sent again after its first batch failed (each sending has its own record)."""
+    return f"{file_digest(data)[:16]}-{uuid.uuid4().hex[:12]}"
 
 
 class BatchLedger:
