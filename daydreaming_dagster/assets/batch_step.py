@@ -16,7 +16,7 @@ import dagster as dg
 
 from ..analysis.budget import price_table
 from ..analysis.usage import model_prices
-from ..experiment.batch_choice import batch_prices, choose
+from ..experiment.batch_choice import choose
 from ..experiment.errors import ExperimentError
 from ..experiment.loaders import load_models
 from ..llm.batch_backend import OpenAIBatchBackend
@@ -52,7 +52,7 @@ def submit_from_step(
     try:
         models = load_models(experiment_config.raw_dir)
         choice = choose(models, True, {a.request.model_id for a in asks})
-        prices = price_table(batch_prices(model_prices(models), choice))
+        prices = price_table(model_prices(models))
         backend.check_ready()
         submitter = Submitter(backend, responses, choice, prices, step_cap(experiment_config, run_cap, llm), context.log.info)
         records = submitter.submit(asset_name, asks)

@@ -123,7 +123,7 @@ class Submitter:
         self.root = Path(store.base_path)
         self.ledger = BatchLedger(self.root)
         self.choice = choice
-        self.prices = prices  # at batch price
+        self.prices = prices  # list prices; a batch's worst case is at its model's batch price
         self.cap = cap_usd
         self.log = log
         self.short = store.claims()
@@ -231,6 +231,8 @@ class Submitter:
         price = self.prices.get(model_id)
         worst = None
         if price is not None:
+            factor = self.choice.factor(model_id)
+            price = (price[0] * factor, price[1] * factor)
             worst = sum(worst_case_usd(len(r.prompt), r.max_tokens, price, None) for r in requests)
         if self.cap is None:
             reserve_batch(self.root, sid, worst, model_id)

@@ -60,7 +60,11 @@ def look(backend: BatchBackend, store: ResponseStore, log: Callable[[str], None]
         if not state.finished:
             out.open.append((record, state))
             continue
-        collect(backend, store, record, state, out, log)
+        try:
+            collect(backend, store, record, state, out, log)
+        except LLMError as exc:  # its files could not be read now; the answers stay at the provider
+            log(f"batch {record['batch_id']}: finished, but could not be collected ({exc}); trying again later")
+            out.open.append((record, state))
     return out
 
 

@@ -21,7 +21,7 @@ from ..analysis.budget import price_table
 from ..analysis.estimate import usd
 from ..analysis.usage import model_prices
 from ..assets.batch_submit import BatchRefused, Submitter, evaluation_asks, generation_asks
-from ..experiment.batch_choice import BatchChoice, batch_prices, choose
+from ..experiment.batch_choice import BatchChoice, choose
 from ..experiment.errors import ExperimentError
 from ..experiment.loaders import load_models
 from ..llm.batch_backend import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, OpenAIBatchBackend
@@ -79,12 +79,16 @@ def run_batch(args: argparse.Namespace, settings: Settings) -> int:
     if settings.offline:
         print("the offline backend has no batch API; run --offline without --batch.", file=sys.stderr)
         return 2
+    if args.replace_changed:
+        print("--replace-changed asks live; run it without --batch (batch mode never replaces a stored answer).",
+              file=sys.stderr)
+        return 2
     try:
         config = ExperimentConfig.for_experiment(str(settings.data_root), str(settings.output_root))
         models = load_models(config.raw_dir)
         called = set(models.loc[models["for_generation"] | models["for_evaluation"], "id"])
         choice = choose(models, args.batch, called)
-        prices = price_table(batch_prices(model_prices(models), choice))
+        prices = price_table(model_prices(models))
     except ExperimentError as exc:
         print(str(exc), file=sys.stderr)
         return 2

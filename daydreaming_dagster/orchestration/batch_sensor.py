@@ -17,7 +17,7 @@ import dagster as dg
 from ..analysis.budget import price_table
 from ..analysis.usage import model_prices
 from ..assets.batch_submit import BatchRefused, Submitter, evaluation_asks
-from ..experiment.batch_choice import BatchChoice, batch_prices
+from ..experiment.batch_choice import BatchChoice
 from ..experiment.loaders import load_models
 from ..llm.batch_backend import OpenAIBatchBackend
 from ..resources.config import ExperimentConfig
@@ -57,7 +57,7 @@ def submit_evaluations(seen: Collected, config: ExperimentConfig, store: Respons
         return 0
     pairs = read_table(table_path(Path(config.output_root), "evaluation_tasks"))
     choice = BatchChoice(frozenset(judges), discounts)
-    prices = price_table(batch_prices(model_prices(load_models(config.raw_dir)), choice))
+    prices = price_table(model_prices(load_models(config.raw_dir)))
     submitter = Submitter(backend, store, choice, prices, config.max_cost_usd, log)
     records = submitter.submit("evaluation_response", evaluation_asks(config, pairs[pairs["generation_task_id"].isin(stored)]))
     return sum(len(r["items"]) for r in records)
