@@ -60,6 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not settings.offline and not os.environ.get("OPENROUTER_API_KEY"):
         print(MISSING_KEY_MESSAGE, file=sys.stderr)
         return 2
+    from .orchestration.batch_run import batch_wanted, run_batch
+
+    if args.batch or (not settings.offline and batch_wanted(settings)):  # batch mode: orchestration/batch_run.py
+        return run_batch(args, settings)
     from .experiment.errors import ExperimentError
     from .orchestration.pool import default_workers, start_pool
 
@@ -117,6 +121,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_batches(args: argparse.Namespace) -> int:
+    _configure(args)
+    from .orchestration.batch_run import list_batches
+    from .settings import Settings
+
+    return list_batches(Settings.from_env(), args.cancel, args.all)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     _configure(args)
     from .experiment.errors import ExperimentError
@@ -124,7 +136,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .settings import Settings
 
     try:
-        print(run_plan(Settings.from_env(), args.all))
+        print(run_plan(Settings.from_env(), args.all, args.batch))
     except ExperimentError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -309,11 +321,22 @@ def build_parser() -> argparse.ArgumentParser:
         "whose worst case would pass it (overrides max_cost_usd in 1_raw/experiment.toml; exit status 3 when "
         "it stops the run)",
     )
+    run.add_argument("--batch", action="store_true", help="ask through the provider's batch API, at its batch price "
+                     "(models with batch=no in llm_models.csv stay live); see README, Batch mode")
+    run.add_argument("--wait", action="store_true", help="with --batch: wait for the batches, collect and build the results")
+    run.add_argument("--retry-live", action="store_true", help="with --batch: ask live what a batch failed to answer")
     run.set_defaults(func=cmd_run)
+
+    batches = sub.add_parser("batches", help="list the open provider batches (or cancel one)")
+    common(batches)
+    batches.add_argument("--cancel", metavar="ID", help="cancel this batch; what it answered is still collected")
+    batches.add_argument("--all", action="store_true", help="also the batches already collected")
+    batches.set_defaults(func=cmd_batches)
 
     plan = sub.add_parser("plan", help="estimate the calls, tokens and cost still to pay for (no call is made)")
     common(plan)
     plan.add_argument("--all", action="store_true", help="the whole experiment, as if nothing were done yet")
+    plan.add_argument("--batch", action="store_true", help="price every model at its batch price (see `run --batch`)")
     plan.set_defaults(func=cmd_plan)
 
     def pair_filters(p: argparse.ArgumentParser) -> None:

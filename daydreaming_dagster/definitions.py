@@ -12,6 +12,7 @@ import os
 import dagster as dg
 
 from .assets import core, llm_evaluation, llm_generation, raw_data, reliability, report, results
+from .orchestration.batch_sensor import build_batch_sensor
 from .orchestration.sensors import build_evaluation_sensor
 from .resources.config import ExperimentConfig
 from .resources.io_managers import TableIOManager, TextIOManager
@@ -89,7 +90,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             evaluation_prompts_job,
             results_job,
         ],
-        sensors=[build_evaluation_sensor()],
+        sensors=[build_evaluation_sensor(), build_batch_sensor()],
         resources=build_resources(settings),
         # Every run's steps in its own process: a run is a prompt step then a response step, so the
         # multiprocess executor's two extra processes (each importing the code location, ~3 s of

@@ -8,7 +8,9 @@ import pytest
 
 from tests.experiment_factory import write_experiment
 
-pytest_plugins = ["tests.openai_server", "tests.pipeline", "tests.browser", "tests.postgres", "tests.s3_server"]
+pytest_plugins = [
+    "tests.openai_server", "tests.pipeline", "tests.browser", "tests.postgres", "tests.s3_server", "tests.batch_fixtures",
+]
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ answered by the scripted behaviours in order, then by `behaviour_for(body)` when
 returns one, then by the default: a success whose text is `default_answer(body)`.  `latency_s` delays every answer
 (`latency_for(body)`, when set, instead: see tests/latency_models.py).  Usage counts whitespace-separated words
 as tokens; with `cost_for` set it also reports a cost.  The server runs in daemon threads and
-shuts down at fixture teardown without waiting for handlers that are sleeping or stuck.
+shuts down at fixture teardown without waiting for handlers that are sleeping or stuck.  The batch
+protocol (`.batches`, see tests/openai_batch_protocol.py) answers /v1/files and /v1/batches.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
 import pytest
+
+from tests.openai_batch_protocol import FakeBatchAPI
 
 __all__ = [
     "Behaviour",
@@ -159,6 +162,8 @@ class FakeOpenAIServer:
         # cost_for(request body, usage) -> the amount.
         self.cost_for: Optional[Callable[[Any, dict], float]] = None
         self._lock = threading.Lock()
+        # The batch protocol (/v1/files, /v1/batches): see tests/openai_batch_protocol.py.
+        self.batches = FakeBatchAPI(self)
         self._stopping = threading.Event()
         self._counter = 0
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
@@ -272,6 +277,10 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if self.path.startswith(("/v1/files", "/v1/batches")):  # never recorded as chat requests
+            self.close_connection = True
+            self._send(*fake.batches.handle(self.command, self.path, self.headers, raw))
+            return
         try:
             body = json.loads(raw) if raw else None
         except ValueError:

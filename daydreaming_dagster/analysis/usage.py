@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..experiment.batch_choice import batch_price_factor
 from ..experiment.errors import ExperimentError
 
 PRICE_COLUMNS = ["input_usd_per_mtok", "output_usd_per_mtok"]
@@ -55,8 +56,8 @@ def usage_table(calls: list[dict], prices: pd.DataFrame) -> pd.DataFrame:
 
     `responses` counts the stored responses in use, `superseded` and `rejected` the paid answers
     kept aside; tokens and cost cover all of them. `cost_usd` is the tokens at the llm_models.csv
-    prices: NaN ("unknown", never 0) for a model without both prices, 0 for the offline backend
-    (nothing is paid). `provider_cost_usd` beside it is what the provider reported, where it did."""
+    prices (batched calls at their batch price factor): NaN ("unknown", never 0) for a model without
+    both prices, 0 for the offline backend (nothing is paid). `provider_cost_usd` beside it is what the provider reported, where it did."""
     if not calls:
         return pd.DataFrame(columns=USAGE_COLUMNS)
     df = pd.DataFrame(
@@ -69,6 +70,7 @@ def usage_table(calls: list[dict], prices: pd.DataFrame) -> pd.DataFrame:
                 "backend": c.get("backend") or "unknown",
                 **{t: c.get(t) for t in _TOKEN_COLUMNS},
                 "provider_cost_usd": c.get("provider_cost_usd"),
+                "price_factor": batch_price_factor(c),
             }
             for c in calls
         ]
@@ -87,9 +89,12 @@ def usage_table(calls: list[dict], prices: pd.DataFrame) -> pd.DataFrame:
     # What the provider itself reported (OpenRouter's usage.cost): NaN when no call of the group has it.
     table["provider_cost_usd"] = grouped["provider_cost_usd"].sum(min_count=1)
     table["calls_with_provider_cost"] = grouped["provider_cost_usd"].count()
+    # Batched calls cost their tokens at the batch price (list price x their price factor).
+    for column in ("prompt_tokens", "completion_tokens"):
+        table[f"priced_{column}"] = (df[column] * df["price_factor"]).groupby([df[k] for k in keys], sort=False).sum()
     table = table.reset_index().merge(prices, on="model_id", how="left")
     input_price, output_price = (table[c] for c in PRICE_COLUMNS)
-    cost = (table["prompt_tokens"] * input_price + table["completion_tokens"] * output_price) / 1e6
+    cost = (table["priced_prompt_tokens"] * input_price + table["priced_completion_tokens"] * output_price) / 1e6
     table["cost_usd"] = cost.where(table["backend"] != "offline", 0.0)
     table["order"] = table["stage"].map(_STAGE_ORDER).fillna(len(_STAGE_ORDER))
     table = table.sort_values(["order", "model_id", "model"], kind="stable")

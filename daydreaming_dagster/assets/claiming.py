@@ -1,7 +1,8 @@
 """The claims one response step holds on its paid calls (see store/claims.py), as `respond` uses them.
 
 A step claims every partition it has to call for before calling; one whose claim another live
-run holds is not called but waited for, and its answer reused when it is stored. Claims are
+run holds is not called but waited for, and its answer reused when it is stored (one a provider
+batch holds is not waited for: it is left to the batch, see assets/batch_submit.py). Claims are
 renewed while the calls are in flight, released as each answer is stored or its call fails, and
 all released when the step ends, however it ends."""
 
@@ -29,7 +30,15 @@ class Ask:
 
 
 def held_message(asset_name: str, key: str, owner: str, waited_s: float) -> str:
-    """One sentence: another live run is paying for this partition's answer; re-run later to reuse it."""
+    """One sentence: another live run (or a provider batch) is paying for this partition's answer;
+    re-run later to reuse it."""
+    if "(run batch " in owner:  # see assets/batch_submit.py: a batch's claim names it as its run
+        batch = owner.split("(run batch ", 1)[1].rstrip(")")
+        return (
+            f"{asset_name} partition '{key}' is in provider batch {batch}, which holds its claim; it is not asked "
+            "live, and its answer is stored and materialized when the batch finishes (`daydream batches` lists "
+            "the open batches)."
+        )
     return (
         f"{asset_name} partition '{key}' is being asked of the model by {owner}, which still held its "
         f"claim after {waited_s:g} s of waiting; it is not paid for twice, and re-running this partition "
@@ -109,6 +118,12 @@ class StepClaims:
         ran out) without a stored answer, to be taken again; the others end in `found`,
         `conflicts` or (after the wait bound) `held`."""
         waiting = {ask.key: ask for ask in asks}
+        for key, ask in list(waiting.items()):
+            # A provider batch answers within hours, not within the wait bound: left to it at once.
+            holder = self.claims.holder(self.responses.claim_path(self.asset_name, ask.parts))
+            if holder is not None and holder.record.get("batch"):
+                self.held[key] = holder.owner
+                del waiting[key]
         if not waiting:
             return []
         times = self.claims.times

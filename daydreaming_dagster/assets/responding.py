@@ -17,6 +17,7 @@ from ..llm.requests import IncompleteResponseError, LLMError, LLMResponse
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from ..store.responses import StoredResponseConflict, content_digest
+from .batch_step import batch_requested, submit_from_step
 from .budget import CAP_REACHED, SpendingCapReached, SpendingGuard
 from .claiming import Ask, StepClaims, held_message
 from .common import partition_output, per_partition_type, text_preview
@@ -39,6 +40,10 @@ class ResponseConfig(dg.Config):
     parallel_calls: int = 8
     """LLM calls in flight at once when the run covers a range of partitions (a run for one
     partition makes one call)."""
+
+    batch: bool = False
+    """Submit the calls to the provider's batch API instead of making them (as the run tag
+    daydream/batch=true does); the batches_collect sensor materializes the partitions later."""
 
     max_cost_usd: Optional[float] = None
     """Spending cap in USD for this run, overriding the experiment's `max_cost_usd`: no call starts
@@ -72,6 +77,8 @@ def respond(
             metadata[ask.key] = _response_metadata(stored, responses.path(asset_name, ask.parts), reused=True)
     if answers:
         context.log.info(f"reusing {len(answers)} stored response(s); no LLM call for them")
+    if to_call and batch_requested(context, config.batch):  # a UI backfill in batch mode: see batch_step.py
+        raise submit_from_step(context, llm, responses, to_call, config.max_cost_usd)
     if to_call:
         try:
             llm.check_ready()

@@ -18,6 +18,7 @@ from ..analysis.estimate import basis_lines, estimate, estimate_rows, text_table
 from ..analysis.usage import model_prices
 from ..assets.budget import spent_usd
 from ..assets.estimates import StageCalls, evaluation_calls, generation_calls, stored_samples
+from ..experiment.batch_choice import BatchChoice, batch_prices, choose
 from ..experiment.loaders import load_concepts, load_models, load_templates
 from ..experiment.tasks import build_content_combinations, build_evaluation_tasks, build_generation_tasks
 from ..resources.config import ExperimentConfig
@@ -42,6 +43,7 @@ class Plan:
     changes: list[str] = field(default_factory=list)
     replace_calls: int = 0
     replace_table: pd.DataFrame | None = None
+    batch: BatchChoice = field(default_factory=BatchChoice)  # the models priced at their batch price
 
     @property
     def calls(self) -> int:
@@ -70,10 +72,15 @@ def experiment_tables(config: ExperimentConfig) -> dict[str, pd.DataFrame]:
     }
 
 
-def make_plan(config: ExperimentConfig, instance: dg.DagsterInstance | None, include_all: bool = False) -> Plan:
-    """The calls not made yet (with `include_all`, every call of the experiment) and their estimate.
+def make_plan(
+    config: ExperimentConfig, instance: dg.DagsterInstance | None, include_all: bool = False, batch: bool = False
+) -> Plan:
+    """The calls not made yet (with `include_all`, every call of the experiment) and their estimate,
+    batched models (see experiment/batch_choice.py; `batch`: --batch) at their batch price.
     Raises ExperimentError for an invalid experiment."""
     t = experiment_tables(config)
+    choice = choose(t["llm_models"], batch)
+    prices = batch_prices(model_prices(t["llm_models"]), choice)
 
     def done(asset: str) -> set[str]:
         if include_all or instance is None:
@@ -92,14 +99,16 @@ def make_plan(config: ExperimentConfig, instance: dg.DagsterInstance | None, inc
         ),
     ]
     samples = stored_samples(config, t["generation_tasks"]["generation_task_id"].tolist(), t["evaluation_tasks"])
-    table = estimate([c for s in stages for c in s.calls], samples, model_prices(t["llm_models"]))
-    plan = Plan(config, stages, table, t["llm_models"], include_all)
+    table = estimate([c for s in stages for c in s.calls], samples, prices)
+    plan = Plan(config, stages, table, t["llm_models"], include_all, batch=choice)
     if not include_all:
-        _out_of_date(plan, t, instance, samples)
+        _out_of_date(plan, t, instance, samples, prices)
     return plan
 
 
-def _out_of_date(plan: Plan, t: dict[str, pd.DataFrame], instance: dg.DagsterInstance | None, samples: list) -> None:
+def _out_of_date(
+    plan: Plan, t: dict[str, pd.DataFrame], instance: dg.DagsterInstance | None, samples: list, prices: pd.DataFrame
+) -> None:
     """The out-of-date answers `daydream run` would report, and the calls re-asking them would make:
     each out-of-date generation and pair, and every pair of those generations (their judge prompts
     quote the new answer; estimated from the stored one)."""
@@ -120,7 +129,7 @@ def _out_of_date(plan: Plan, t: dict[str, pd.DataFrame], instance: dg.DagsterIns
         *evaluation_calls(pairs, tasks, t["evaluation_templates"], config, check_stored=False).calls,
     ]
     plan.replace_calls = len(calls)
-    plan.replace_table = estimate(calls, samples, model_prices(t["llm_models"]))
+    plan.replace_table = estimate(calls, samples, prices)
 
 
 def spent_so_far(config: ExperimentConfig, llm_models: pd.DataFrame) -> tuple[float, list[str], int]:
@@ -158,6 +167,9 @@ def format_plan(plan: Plan, offline: bool) -> str:
                 "  Judge prompts whose generation answer does not exist yet: the template plus an answer as long "
                 f"as that generator's stored answers, at most generation_max_tokens ({config.generation_max_tokens})."
             )
+    if plan.batch.active:
+        batched = ", ".join(f"{m} x{plan.batch.factor(m):g}" for m in sorted(plan.batch.batched))
+        lines.append(f"Batch mode: {batched} priced at the batch price (list price x batch_discount).")
     if offline:
         lines.append("Offline backend: these calls are free; the costs are what they would cost against the API.")
     spent, unknown, answers = spent_so_far(config, plan.llm_models)
@@ -177,8 +189,8 @@ def _cost(table: pd.DataFrame) -> str:
     return f"{usd(t['cost_usd_expected'])} expected ({usd(t['cost_usd_low'])} to {usd(t['cost_usd_high'])})"
 
 
-def run_plan(settings: Settings, include_all: bool) -> str:
+def run_plan(settings: Settings, include_all: bool, batch: bool = False) -> str:
     """The text of `daydream plan` for the settings in the environment (DAGSTER_HOME's instance)."""
     config = ExperimentConfig.for_experiment(str(settings.data_root), str(settings.output_root))
     instance = open_instance() if os.environ.get("DAGSTER_HOME") else None
-    return format_plan(make_plan(config, instance, include_all), settings.offline)
+    return format_plan(make_plan(config, instance, include_all, batch), settings.offline)

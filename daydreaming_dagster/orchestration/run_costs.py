@@ -12,6 +12,7 @@ import pandas as pd
 from ..analysis.budget import price_table, tokens_cost, unpriced_sentence
 from ..analysis.estimate import span, text_table, tokens, usd
 from ..analysis.usage import model_prices
+from ..experiment.batch_choice import batch_prices
 from ..experiment.errors import ExperimentError
 from ..resources.config import ExperimentConfig
 from ..settings import Settings
@@ -40,6 +41,7 @@ class RunCosts:
         self.before: dict[tuple[str, str], Tally] = {}
         self.run_cap = max_cost_usd
         self.cap: float | None = None
+        self.batch = False  # a `daydream run --batch`: its plan prices batched models at their batch price
 
     def start(self) -> str | None:
         """Estimate the calls this run is about to make; the sentence refusing to start, or None.
@@ -47,7 +49,7 @@ class RunCosts:
         An invalid experiment gives no estimate here: the runner reports it when it loads."""
         try:
             self.config = ExperimentConfig.for_experiment(str(self.settings.data_root), str(self.settings.output_root))
-            self.plan = make_plan(self.config, self.instance)
+            self.plan = make_plan(self.config, self.instance, batch=self.batch)
         except ExperimentError:
             return None
         if not self.settings.offline:
@@ -73,7 +75,8 @@ class RunCosts:
                 made[key] = tally
         if not made and not self.plan.calls:
             return ""
-        prices = price_table(model_prices(self.plan.llm_models))
+        # Batched models at their batch price, as the plan estimated them.
+        prices = price_table(batch_prices(model_prices(self.plan.llm_models), self.plan.batch))
         estimate = self.plan.table.set_index(["stage", "model_id"])
         rows = []
         for key in list(dict.fromkeys([*estimate.index, *made])):

@@ -31,6 +31,7 @@ from ..settings import Settings
 from ..store.layout import table_path
 from ..store.roots import data_path
 from ..store.tables import read_table
+from .batch_run import held_by_batches
 from .batches import Batch
 from .changes import ChangeCheck, StageCheck, change_report
 from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, tables_fingerprint
@@ -183,6 +184,7 @@ class Runner:
         kept = 0 if self.replace_changed else sum(1 for k in keys if k in changed)
         aside = f", {kept} out of date (kept as they are)" if kept else ""
         busy = InProgress(self.instance).busy(*STAGES[job_name]) if todo else {}
+        busy = {**held_by_batches(self.output_root, job_name), **busy} if todo else busy  # open provider batches
         left = {k: str(busy[k]) for k in todo if k in busy}
         todo = [k for k in todo if k not in left]
         report.left = len(left)

@@ -164,15 +164,16 @@ def _stale(r: Reservation, now: float) -> bool:
 
 
 def in_flight(root: Path) -> list[Reservation]:
-    """The calls under way now, as reservations; those of dead processes are removed."""
+    """The calls under way now, as reservations (submitted batches included); those of dead
+    processes are removed."""
     folder = spend_folder(root) / "in_flight"
     if is_remote(folder):
         entries = list(folder.iterdir())
     elif folder.is_dir():
         entries = os.scandir(folder)
     else:
-        return []
-    now, live = time.time(), []
+        return batch_reservations(root)
+    now, live = time.time(), batch_reservations(root)
     for entry in entries:
         if not entry.name.endswith(".json"):
             continue
@@ -191,3 +192,36 @@ def in_flight(root: Path) -> list[Reservation]:
         else:
             live.append(reservation)
     return live
+
+
+# Batch reservations (`.spend/batched/<submission>.json`) count like those of live calls but are
+# not tied to a process: a batch stays in flight at its worst case after its submitter
+# exits, until its answers are stored.
+BATCHED = "batched"
+
+
+def reserve_batch(root: Path | str, submission: str, worst_usd: float | None, model_id: str) -> None:
+    """Count a submitted batch at its worst case against the cap until it is collected."""
+    made = reserve(Path(root), worst_usd, model_id, f"batch {submission}")
+    folder = spend_folder(Path(root)) / BATCHED
+    folder.mkdir(parents=True, exist_ok=True)
+    os.replace(made.path, folder / f"{submission}.json")
+
+
+def release_batch(root: Path | str, submission: str) -> None:
+    (spend_folder(Path(root)) / BATCHED / f"{submission}.json").unlink(missing_ok=True)
+
+
+def batch_reservations(root: Path | str) -> list[Reservation]:
+    """The submitted batches not yet collected, each at its worst case."""
+    folder = spend_folder(Path(root)) / BATCHED
+    if not folder.is_dir():
+        return []
+    out = []
+    for entry in os.scandir(folder):
+        try:
+            record = json.loads(Path(entry.path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        out.append(Reservation(path=Path(entry.path), **record))
+    return out

@@ -69,6 +69,12 @@ def _amount(value) -> float | None:
     return float(value) if ok else None
 
 
+def batch_price_factor(provenance: dict) -> float:
+    """The share of the list price an answer costs: its `batch_price_factor` (a batched call), else 1."""
+    factor = _amount(provenance.get("batch_price_factor"))
+    return factor if factor is not None and 0 < factor <= 1 else 1.0
+
+
 def answer_tally(provenance: dict | None) -> tuple[tuple[str, str], Tally]:
     """One paid answer as ((model_id, backend), Tally); an unreadable sidecar is an answer of an
     unknown model without usage (its cost cannot be known)."""
@@ -80,8 +86,10 @@ def answer_tally(provenance: dict | None) -> tuple[tuple[str, str], Tally]:
     if cost is not None:
         t.provider_cost_usd, t.calls_with_provider_cost = cost, 1
     else:
+        # A batched answer costs its tokens at the batch price: the list price times its factor.
+        factor = batch_price_factor(p)
         t.unreported_calls = 1
-        t.unreported_prompt_tokens, t.unreported_completion_tokens = prompt or 0, completion or 0
+        t.unreported_prompt_tokens, t.unreported_completion_tokens = (prompt or 0) * factor, (completion or 0) * factor
         t.unreported_without_usage = int(without_usage)
     chars = _count(p.get("prompt_chars"))
     if chars and prompt:
