@@ -84,3 +84,17 @@ def test_a_file_with_two_models_is_refused(openai_server):
     with pytest.raises(LLMError, match="names one model"):
         backend.submit("test/m", {"a": request(1), "b": request(2, "test/other")}, {})
     assert openai_server.batches.files_uploaded == 0
+
+
+def test_batch_mode_is_refused_on_an_object_store_data_root_and_holds_nothing_back_there():
+    from daydreaming_dagster.store.batch_ledger import BatchLedger
+    from daydreaming_dagster.store.reservations import batch_reservations
+    from daydreaming_dagster.store.roots import StorageRefused
+
+    ledger = BatchLedger("s3://daydream-test/experiment")
+    assert ledger.held_keys("evaluation_response") == {}  # a live run on S3 reads no records
+    assert batch_reservations("s3://daydream-test/experiment") == []
+    with pytest.raises(StorageRefused, match="batch mode keeps its records on a local data root"):
+        ledger.refuse_remote()
+    with pytest.raises(StorageRefused):
+        ledger.write({"submission": "x", "state": "intended"})

@@ -121,7 +121,8 @@ class Submitter:
         self.backend = backend
         self.store = store
         self.root = Path(store.base_path)
-        self.ledger = BatchLedger(self.root)
+        self.ledger = BatchLedger(store.base_path)
+        self.ledger.refuse_remote()
         self.choice = choice
         self.prices = prices  # list prices; a batch's worst case is at its model's batch price
         self.cap = cap_usd

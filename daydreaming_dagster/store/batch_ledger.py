@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .files import atomic_write_bytes
+from .roots import StorageRefused, data_path, is_remote
 
 FOLDER = ".batches"
 OPEN = ("intended", "submitted")
@@ -36,14 +37,24 @@ class BatchLedger:
     """The batch records under one output root."""
 
     def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+        self.root = data_path(root)
         self.folder = self.root / FOLDER
+
+    def refuse_remote(self) -> None:
+        """Batch records are local files: on an object-store data root, batch mode is refused before
+        anything is uploaded (a live run there reads no records and holds nothing back)."""
+        if is_remote(self.root):
+            raise StorageRefused(
+                f"batch mode keeps its records on a local data root, and {self.root} is on object storage; "
+                "run without --batch (live calls) or use a local data root for batch runs."
+            )
 
     def path(self, submission: str) -> Path:
         return self.folder / f"{submission}.json"
 
     def write(self, record: dict) -> None:
         """Write (or replace) the record of `record["submission"]`, whole or not at all."""
+        self.refuse_remote()
         data = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8")
         atomic_write_bytes(self.path(record["submission"]), data)
 
@@ -55,7 +66,7 @@ class BatchLedger:
 
     def records(self) -> Iterator[dict]:
         """Every record, oldest first."""
-        if not self.folder.is_dir():
+        if is_remote(self.root) or not self.folder.is_dir():
             return
         found = []
         for entry in os.scandir(self.folder):

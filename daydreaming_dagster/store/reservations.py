@@ -213,7 +213,10 @@ def release_batch(root: Path | str, submission: str) -> None:
 
 
 def batch_reservations(root: Path | str) -> list[Reservation]:
-    """The submitted batches not yet collected, each at its worst case."""
+    """The submitted batches not yet collected, each at its worst case (none on object storage,
+    where batch mode is refused: see batch_ledger.BatchLedger.refuse_remote)."""
+    if is_remote(data_path(root)):
+        return []
     folder = spend_folder(Path(root)) / BATCHED
     if not folder.is_dir():
         return []
