@@ -101,3 +101,15 @@ def test_a_backfill_run_by_the_daemon_pays_each_pair_once_in_batched_runs(tmp_pa
         assert len(pairs) <= len(runs) * BACKFILL_PARTITIONS_PER_RUN
         assert instance.get_materialized_partitions(dg.AssetKey("evaluation_response")) == set(pairs)
         assert len(openai_server.requests) - before == len(pairs)
+
+
+def test_the_sqlite_event_log_remembers_tables_it_has_seen_and_still_sees_new_ones(tmp_path: Path):
+    from daydreaming_dagster.orchestration.sqlite_storage import PooledSqliteEventLogStorage
+
+    storage = PooledSqliteEventLogStorage(str(tmp_path))
+    assert storage.has_table("dynamic_partitions")
+    assert not storage.has_table("daydream_later")
+    with storage.index_connection() as conn:
+        conn.exec_driver_sql("CREATE TABLE daydream_later (id INTEGER)")
+    assert storage.has_table("daydream_later")  # a missing table is asked again, not remembered
+    storage.dispose()
