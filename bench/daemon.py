@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -120,6 +121,11 @@ def run_figures(instance, backfill_id: str) -> tuple[list, dict[str, list[float]
     return runs, phases
 
 
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
 
@@ -169,6 +175,7 @@ def main() -> None:
             instance = dg.DagsterInstance.get()
             keys = valid_pair_keys(read_table(table_path(root, "evaluation_tasks")))
             server.latency_for = lambda body: (call_starts.append(time.time()), args.latency)[1]
+            children0 = _cpu(resource.RUSAGE_CHILDREN)
             daemon = subprocess.Popen(
                 [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "daydreaming_dagster.definitions"],
                 env={**os.environ, **env}, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -189,6 +196,8 @@ def main() -> None:
         if daemon is not None:
             daemon.terminate()
             daemon.wait(60)
+            # The daemon, its code server and the run processes (each reaped by its parent).
+            path_cpu = _cpu(resource.RUSAGE_CHILDREN) - children0
         server.stop()
         if pg:
             pg.stop()
@@ -201,7 +210,7 @@ def main() -> None:
     )
     print(f"  {rate:.2f} pairs/s; ideal C/L = {args.calls}/{args.latency:g} = {ideal:.2f}/s; ratio {rate / ideal:.2f}")
     print(
-        f"  {len(runs)} runs, {len(failed)} failed; machine CPU {cpu:.0f} s; load average {os.getloadavg()[0]:.1f} at the end"
+        f"  {len(runs)} runs, {len(failed)} failed; CPU {path_cpu:.0f} s in the daemon's processes, {cpu:.0f} s on the whole machine; load average {os.getloadavg()[0]:.1f} at the end"
     )
     if phases["to first call"]:
         print("  per run, seconds (median / p90): " + "; ".join(
