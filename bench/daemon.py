@@ -121,6 +121,13 @@ def run_figures(instance, backfill_id: str) -> tuple[list, dict[str, list[float]
     return runs, phases
 
 
+def slot_use(starts: list[float], latency: float, calls: int, t0: float, t1: float) -> tuple[float, float]:
+    """Over [t0, t1] in 1 s steps: the mean calls in flight, and the share of seconds with fewer than C / 2."""
+    seconds = range(int(t0), int(t1) + 1)
+    in_flight = [sum(1 for s in starts if s <= t + 0.5 < s + latency) for t in seconds]
+    return statistics.mean(in_flight), sum(1 for n in in_flight if n < calls / 2) / len(in_flight)
+
+
 def _cpu(who: int) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
@@ -211,6 +218,10 @@ def main() -> None:
     print(f"  {rate:.2f} pairs/s; ideal C/L = {args.calls}/{args.latency:g} = {ideal:.2f}/s; ratio {rate / ideal:.2f}")
     print(
         f"  {len(runs)} runs, {len(failed)} failed; CPU {path_cpu:.0f} s in the daemon's processes, {cpu:.0f} s on the whole machine; load average {os.getloadavg()[0]:.1f} at the end"
+    )
+    mean_in_flight, starved = slot_use(call_starts, args.latency, args.calls, t0, t0 + wall)
+    print(
+        f"  calls in flight: mean {mean_in_flight:.1f} of C = {args.calls}; fewer than C/2 in {starved:.0%} of the seconds"
     )
     if phases["to first call"]:
         print("  per run, seconds (median / p90): " + "; ".join(
