@@ -3,7 +3,9 @@
 Against the test suite's OpenAI-protocol server with a fixed latency L, an experiment of ~2,000
 evaluation pairs whose generations are already materialized; one backfill of every valid pair
 (what `daydream backfill` and the UI's "Materialize all" submit) is run by `dagster-daemon`, which
-launches each run (a batch of the assets' BackfillPolicy) as a new process. Calls in flight are
+launches each run (a batch of the assets' BackfillPolicy) as a new process through a code server
+kept warm for the whole backfill, as `dagster dev` and deploy/ run one (`--code-server daemon`:
+the one a daemon given `-m` manages, which it replaces every 60 s). Calls in flight are
 bounded by the machine's call slots (DAYDREAM_MAX_CALLS_IN_FLIGHT = C, shared by every run); each
 response step may start `parallel_calls` of them. The instance is the shipped
 dagster_home/dagster.yaml (run queue, pools) with its storage as chosen: SQLite as shipped, or
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -81,6 +84,34 @@ def configure(home: Path, storage: str, pool: int | None, max_runs: int | None) 
     if max_runs is not None:
         config["concurrency"]["runs"]["max_concurrent_runs"] = max_runs
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+
+
+def start_code_server(tmp: Path, env: dict) -> tuple[subprocess.Popen, list[str]]:
+    """A code server the daemon does not manage (as `dagster dev` and deploy/ run one), and the
+    daemon's arguments for it. A daemon given `-m` starts its own, and replaces it every 60 s."""
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    server = subprocess.Popen(
+        [str(bin_dir / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port),
+         "-m", "daydreaming_dagster.definitions"],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    check = [str(bin_dir / "dagster"), "api", "grpc-health-check", "-h", "127.0.0.1", "-p", str(port)]
+    deadline = time.monotonic() + 180
+    while subprocess.run(check, env=env, capture_output=True).returncode != 0:
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise RuntimeError("the code server did not start")
+        time.sleep(1)
+    workspace = tmp / "workspace.yaml"
+    location = {"host": "127.0.0.1", "port": port, "location_name": "daydreaming_dagster"}
+    workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": location}]}))
+    return server, ["-w", str(workspace)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for_backfill(instance, backfill_id: str, timeout_s: float) -> str:
@@ -148,13 +179,20 @@ def main() -> None:
     parser.add_argument(
         "--max-runs", type=int, default=None, help="max_concurrent_runs (default: the shipped config's)"
     )
+    parser.add_argument(
+        "--code-server", choices=("warm", "daemon"), default="warm",
+        help="warm: one `dagster code-server` for the whole backfill (as dagster dev and deploy/ run it); "
+        "daemon: the one `dagster-daemon run -m` starts and replaces every 60 s",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
-    print(f"machine: {machine()}; storage {args.storage}; load average {os.getloadavg()[0]:.1f} at the start")
+    print(
+        f"machine: {machine()}; storage {args.storage}; code server {args.code_server}; load average {os.getloadavg()[0]:.1f} at the start"
+    )
     server = start_server(0.0)
     call_starts: list[float] = []
     pg = LocalPostgres.start(fsync=True) if args.storage == "postgres" else None
-    daemon = None
+    daemon = code_server = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -183,11 +221,14 @@ def main() -> None:
             keys = valid_pair_keys(read_table(table_path(root, "evaluation_tasks")))
             server.latency_for = lambda body: (call_starts.append(time.time()), args.latency)[1]
             children0 = _cpu(resource.RUSAGE_CHILDREN)
+            target = ["-m", "daydreaming_dagster.definitions"]
+            if args.code_server == "warm":
+                code_server, target = start_code_server(tmp, {**os.environ, **env})
             daemon = subprocess.Popen(
-                [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "daydreaming_dagster.definitions"],
+                [str(Path(sys.executable).with_name("dagster-daemon")), "run", *target],
                 env={**os.environ, **env}, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            time.sleep(5)  # the daemon and its code server start before the clock does
+            time.sleep(5)  # the daemon (and its code server) start before the clock does
             cpu0, t0 = busy_cpu_seconds(), time.time()
             # Every run of the backfill gets the response step's parallel_calls from its run config.
             run_config = {"ops": {"evaluation_response": {"config": {"parallel_calls": args.parallel_calls}}}}
@@ -200,9 +241,11 @@ def main() -> None:
             failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
             instance.dispose()
     finally:
+        for process in (daemon, code_server):
+            if process is not None:
+                process.terminate()
+                process.wait(60)
         if daemon is not None:
-            daemon.terminate()
-            daemon.wait(60)
             # The daemon, its code server and the run processes (each reaped by its parent).
             path_cpu = _cpu(resource.RUSAGE_CHILDREN) - children0
         server.stop()
