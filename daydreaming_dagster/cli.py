@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=None,
-        help="partitions per Dagster run, at most (default: as many as a backfill puts in one run, 32; "
+        help="partitions per Dagster run, at most (default 32; "
         "1 = one run per partition)",
     )
     run.add_argument(

@@ -15,12 +15,12 @@ import dagster as dg
 import pytest
 
 from daydreaming_dagster.assets import llm_evaluation, llm_generation
+from daydreaming_dagster.assets.common import BACKFILL_PARTITIONS_PER_RUN
 from daydreaming_dagster.assets.partitions import evaluation_pairs_partitions
 from daydreaming_dagster.cli import INSTANCE_TEMPLATE
 from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.llm import slots as llm_slots
 from daydreaming_dagster.orchestration.batches import (
-    MAX_PARTITIONS_PER_RUN,
     Batch,
     batch_size,
     key_batches,
@@ -137,9 +137,9 @@ def test_the_ranges_dagster_backfills_make_of_a_pair_subset_hold_only_those_pair
 
     assert sorted(expanded) == sorted(wanted)
     for asset in (llm_evaluation.evaluation_prompt, llm_evaluation.evaluation_response):
-        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(MAX_PARTITIONS_PER_RUN)
+        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(BACKFILL_PARTITIONS_PER_RUN)
     for asset in (llm_generation.generation_prompt, llm_generation.generation_response):
-        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(MAX_PARTITIONS_PER_RUN)
+        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(BACKFILL_PARTITIONS_PER_RUN)
 
 
 # --------------------------------------------------------------------------- one run over a range

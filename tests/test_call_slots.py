@@ -70,6 +70,38 @@ def test_a_killed_holder_frees_its_slot_at_once(tmp_path: Path):
         holder.wait()
 
 
+class CountingSlots(FileCallSlots):
+    """FileCallSlots that counts its passes over the slot files."""
+
+    scans = 0
+
+    def _scan(self):
+        type(self).scans += 1
+        return super()._scan()
+
+
+def test_waiting_calls_of_one_process_poll_the_files_one_at_a_time(tmp_path: Path):
+    # Eight threads wait while another process holds the only slot. Each pass is followed by a
+    # sleep of at least poll_s / 2, so one poller makes at most 2 * wait / poll_s + 1 passes; eight
+    # pollers each polling would make ~8 * wait / poll_s.
+    folder, poll_s, wait_s = tmp_path / "slots", 0.01, 0.6
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        slots = CountingSlots(folder, 1, poll_s=poll_s)
+        waiting = [threading.Thread(target=lambda: slots.hold().__enter__(), daemon=True) for _ in range(8)]
+        started = time.monotonic()
+        for thread in waiting:
+            thread.start()
+        time.sleep(wait_s)
+        scans, elapsed = CountingSlots.scans, time.monotonic() - started
+        assert all(thread.is_alive() for thread in waiting)
+        assert 1 <= scans <= 2 * elapsed / poll_s + 1
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_the_client_holds_one_machine_slot_per_call(openai_server):
     # The slot folder is derived from the base URL, whose port is this test server's own.
     openai_server.latency_s = 0.4

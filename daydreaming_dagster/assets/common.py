@@ -16,12 +16,17 @@ from ..experiment.prompts import Prompt
 from ..store.tables import table_digest
 
 PREVIEW_ROWS = 10
-# At most this many partitions go in one run, for backfills (the UI's "Materialize all", `daydream
-# backfill`, the sensor's large requests) and for `daydream run`: a run costs Dagster ~0.25-0.5 s
-# of CPU, a partition inside one ~20 ms, and a failed batch is re-run one partition per run, so
-# larger batches buy little and cost more then.
+# At most this many partitions go in one run of `daydream run`: its warm workers start a run for
+# ~0.25-0.5 s of CPU, a partition inside one costs ~20 ms, and a failed batch is re-run one
+# partition per run, so larger batches buy little there and cost more then.
 MAX_PARTITIONS_PER_RUN = 32
-BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN)
+# ... and in one run of a backfill (the UI's "Materialize all", `daydream backfill`, the sensor's
+# large requests). The daemon starts each run as a new process that imports and loads the code
+# location, ~3-6 s of CPU on 2 cores, before its first call: 2,000 pairs in runs of 32 spent more
+# CPU starting runs than calling (README, "Performance"). A run of 128 still fills the machine's
+# call slots alone (`parallel_calls`) and shows each partition's materialization as it lands.
+BACKFILL_PARTITIONS_PER_RUN = 128
+BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_PARTITIONS_PER_RUN)
 
 
 @contextlib.contextmanager

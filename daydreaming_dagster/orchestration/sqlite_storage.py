@@ -71,6 +71,7 @@ class PooledSqliteEventLogStorage(ConsolidatedSqliteEventLogStorage):
     """Dagster's consolidated SQLite event log (`<base_dir>/event_log.db`), with pooled connections."""
 
     def __init__(self, base_dir: str, inst_data=None) -> None:
+        self._tables_seen: set[str] = set()
         with creating(os.path.join(base_dir, "event_log.db")):
             super().__init__(base_dir, inst_data)
 
@@ -78,6 +79,16 @@ class PooledSqliteEventLogStorage(ConsolidatedSqliteEventLogStorage):
     def _connect(self) -> Iterator[db.engine.Connection]:
         with _transaction(self._conn_string) as conn:
             yield conn
+
+    def has_table(self, table_name: str) -> bool:
+        # Dagster's own builds a new engine and connection for each call, and asks before every
+        # dynamic-partition lookup: in a backfill run of 66 pairs, 850 calls and a third of its CPU.
+        # Migrations only ever add tables, so a table seen once is there for the life of this process.
+        if table_name not in self._tables_seen:
+            with self._connect() as conn:
+                if conn.dialect.has_table(conn, table_name):
+                    self._tables_seen.add(table_name)
+        return table_name in self._tables_seen
 
 
 class PooledSqliteRunStorage(SqliteRunStorage):
