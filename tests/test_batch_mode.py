@@ -17,6 +17,8 @@ from tests.test_cost import PRICES
 
 
 def test_the_whole_experiment_in_batch_mode_pays_each_request_once_at_the_batch_price(batched, openai_server, capsys):
+    # Long enough that a poll sees each batch open (and prints its progress) on a loaded machine.
+    openai_server.batches.delay_s = 1.5
     assert daydream([*RUN, "--batch", "--wait"]) == 0, capsys.readouterr().err
     out = capsys.readouterr()
 

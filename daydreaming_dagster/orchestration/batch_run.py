@@ -33,7 +33,6 @@ from ..store.batch_ledger import BatchLedger
 from ..store.layout import table_path
 from ..store.tables import read_table
 from .batch_collect import cancel, look
-from .batches import key_batches, pair_batches
 
 DEFAULT_POLL_S = 30.0
 
@@ -187,13 +186,12 @@ class Rounds:
 
     def round(self) -> None:
         runner, root = self.runner, Path(self.config.output_root)
-        order = runner.instance.get_dynamic_partitions("generation_tasks")
         keys = read_table(table_path(root, "generation_tasks"))["generation_task_id"].tolist()
         done = runner.materialized("generation_response")
         missing = [k for k in keys if k not in done]
         again = self.live_again["generation_response"]
         self.submitter.submit("generation_response", [a for a in generation_asks(self.config, missing) if a.key not in again])
-        self._materialize("generation", missing, done, lambda todo, size: key_batches(order, todo, size))
+        self._materialize("generation", missing, done)
 
         pairs = read_table(table_path(root, "evaluation_tasks"))
         generated = runner.materialized("generation_response")
@@ -204,20 +202,16 @@ class Rounds:
         asks = [a for a in evaluation_asks(self.config, ready) if a.key not in again]
         self.submitter.submit("evaluation_response", asks)
         ready_keys = (ready["evaluation_task_id"] + "|" + ready["generation_task_id"]).tolist()
+        self._materialize("evaluation", ready_keys, pair_done)
 
-        def pair_batcher(todo, size):
-            return pair_batches(order, [(g, e) for e, g in (k.split("|", 1) for k in todo)], size)
-
-        self._materialize("evaluation", ready_keys, pair_done, pair_batcher)
-
-    def _materialize(self, job: str, keys: list[str], done: set[str], batcher) -> None:
+    def _materialize(self, job: str, keys: list[str], done: set[str]) -> None:
         """Run the stage over `keys` that no open batch holds: stored answers are reused, models
         not batched (and --retry-live re-asks) are asked live."""
         held = held_by_batches(Path(self.config.output_root), job)
         todo = [k for k in keys if k not in held and k not in done]
         if not todo:
             return
-        report = self.runner.run_partitions(job, todo, done, batcher)
+        report = self.runner.run_partitions(job, todo, done)
         total = self.stages.setdefault(job, type(report)(job))
         total.total += report.total
         total.succeeded += report.succeeded

@@ -231,6 +231,18 @@ class Runner:
             stream.generations_finished()
         stream.run()
 
+    def run_partitions(self, job_name: str, keys: list[str], done: set[str]) -> StageReport:
+        """Run one stage over every key not in `done` (and not held by another run), as a stream of
+        its own: batch mode's rounds, whose answers are stored already, so the runs reuse them."""
+        todo, report = self._todo(job_name, keys, done)
+        if todo:
+            order = self.instance.get_dynamic_partitions("generation_tasks")
+            if job_name == GENERATION:
+                self.stream(order, (todo, report), None)
+            else:
+                self.stream(order, None, (todo, report))
+        return report
+
     def refresh_prompts(self, job_name: str, asset_name: str, check: StageCheck, runnable: list[str], order: list[str]) -> list[StageReport]:
         """Render again the prompts of out-of-date partitions that are left as they are, so that
         Dagster shows their answers stale (the prompt's data version is its digest): no LLM call."""
