@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -94,7 +95,7 @@ def start_code_server(tmp: Path, env: dict) -> tuple[subprocess.Popen, list[str]
     server = subprocess.Popen(
         [str(bin_dir / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port),
          "-m", "daydreaming_dagster.definitions"],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     check = [str(bin_dir / "dagster"), "api", "grpc-health-check", "-h", "127.0.0.1", "-p", str(port)]
     deadline = time.monotonic() + 180
@@ -106,6 +107,16 @@ def start_code_server(tmp: Path, env: dict) -> tuple[subprocess.Popen, list[str]
     location = {"host": "127.0.0.1", "port": port, "location_name": "daydreaming_dagster"}
     workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": location}]}))
     return server, ["-w", str(workspace)]
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop a process started in a session of its own, with its children (code servers, runs)."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def free_port() -> int:
@@ -227,6 +238,7 @@ def main() -> None:
             daemon = subprocess.Popen(
                 [str(Path(sys.executable).with_name("dagster-daemon")), "run", *target],
                 env={**os.environ, **env}, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )  # fmt: skip
             time.sleep(5)  # the daemon (and its code server) start before the clock does
             cpu0, t0 = busy_cpu_seconds(), time.time()
@@ -243,8 +255,7 @@ def main() -> None:
     finally:
         for process in (daemon, code_server):
             if process is not None:
-                process.terminate()
-                process.wait(60)
+                stop_group(process)
         if daemon is not None:
             # The daemon, its code server and the run processes (each reaped by its parent).
             path_cpu = _cpu(resource.RUSAGE_CHILDREN) - children0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,16 @@ from daydreaming_dagster.store.tables import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "dagster_home" / "dagster.yaml"
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop a process started in a session of its own, with everything it started."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def shipped_instance(home: Path) -> dg.DagsterInstance:
@@ -68,9 +79,11 @@ def test_a_backfill_run_by_the_daemon_pays_each_pair_once_in_batched_runs(tmp_pa
         "OPENROUTER_API_KEY": "sk-daemon-test",
         "OPENROUTER_BASE_URL": openai_server.base_url,
         "DAYDREAM_MAX_CALLS_IN_FLIGHT": "4",
+        "DAYDREAM_BACKEND": "openai",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DAYDREAM_OUTPUT_ROOT", raising=False)  # other tests' CLI runs may leave settings behind
     defs = build_definitions(Settings.from_env())
     with shipped_instance(home) as instance:
         assert defs.resolve_job_def("task_tables").execute_in_process(instance=instance).success
@@ -81,20 +94,23 @@ def test_a_backfill_run_by_the_daemon_pays_each_pair_once_in_batched_runs(tmp_pa
         # Submitted before the daemon starts, so that its first iteration takes it (the backfill
         # daemon looks every 30 s).
         backfill_id = submit_pair_backfill(instance, defs, pairs)
+        log = (tmp_path / "daemon.log").open("w")
         daemon = subprocess.Popen(
             [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "daydreaming_dagster.definitions"],
-            env={**os.environ, **env}, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env={**os.environ, **env}, cwd=REPO, stdout=log, stderr=log,
+            start_new_session=True,  # its code server and run processes go with it, below
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + 900  # generous: the machine may be shared and loaded
             while str(instance.get_backfill(backfill_id).status).endswith("REQUESTED") and time.monotonic() < deadline:
-                assert daemon.poll() is None, daemon.stderr.read().decode()[-3000:]
+                assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
                 time.sleep(1)
         finally:
-            daemon.terminate()
-            daemon.communicate(timeout=60)
+            stop_group(daemon)
+            log.close()
         runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-        assert str(instance.get_backfill(backfill_id).status).endswith("COMPLETED_SUCCESS")
+        status = str(instance.get_backfill(backfill_id).status)
+        assert status.endswith("COMPLETED_SUCCESS"), f"backfill {status}; runs {[r.status for r in runs]}"
         assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
         # One run per method (consecutive generations of one method form a range), not one per pair.
         assert len(runs) == len(pairs) // len(instance.get_dynamic_partitions("generation_tasks"))
