@@ -31,6 +31,12 @@ def leftovers(s3, prefix: str) -> list[str]:
     return [k for k in s3.keys(prefix) if k.endswith((".claim.json", ".tmp"))]
 
 
+def answer_of_claim(key: str) -> str:
+    """The answer object a claim object stands beside: `<dir>/.<name>.claim.json` -> `<dir>/<name>.txt`."""
+    folder, _, name = key.rpartition("/")
+    return f"{folder}/{name[1:-len('.claim.json')]}.txt"
+
+
 def answers_are_whole(s3, prefix: str) -> None:
     keys = s3.keys(prefix)
     for key in keys:
@@ -115,6 +121,11 @@ def test_a_runner_killed_mid_call_on_s3_resumes_paying_at_most_once_more(tmp_pat
     assert {key for key, n in counts.items() if n > 1} == in_flight  # paid again: only what was in flight
     assert max(counts.values()) == 2
     assert "took over the claim of pid" in resumed.stderr
-    assert not leftovers(s3, "killed/")
+    # A runner killed between storing an answer and releasing its claim leaves that claim beside the
+    # answer (judges stream behind generations, so some were answered at the kill). It is inert: a
+    # stored answer is reused before any claim is read. Every other claim, and every temp object, is gone.
+    keys = set(s3.keys("killed/"))
+    orphaned = [k for k in leftovers(s3, "killed/") if not (k.endswith(".claim.json") and answer_of_claim(k) in keys)]
+    assert not orphaned
     answers_are_whole(s3, "killed/")
     assert not [p for p in Path(tmp_path).rglob("*.claim.json")]
