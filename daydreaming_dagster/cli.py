@@ -60,16 +60,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not settings.offline and not os.environ.get("OPENROUTER_API_KEY"):
         print(MISSING_KEY_MESSAGE, file=sys.stderr)
         return 2
-    from .orchestration.batch_run import batch_wanted, run_batch
-
-    if args.batch or (not settings.offline and batch_wanted(settings)):  # batch mode: orchestration/batch_run.py
-        return run_batch(args, settings)
-    from .experiment.errors import ExperimentError
     from .orchestration.pool import default_workers, start_pool
 
     workers = args.workers or default_workers(args.concurrency, settings.offline)
-    # Started before this process imports Dagster: the workers load the code location meanwhile.
+    # Started before this process imports anything heavy (Dagster, pandas, the batch client): the
+    # workers load the code location meanwhile, batch mode's as well as a live run's.
     pool = start_pool(workers, args.concurrency, settings.offline) if workers > 1 else None
+    try:
+        return _run(args, settings, workers, pool)
+    finally:
+        if pool is not None:
+            pool.close()  # the runner closed it already, unless the command stopped before it started
+
+
+def _run(args: argparse.Namespace, settings, workers: int, pool) -> int:
+    from .experiment.batch_choice import batch_wanted
+
+    if args.batch or (not settings.offline and batch_wanted(settings.data_root / "1_raw")):
+        from .orchestration.batch_run import run_batch  # batch mode
+
+        return run_batch(args, settings, pool)
+    from .experiment.errors import ExperimentError
     from .orchestration.run_costs import RunCosts
     from .orchestration.runner import Runner, print_progress
 

@@ -83,8 +83,20 @@ class Tab:
         )
 
     def open_row(self, nth: int = 0) -> str:
-        """Click a matrix row; returns the generation id once its texts are shown."""
-        self.page.locator("#matrix-body tr.row").nth(nth).click()
+        """Click the `nth` matrix row in view; returns the generation id once its texts are shown.
+
+        Counted from the first row below the sticky header: the page also draws rows above and below
+        the view, and clicking one of those would first scroll it into view, which draws the rows
+        again, possibly between the mouse's press and release (the click then opens nothing)."""
+        first = self.page.eval_on_selector(
+            "#matrix-scroll",
+            """box => {
+                const top = box.getBoundingClientRect().top + document.getElementById("matrix-head").offsetHeight;
+                return [...box.querySelectorAll("#matrix-body tr.row")].findIndex(r => r.getBoundingClientRect().top >= top);
+            }""",
+        )
+        assert first >= 0, "no matrix row is in view"
+        self.page.locator("#matrix-body tr.row").nth(first + nth).click()
         self.page.wait_for_selector("html[data-detail-ready]", state="attached")
         return self.page.get_attribute("html", "data-detail-ready")
 

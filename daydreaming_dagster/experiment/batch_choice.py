@@ -101,3 +101,15 @@ def batch_prices(prices: pd.DataFrame, choice: BatchChoice) -> pd.DataFrame:
     for column in ("input_usd_per_mtok", "output_usd_per_mtok"):
         out[column] = out[column] * factors
     return out
+
+
+def batch_wanted(raw_dir) -> bool:
+    """Whether the experiment's llm_models.csv sends some model through its batch API even without
+    --batch (decided before `daydream run` imports Dagster; a file that cannot be read says no here
+    and is reported by the run itself)."""
+    from .loaders import load_models
+
+    try:
+        return choose(load_models(raw_dir), False).active
+    except (ExperimentError, OSError):
+        return False

@@ -55,14 +55,6 @@ def batch_backend(settings: Settings) -> OpenAIBatchBackend:
     )
 
 
-def batch_wanted(settings: Settings) -> bool:
-    """Whether llm_models.csv sends some model through its batch API even without --batch."""
-    try:
-        return choose(load_models(settings.data_root / "1_raw"), False).active
-    except (ExperimentError, OSError):
-        return False  # the run reports the problem itself
-
-
 def held_by_batches(output_root: Path, job_name: str) -> dict[str, str]:
     """Partition key -> "batch <id>" for the partitions of a stage that open batches hold (a live
     run leaves them to the batch instead of asking them)."""
@@ -70,8 +62,8 @@ def held_by_batches(output_root: Path, job_name: str) -> dict[str, str]:
     return BatchLedger(output_root).held_keys(asset) if asset else {}
 
 
-def run_batch(args: argparse.Namespace, settings: Settings) -> int:
-    """`daydream run` in batch mode; the exit status."""
+def run_batch(args: argparse.Namespace, settings: Settings, pool=None) -> int:
+    """`daydream run` in batch mode, on the command's worker `pool` if it started one; the exit status."""
     from .run_costs import RunCosts
     from .runner import Runner, default_workers, print_progress
 
@@ -102,7 +94,7 @@ def run_batch(args: argparse.Namespace, settings: Settings) -> int:
     runner = Runner(
         settings.output_root, args.concurrency, False, print_progress,
         workers=args.workers or default_workers(args.concurrency, settings.offline),
-        max_batch=args.batch_size, data_root=settings.data_root, max_cost_usd=args.max_cost,
+        max_batch=args.batch_size, data_root=settings.data_root, max_cost_usd=args.max_cost, pool=pool,
     )
     costs = RunCosts(settings, args.max_cost, runner.instance)
     costs.batch = args.batch
