@@ -170,7 +170,7 @@ class WorkerPool:
     def _read(self, results) -> None:
         while True:
             try:
-                task_id, ok, value = results.get(timeout=0.5)
+                item = results.get(timeout=0.5)
             except queue.Empty:
                 self._replace_dead()
                 with self._lock:
@@ -179,6 +179,9 @@ class WorkerPool:
                 continue
             except (EOFError, OSError):
                 return
+            if item is None:  # close(): every worker has exited
+                return
+            task_id, ok, value = item
             with self._lock:
                 future = self._futures.pop(task_id, None)
                 for worker in self._pool:
@@ -232,4 +235,12 @@ class WorkerPool:
             if not wait:
                 worker.process.terminate()
             worker.process.join()
+        # The reader holds the pool (and its queues' semaphores) until it returns: stop it now, so
+        # they are released before the command exits (without Python's teardown, see cli.py) and the
+        # resource tracker finds no semaphore left behind.
+        self._results.put(None)
+        self._threads[1].join()
+        for channel in [self._results, *(worker.inbox for worker in workers)]:
+            channel.close()  # and its feeder thread, which holds one of its semaphores, exits
+            channel.join_thread()
         self._results = None

@@ -106,11 +106,13 @@ class Runner:
         self._pool = pool if pool is not None or self.workers == 1 else start_pool(self.workers, self.concurrency, offline)
         self._threads: ThreadPoolExecutor | None = None
         self._warm = threading.Thread(target=_warm_up, name="warm-up", daemon=True)
+        self._warming: list = []  # the workers' warm_worker tasks
 
     def close(self) -> None:
         """Wait for the runs in flight (their answers are paid for: they store them), then stop."""
         if self._pool is not None:
-            if running := self._pool.in_flight():
+            # Workers still opening the instance (a run that found nothing to do) store nothing.
+            if running := self._pool.in_flight() - sum(not f.done() for f in self._warming):
                 self.progress(f"waiting for the {running} run(s) in flight to store their answers (Ctrl-C again stops them)")
             try:
                 self._pool.close()
@@ -264,7 +266,7 @@ class Runner:
 
     def run(self) -> list[StageReport]:
         if self._pool is not None:
-            self._pool.for_each_worker(warm_worker)  # the instance exists now: the workers may open it
+            self._warming = self._pool.for_each_worker(warm_worker)  # the instance exists now: the workers may open it
         fingerprint = tables_fingerprint(self.data_root) if self.data_root else None
         rebuilt = not (fingerprint and tables_current(self.instance, fingerprint))
         # Answers can have gone out of date only if the experiment, the code or an answer changed.
