@@ -80,56 +80,9 @@ def _run(args: argparse.Namespace, settings, workers: int, pool) -> int:
         from .orchestration.batch_run import run_batch  # batch mode
 
         return run_batch(args, settings, pool)
-    from .experiment.errors import ExperimentError
-    from .orchestration.run_costs import RunCosts
-    from .orchestration.runner import Runner, print_progress
+    from .orchestration.live_run import run_live
 
-    backend = "offline backend" if settings.offline else f"{settings.base_url}"
-    print_progress(
-        f"experiment {settings.data_root} -> {settings.output_root} ({backend}); "
-        f"Dagster instance {os.environ['DAGSTER_HOME']}"
-    )
-    runner = Runner(
-        settings.output_root,
-        args.concurrency,
-        args.replace_changed,
-        print_progress,
-        workers=workers,
-        max_batch=args.batch_size,
-        data_root=settings.data_root,
-        max_cost_usd=args.max_cost,
-        offline=settings.offline,
-        pool=pool,
-    )
-    costs = RunCosts(settings, args.max_cost, runner.instance)
-    refusal = costs.start()
-    if refusal:
-        runner.close()
-        print(refusal, file=sys.stderr)
-        return 2
-    try:
-        reports = runner.run()
-    except ExperimentError as exc:  # the experiment config, found invalid when the code location loads
-        print(str(exc), file=sys.stderr)
-        return 2
-    finally:
-        runner.close()
-    failed = False
-    for report in reports:
-        if report.failures:
-            failed = True
-            for key, error in list(report.failures.items())[:20]:
-                print(f"{report.name} {key}: {error}", file=sys.stderr)
-    print(", ".join(r.summary() for r in reports))
-    if comparison := costs.report():
-        print(comparison)
-    if any(r.cap_reached for r in reports):
-        print(costs.cap_stop_sentence(), file=sys.stderr)
-        return 3
-    if not failed:
-        print(f"results: {settings.output_root / '5_results'}")
-        print(f"report: {settings.output_root / '5_results' / 'report.html'} (open it in a browser)")
-    return 1 if failed else 0
+    return run_live(args, settings, workers, pool)
 
 
 def cmd_batches(args: argparse.Namespace) -> int:

@@ -184,7 +184,7 @@ def test_a_leftover_temp_file_is_reused_by_the_next_write_of_the_same_file(tmp_p
 
 KILLED_WRITER = textwrap.dedent(
     """
-    import hashlib, os, sys, time
+    import hashlib, os, stat, sys, time
     from pathlib import Path
     from daydreaming_dagster.store.files import atomic_write_text
     from daydreaming_dagster.store.layout import sidecar_path, temp_path
@@ -192,7 +192,9 @@ KILLED_WRITER = textwrap.dedent(
 
     real_fsync = os.fsync
     def slow_fsync(fd):  # widen the windows between writing, syncing and renaming
-        time.sleep(0.03)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            print("fsync", flush=True)  # a temp file is written and not yet renamed: the test's cue
+        time.sleep(0.1)
         real_fsync(fd)
     if sys.argv[3] == "slow":
         os.fsync = slow_fsync
@@ -222,7 +224,12 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_partial_response(tmp_p
             env=env,
         )
         assert child.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.05, 0.5))
+        # Kill at a random moment near the k-th temp file's fsync: inside its window (the temp file
+        # not renamed yet) or just after. Timed by the writer's cue, not a clock: under load a
+        # clock-timed kill landed while the writer was still checking the responses stored before.
+        for _ in range(rng.randint(1, 8)):
+            assert child.stdout.readline().strip() == b"fsync"
+        time.sleep(rng.uniform(0.0, 0.15))
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
         child.stdout.close()

@@ -1,0 +1,66 @@
+"""`daydream run` without batch mode: the experiment's calls made live, streamed through the
+command's worker pool (runner.py), then the run's summary, its cost against the estimate, and
+where the results are."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..experiment.errors import ExperimentError
+from ..settings import Settings
+from .pool import WorkerPool
+from .run_costs import RunCosts
+from .runner import Runner, print_progress
+
+
+def run_live(args: argparse.Namespace, settings: Settings, workers: int, pool: WorkerPool | None) -> int:
+    """The live run on `pool` (None: one process); the exit status (0, 1 when a partition failed,
+    2 refused, 3 stopped by the spending cap)."""
+    backend = "offline backend" if settings.offline else f"{settings.base_url}"
+    print_progress(
+        f"experiment {settings.data_root} -> {settings.output_root} ({backend}); "
+        f"Dagster instance {os.environ['DAGSTER_HOME']}"
+    )
+    runner = Runner(
+        settings.output_root,
+        args.concurrency,
+        args.replace_changed,
+        print_progress,
+        workers=workers,
+        max_batch=args.batch_size,
+        data_root=settings.data_root,
+        max_cost_usd=args.max_cost,
+        offline=settings.offline,
+        pool=pool,
+    )
+    costs = RunCosts(settings, args.max_cost, runner.instance)
+    refusal = costs.start()
+    if refusal:
+        runner.close()
+        print(refusal, file=sys.stderr)
+        return 2
+    try:
+        reports = runner.run()
+    except ExperimentError as exc:  # the experiment config, found invalid when the code location loads
+        print(str(exc), file=sys.stderr)
+        return 2
+    finally:
+        runner.close()
+    failed = False
+    for report in reports:
+        if report.failures:
+            failed = True
+            for key, error in list(report.failures.items())[:20]:
+                print(f"{report.name} {key}: {error}", file=sys.stderr)
+    print(", ".join(r.summary() for r in reports))
+    if comparison := costs.report():
+        print(comparison)
+    if any(r.cap_reached for r in reports):
+        print(costs.cap_stop_sentence(), file=sys.stderr)
+        return 3
+    if not failed:
+        print(f"results: {settings.output_root / '5_results'}")
+        print(f"report: {settings.output_root / '5_results' / 'report.html'} (open it in a browser)")
+    return 1 if failed else 0
