@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import signal
 import socket
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ from llm_runs import start_server
 
 sys.path.insert(0, str(REPO))
 from tests.postgres import LocalPostgres  # noqa: E402
+from tests.process_groups import stop_group  # noqa: E402
 
 SETUP = """
 import os
@@ -107,16 +107,6 @@ def start_code_server(tmp: Path, env: dict) -> tuple[subprocess.Popen, list[str]
     location = {"host": "127.0.0.1", "port": port, "location_name": "daydreaming_dagster"}
     workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": location}]}))
     return server, ["-w", str(workspace)]
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """Stop a process started in a session of its own, with its children (code servers, runs)."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,19 +22,10 @@ from daydreaming_dagster.orchestration.backfills import submit_pair_backfill
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.layout import table_path
 from daydreaming_dagster.store.tables import read_table
+from tests.process_groups import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "dagster_home" / "dagster.yaml"
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """Stop a process started in a session of its own, with everything it started."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def shipped_instance(home: Path) -> dg.DagsterInstance:
