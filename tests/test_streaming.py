@@ -260,6 +260,9 @@ def test_daydream_run_judges_generations_while_a_slow_one_is_still_answering(tmp
         return None
 
     openai_server.behaviour_for = first_generation_is_slow
+    # The stream's own generation runs make the calls here (not the head start, which would ask the
+    # slow one seconds before the workers exist: tests/test_head_start.py).
+    monkeypatch.setenv("DAYDREAM_HEAD_START", "off")
 
     # Four calls at once on two workers: two runs in flight, each generation run of three.
     assert daydream(["run", "--concurrency", "4", "--workers", "2"]) == 0, capsys.readouterr().err

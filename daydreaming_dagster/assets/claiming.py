@@ -159,15 +159,7 @@ class StepClaims:
         return free
 
     def _log_takeover(self, ask: Ask, claim: Claim) -> None:
-        dead = claim.took_over
-        if not dead:
-            self.context.log.warning(f"{ask.key}: took over an unreadable claim at {claim.path}; asking the model")
-            return
-        ago = max(0.0, time.time() - float(dead.get("expires_at", time.time())))
-        self.context.log.warning(
-            f"{ask.key}: took over the claim of {Owner.describe(dead)}, whose lease ran out {ago:.0f} s ago "
-            "(that process was killed or its machine lost); asking the model again, since its answer was never stored"
-        )
+        self.context.log.warning(claim.takeover_sentence(ask.key))
 
     def _lost(self, claim: Claim) -> None:
         now = self.claims.holder(claim.path)

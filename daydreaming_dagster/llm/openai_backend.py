@@ -100,6 +100,10 @@ class OpenAIBackend:
         with call_slot(self._run_calls), self._machine_slots.hold() if self._machine_slots else contextlib.nullcontext():
             return self._complete(request)
 
+    def connect(self) -> None:
+        """Build the SDK client now (importing the SDK takes about a second), not at the first call."""
+        self._get_client()
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

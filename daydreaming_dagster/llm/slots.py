@@ -13,8 +13,10 @@ Within one process only one waiting call polls the files at a time; the others w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
+import tempfile
 import threading
 import time
 from collections import deque
@@ -188,3 +190,9 @@ class FileCallSlots:
 def _poller(folder: Path) -> threading.Lock:
     with _pollers_guard:
         return _pollers.setdefault(folder.resolve(), threading.Lock())
+
+
+def machine_slots_folder(base_url: str) -> Path:
+    """The slot files of one API on this machine (a folder every process derives the same way)."""
+    digest = hashlib.sha256(base_url.encode("utf-8")).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "daydream-call-slots" / digest

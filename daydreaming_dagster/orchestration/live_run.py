@@ -10,19 +10,31 @@ import sys
 
 from ..experiment.errors import ExperimentError
 from ..settings import Settings
+from .head_start import HeadStart
+from .instance_setup import open_instance
 from .pool import WorkerPool
-from .run_costs import RunCosts
-from .runner import Runner, print_progress
 
 
-def run_live(args: argparse.Namespace, settings: Settings, workers: int, pool: WorkerPool | None) -> int:
-    """The live run on `pool` (None: one process); the exit status (0, 1 when a partition failed,
-    2 refused, 3 stopped by the spending cap)."""
+def run_live(
+    args: argparse.Namespace, settings: Settings, workers: int, pool: WorkerPool | None, head_start: HeadStart | None = None
+) -> int:
+    """The live run on `pool` (None: one process), after `head_start` when there is one; the exit
+    status (0, 1 when a partition failed, 2 refused, 3 stopped by the spending cap)."""
     backend = "offline backend" if settings.offline else f"{settings.base_url}"
-    print_progress(
+    print(
         f"experiment {settings.data_root} -> {settings.output_root} ({backend}); "
-        f"Dagster instance {os.environ['DAGSTER_HOME']}"
+        f"Dagster instance {os.environ['DAGSTER_HOME']}",
+        file=sys.stderr,
+        flush=True,
     )
+    # The instance before the rest of Dagster's machinery: once it has opened (a misconfigured one
+    # fails here, before any call), the head start may call.
+    instance = open_instance()
+    if head_start is not None:
+        head_start.go()
+    from .run_costs import RunCosts
+    from .runner import Runner, print_progress
+
     runner = Runner(
         settings.output_root,
         args.concurrency,
@@ -34,9 +46,11 @@ def run_live(args: argparse.Namespace, settings: Settings, workers: int, pool: W
         max_cost_usd=args.max_cost,
         offline=settings.offline,
         pool=pool,
+        head_start=head_start,
+        instance=instance,
     )
     costs = RunCosts(settings, args.max_cost, runner.instance)
-    refusal = costs.start()
+    refusal = costs.start(head_start.paid_before() if head_start is not None else None)
     if refusal:
         runner.close()
         print(refusal, file=sys.stderr)

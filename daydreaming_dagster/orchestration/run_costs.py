@@ -43,8 +43,9 @@ class RunCosts:
         self.cap: float | None = None
         self.batch = False  # a `daydream run --batch`: its plan prices batched models at their batch price
 
-    def start(self) -> str | None:
+    def start(self, before: dict | None = None) -> str | None:
         """Estimate the calls this run is about to make; the sentence refusing to start, or None.
+        `before`: the paid answers (store/spend.py) before the run's first call, when that came first.
 
         An invalid experiment gives no estimate here: the runner reports it when it loads."""
         try:
@@ -58,7 +59,7 @@ class RunCosts:
             unpriced = self.plan.models_to_call() - set(price_table(model_prices(self.plan.llm_models)))
             if unpriced:
                 return unpriced_sentence(unpriced)
-        self.before = _per_stage_and_model(paid_tallies(data_path(self.config.output_root)))
+        self.before = _per_stage_and_model(before if before is not None else paid_tallies(data_path(self.config.output_root)))
         return None
 
     def report(self) -> str:

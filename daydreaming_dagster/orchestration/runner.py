@@ -35,6 +35,7 @@ from .batch_run import held_by_batches
 from .batches import Batch
 from .changes import ChangeCheck, StageCheck, change_report
 from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, tables_fingerprint
+from .head_start import HeadStart
 from .instance_setup import open_instance
 from .overlap import IN_PROGRESS, InProgress
 from .pool import WorkerPool, default_workers, runs_in_flight, start_pool
@@ -89,6 +90,8 @@ class Runner:
         max_cost_usd: float | None = None,
         offline: bool = False,
         pool: WorkerPool | None = None,
+        head_start: HeadStart | None = None,
+        instance: dg.DagsterInstance | None = None,
     ):
         self.output_root = data_path(output_root)
         # Given, a rerun skips the task tables when the experiment and code are unchanged.
@@ -102,11 +105,12 @@ class Runner:
         self.max_cost_usd = max_cost_usd
         self.progress = progress
         self.offline = offline
-        self.instance = open_instance()
+        self.instance = instance or open_instance()
         self._pool = pool if pool is not None or self.workers == 1 else start_pool(self.workers, self.concurrency, offline)
         self._threads: ThreadPoolExecutor | None = None
         self._warm = threading.Thread(target=_warm_up, name="warm-up", daemon=True)
         self._warming: list = []  # the workers' warm_worker tasks
+        self.head_start = head_start  # the generation calls made before this runner started (head_start.py)
 
     def close(self) -> None:
         """Wait for the runs in flight (their answers are paid for: they store them), then stop."""
@@ -218,17 +222,25 @@ class Runner:
             share_call_slots(slots)
         return (lambda job, batch: self._threads.submit(execute, configs[job][0], batch, configs[job][1])), slots
 
-    def stream(self, order: list[str], generations: tuple[list[str], StageReport] | None, pairs: tuple[list[str], StageReport] | None) -> None:
+    def stream(
+        self,
+        order: list[str],
+        generations: tuple[list[str], StageReport] | None,
+        pairs: tuple[list[str], StageReport] | None,
+        deferred: dict[str, Future] | None = None,
+    ) -> None:
         """Run `generations` and `pairs` (keys to run, and their stage's report) as one stream; a
-        pair waits for its generation when that runs in this stream, or is not materialized."""
+        pair waits for its generation when that runs in this stream, or is not materialized. A
+        generation in `deferred` (key -> future) runs once its future is done."""
         gen_keys, gen_report = generations or ([], None)
         pair_keys, pair_report = pairs or ([], None)
-        schedule = Schedule(order, gen_keys, [tuple(reversed(k.split("|", 1))) for k in pair_keys], self.materialized("generation_response"))
+        deferred = {k: f for k, f in (deferred or {}).items() if k in set(gen_keys)}
+        schedule = Schedule(order, [k for k in gen_keys if k not in deferred], [tuple(reversed(k.split("|", 1))) for k in pair_keys], self.materialized("generation_response"))
         limits = self._limits()
         configs = {job: (job, partition_run_config(job, self.replace_changed, self.parallel_calls, self.max_cost_usd)) for job in (GENERATION, EVALUATION)}
         submit, slots = self._submitter(limits, configs)
         reports = {job: (r, len(k)) for job, k, r in ((GENERATION, gen_keys, gen_report), (EVALUATION, pair_keys, pair_report)) if r}
-        stream = Stream(schedule, reports, submit, limits, self.progress, slots, on_first_outcome=self._warm_once)
+        stream = Stream(schedule, reports, submit, limits, self.progress, slots, self._warm_once, deferred)
         if not gen_keys:
             stream.generations_finished()
         stream.run()
@@ -259,6 +271,19 @@ class Runner:
         submit, _ = self._submitter(limits, {stage: (job_name, QUIET)})
         Stream(schedule, {stage: (report, len(todo))}, submit, limits, self.progress).run()
         return [report]
+
+    def _take_over(self) -> dict[str, Future]:
+        """The generations the head start is answering (see head_start.py): each runs once its
+        answer is stored there."""
+        if self.head_start is None:
+            return {}
+        pending = self.head_start.pending()
+        if pending:
+            self.progress(
+                f"generation: {len(pending)} being asked since Dagster started loading ({self.head_start.asked} so far); "
+                "each runs once its answer is stored"
+            )
+        return pending
 
     def _warm_once(self) -> None:
         if self._warm.ident is None:
@@ -309,7 +334,7 @@ class Runner:
         if generation.cap_reached:
             self.progress("evaluation: not started: the spending cap was reached")
         else:
-            self.stream(order, generations if together else None, pairs)
+            self.stream(order, generations if together else None, pairs, self._take_over() if together else None)
             reports.append(pairs[1])
             if not self.replace_changed and not generation.cap_reached:
                 reports += self.refresh_prompts("evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_keys, order)

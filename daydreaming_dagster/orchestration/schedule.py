@@ -92,6 +92,10 @@ class Schedule:
             for method in self._waiting.pop(generation, []):
                 self._release_pair(generation, method)
 
+    def add_generation(self, key: str) -> None:
+        """A generation held back until now (asked by the head start, see head_start.py) may run."""
+        self._add(GENERATION, key)
+
     def retry_singly(self, job: str, batch: Batch) -> None:
         """Run the partitions of a failed batch again, one per run, before anything else."""
         self._retries.extendleft((job, Batch((key,))) for key in reversed(batch.keys))

@@ -84,6 +84,7 @@ class Stream:
         progress: Callable[[str], None],
         call_slots=None,
         on_first_outcome: Callable[[], None] | None = None,
+        deferred: dict[str, Future] | None = None,
     ) -> None:
         self.schedule = schedule
         self.stages = {job: _Stage(report, todo) for job, (report, todo) in reports.items()}
@@ -92,18 +93,28 @@ class Stream:
         self.progress = progress
         self.call_slots = call_slots if limits.queued is not None else None
         self.on_first_outcome = on_first_outcome
+        # Generations whose call the head start is still making: each runs once its future is done.
+        self.deferred = dict(deferred or {})
         self._in_flight: dict[Future, tuple[str, Batch]] = {}
         self.capped = False  # the spending cap refused a call: no batch starts any more
 
     def run(self) -> None:
         while True:
+            self._release_deferred()
             self._start_ready()
-            if not self._in_flight:
+            if not self._in_flight and not self.deferred:
                 return
             timeout = POLL_S if self.call_slots is not None else None
-            done, _ = wait(self._in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+            done, _ = wait([*self._in_flight, *self.deferred.values()], timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:
-                self._settle(future, *self._in_flight.pop(future))
+                if future in self._in_flight:
+                    self._settle(future, *self._in_flight.pop(future))
+
+    def _release_deferred(self) -> None:
+        for key, future in list(self.deferred.items()):
+            if future.done():
+                del self.deferred[key]
+                self.schedule.add_generation(key)
 
     def _start_ready(self) -> None:
         while len(self._in_flight) < self.limits.runs and not self.capped:
@@ -129,7 +140,7 @@ class Stream:
             ran, success, error, left, capped, calls = batch.keys, False, f"{type(exc).__name__}: {exc}", {}, False, 0
         if self.call_slots is not None:
             self.call_slots.add_unstarted(calls - len(batch.keys))  # the partitions that made no call
-        if self.on_first_outcome is not None:
+        if self.on_first_outcome is not None and self._generations_done(job):
             self.on_first_outcome()
             self.on_first_outcome = None
         stage = self.stages[job]
@@ -154,6 +165,12 @@ class Stream:
             stage.report.failures[ran[0]] = error or ""
             self.progress(f"{name}: FAILED {ran[0]}: {error}")
         self._count(stage, job, len(ran) + len(left))
+
+    def _generations_done(self, job: str) -> bool:
+        """Whether this outcome leaves no generation to run: what the runs need from this process
+        until then (handing out batches, the head start's calls) must not wait for other work."""
+        stage = self.stages.get(GENERATION)
+        return job != GENERATION and not self.deferred and (stage is None or stage.finished >= stage.todo)
 
     def _count(self, stage: _Stage, job: str, partitions: int) -> None:
         before, stage.finished = stage.finished, stage.finished + partitions

@@ -6,9 +6,6 @@ run config snapshot)."""
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
-from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -18,8 +15,10 @@ from ..llm.backend import LLMBackend
 from ..llm.offline import OfflineBackend
 from ..llm.openai_backend import OpenAIBackend
 from ..llm.requests import LLMError, LLMRequest, LLMResponse
-from ..llm.slots import FileCallSlots
+from ..llm.slots import FileCallSlots, machine_slots_folder
 from ..settings import BACKENDS
+
+__all__ = ["LLMClientResource", "machine_slots_folder"]
 
 
 class LLMClientResource(dg.ConfigurableResource):
@@ -92,9 +91,3 @@ class LLMClientResource(dg.ConfigurableResource):
             if self.max_calls_in_flight
             else None,
         )
-
-
-def machine_slots_folder(base_url: str) -> Path:
-    """The slot files of one API on this machine (a folder every process derives the same way)."""
-    digest = hashlib.sha256(base_url.encode("utf-8")).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / "daydream-call-slots" / digest

@@ -196,6 +196,17 @@ class Claim:
     version: str
     took_over: dict | None = None
 
+    def takeover_sentence(self, key: str) -> str:
+        """One sentence for the log when this claim replaced an expired one (see `took_over`)."""
+        dead = self.took_over
+        if not dead:
+            return f"{key}: took over an unreadable claim at {self.path}; asking the model"
+        ago = max(0.0, time.time() - float(dead.get("expires_at", time.time())))
+        return (
+            f"{key}: took over the claim of {Owner.describe(dead)}, whose lease ran out {ago:.0f} s ago "
+            "(that process was killed or its machine lost); asking the model again, since its answer was never stored"
+        )
+
 
 @dataclass(frozen=True)
 class Held:

@@ -1,0 +1,214 @@
+"""`daydream run`'s head start: the first generation calls, made while the command loads Dagster.
+
+Loading Dagster, the code location and the worker processes takes seconds of CPU before the first
+Dagster run can call a model; a plain script would have been calling for most of that time. So the
+command starts here, in a thread that imports no Dagster: it reads the experiment with the same
+pure functions the task assets use, builds the very requests the generation_response asset sends
+(resources/experiment_settings.py), and as soon as the command has opened the instance (`go`: a
+misconfigured instance still fails before any call) asks the generations in the task table's order, up to the
+call slots, each claimed first and stored write-once with its provenance (the store's rules, as a
+step's call), every generation in turn, up to the call slots it shares with the workers' runs. The
+runner's stream runs each generation once its answer is stored here (`pending`), while it runs the
+judges of the generations before it. Every generation is still materialized by a Dagster run, which finds its answer stored and reuses it (the
+materialization's metadata says `asked_by`), so the instance records every partition, each stays
+re-runnable alone, and nothing is paid twice.
+
+It stands aside (no call) whenever a step could decide differently: offline, batch mode,
+`--replace-changed`, a spending cap (the step's guard must admit every call), an object-store
+output root, DAYDREAM_HEAD_START=off, or an experiment it cannot read (the task tables then report
+the problem before any call). It skips every generation with a stored answer or a live claim."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from ..llm.requests import IncompleteResponseError, LLMRequest
+from ..settings import Settings
+from ..store.claims import Claims, ClaimTimes, Heartbeat, Held, Owner
+from ..store.layout import claim_path, text_path
+from ..store.responses import StoredResponseConflict, keep_rejected, write_response_once
+from ..store.roots import claim_backend, is_remote
+
+ASSET = "generation_response"
+ASKED_BY = "daydream run's head start (before its Dagster run, which reused the answer)"
+# The run id its claims name, so a waiting run's log says who is asking.
+OWNER_RUN = "daydream-run-head-start"
+POLL_S = 0.1
+
+
+def wanted(settings: Settings, replace_changed: bool, max_cost: float | None) -> bool:
+    """Whether this live `daydream run` may take a head start (the experiment's own cap is checked
+    once it is read)."""
+    off = os.environ.get("DAYDREAM_HEAD_START", "on").strip().lower() in {"off", "0", "false", "no"}
+    return not (off or settings.offline or replace_changed or max_cost is not None or is_remote(settings.output_root))
+
+
+def prepared_requests(settings: Settings) -> list[tuple[str, LLMRequest]]:
+    """Every generation task's key and request, in the table's order, as the assets build them;
+    empty when the experiment sets a spending cap. Raises what reading the experiment raises."""
+    from ..experiment.loaders import load_concepts, load_models, load_templates
+    from ..experiment.prompts import generation_prompts
+    from ..experiment.tasks import build_content_combinations, build_evaluation_tasks, build_generation_tasks
+    from ..resources.experiment_settings import ExperimentSettings
+
+    config = ExperimentSettings.for_experiment(str(settings.data_root), str(settings.output_root))
+    if config.max_cost_usd is not None:
+        return []
+    raw = config.raw_dir
+    models, templates = load_models(raw), load_templates(raw, "generation")
+    combinations = build_content_combinations(load_concepts(raw), config.k, config.description_level)
+    tasks = build_generation_tasks(combinations, templates, models, config.generation_replicates)
+    # The evaluation side too: an experiment the task tables would refuse gets no call from here.
+    build_evaluation_tasks(tasks, load_templates(raw, "evaluation"), models, config.evaluation_replicates)
+    rows = {row["generation_task_id"]: row for row in tasks.to_dict("records")}
+    prompts = generation_prompts(rows, combinations, templates)
+    return [(key, config.generation_request(row, prompts[key].text)) for key, row in rows.items()]
+
+
+class HeadStart:
+    """The head start of one `daydream run` against the API in `settings`, up to `concurrency`
+    calls at once; `start()` reads the experiment, `go()` lets the calls start."""
+
+    def __init__(self, settings: Settings, concurrency: int) -> None:
+        self.settings = settings
+        self.concurrency = max(1, concurrency)
+        self.before = None  # the paid answers under the output root before the first call (store/spend.py)
+        self.asked = 0  # calls started
+        self._read = threading.Event()  # the experiment is read (or found unreadable)
+        self._go = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._free = threading.Semaphore(self.concurrency)
+        self._pending: dict[str, Future] = {}  # every generation to ask, done once asked or passed over
+        self._thread = threading.Thread(target=self._main, name="head-start", daemon=True)
+        self._calls: ThreadPoolExecutor | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._backend = None
+
+    def start(self) -> HeadStart:
+        self._thread.start()
+        return self
+
+    def go(self) -> None:
+        """The instance has opened: the calls may start."""
+        self._go.set()
+
+    def paid_before(self):
+        """The paid answers under the output root before this head start's first call (None: it
+        makes none), once it knows."""
+        self._read.wait()
+        return self.before
+
+    def pending(self) -> dict[str, Future]:
+        """The generations still to be answered here, each with a future that is done once its
+        answer is stored, or it was passed over or its call failed (then its run asks again)."""
+        self._read.wait()
+        with self._lock:
+            return {key: future for key, future in self._pending.items() if not future.done()}
+
+    def close(self) -> None:
+        """Start no more calls and wait for those in flight (they are paid for: their answers are stored)."""
+        self._stop.set()
+        self._go.set()
+        self._thread.join()
+        if self._calls is not None:
+            self._calls.shutdown()
+        if self._heartbeat is not None:
+            self._heartbeat.close()
+        if self._backend is not None:
+            self._backend.close()
+
+    def _main(self) -> None:
+        try:
+            self._ask_all()
+        finally:
+            with self._lock:  # what was not asked goes to the runs
+                for future in self._pending.values():
+                    if not future.running() and not future.done():
+                        future.set_result(False)
+
+    def _ask_all(self) -> None:
+        try:
+            from ..store.spend import paid_tallies
+
+            requests = prepared_requests(self.settings)
+            self.before = paid_tallies(self.settings.output_root) if requests else None
+            self._pending = {key: Future() for key, _ in requests}
+        except Exception:  # noqa: BLE001 - the task tables report a broken experiment in their own words
+            requests = []
+        finally:
+            self._read.set()
+        if not requests:
+            return
+        backend = self._backend = self._client()
+        backend.connect()
+        self._go.wait()
+        if self._stop.is_set():
+            return  # the command stopped before the instance opened (a broken one: it says why)
+        claims = Claims(backend=claim_backend(self.settings.output_root), times=ClaimTimes.from_env())
+        self._heartbeat = Heartbeat(claims)
+        self._calls = ThreadPoolExecutor(self.concurrency, thread_name_prefix="head-start-call")
+        owner = Owner.here(OWNER_RUN)
+        for key, request in requests:
+            while not self._free.acquire(timeout=POLL_S):
+                if self._stop.is_set():
+                    return
+            with self._lock:
+                started = not self._stop.is_set() and self._claim_and_ask(claims, owner, backend, key, request)
+            if not started:
+                self._free.release()
+                self._pending[key].set_result(False)
+            if self._stop.is_set():
+                return
+
+    def _claim_and_ask(self, claims: Claims, owner: Owner, backend, key: str, request: LLMRequest) -> bool:
+        path = text_path(self.settings.output_root, ASSET, key)
+        if path.exists():
+            return False  # stored already: the run reuses it, or reports it as out of date
+        subject = {"asset": ASSET, "partition": key, "request": request.fingerprint()}
+        claim = claims.take(claim_path(path), owner, subject)
+        if isinstance(claim, Held):
+            return False  # another live run (or a provider batch) is asking it
+        self._heartbeat.add(claim)
+        if claim.took_over is not None:
+            print(claim.takeover_sentence(key), file=sys.stderr, flush=True)
+        if path.exists():  # stored by the previous holder just before it let go
+            self._heartbeat.release(claim)
+            return False
+        self.asked += 1
+        self._pending[key].set_running_or_notify_cancel()
+        self._calls.submit(self._ask, backend, key, request, path, claim)
+        return True
+
+    def _ask(self, backend, key: str, request: LLMRequest, path, claim) -> None:
+        stored = False
+        try:
+            response = backend.complete(request)
+            stored = write_response_once(path, response.text, {**response.provenance, "asked_by": ASKED_BY})
+        except IncompleteResponseError as exc:
+            # Paid, but not an answer: kept for inspection as a step keeps it; the run asks again.
+            keep_rejected(path, exc.response.text, exc.response.provenance, str(exc))
+        except StoredResponseConflict:
+            pass  # another answer was stored meanwhile (ours is kept in _rejected/); the run sees it
+        except Exception:  # noqa: BLE001 - the run asks again and reports the failure in its own words
+            self._stop.set()  # the next calls would most likely fail the same way
+        finally:
+            self._heartbeat.release(claim)
+            self._free.release()
+            self._pending[key].set_result(stored)
+
+    def _client(self):
+        """The backend the generation_response asset would use (resources/llm.py), outside a run."""
+        from ..llm.openai_backend import OpenAIBackend
+        from ..llm.slots import FileCallSlots, machine_slots_folder
+
+        settings = self.settings
+        slots = settings.max_calls_in_flight
+        return OpenAIBackend(
+            api_key=os.environ.get("OPENROUTER_API_KEY"),
+            base_url=settings.base_url,
+            machine_slots=FileCallSlots(machine_slots_folder(settings.base_url), slots) if slots else None,
+        )
