@@ -293,6 +293,7 @@ def _response_metadata(response: LLMResponse, path: Path, reused: bool) -> dict:
         "prompt_sha256": p.get("prompt_sha256"),
         "generation_id": p.get("generation_id"),
         "created_at": p.get("created_at"),
+        "asked_by": p.get("asked_by"),  # set when `daydream run`'s head start made the call (see head_start.py)
         "preview": text_preview(response.text),
     }
     meta.update(reused=reused, path=dg.MetadataValue.path(str(path)))

@@ -135,6 +135,8 @@ class HeadStart:
             from ..store.spend import paid_tallies
 
             requests = prepared_requests(self.settings)
+            # A rerun's stored answers are the runs' to reuse (or to report out of date): not waited for.
+            requests = [(k, r) for k, r in requests if not text_path(self.settings.output_root, ASSET, k).exists()]
             self.before = paid_tallies(self.settings.output_root) if requests else None
             self._pending = {key: Future() for key, _ in requests}
         except Exception:  # noqa: BLE001 - the task tables report a broken experiment in their own words

@@ -278,10 +278,11 @@ class Runner:
         if self.head_start is None:
             return {}
         pending = self.head_start.pending()
-        if pending:
+        if self.head_start.asked:
+            still = f" ({len(pending)} still being answered)" if pending else ""
             self.progress(
-                f"generation: {len(pending)} being asked since Dagster started loading ({self.head_start.asked} so far); "
-                "each runs once its answer is stored"
+                f"generation: {self.head_start.asked} asked while Dagster loaded{still}; "
+                "their runs reuse the answers"
             )
         return pending
 

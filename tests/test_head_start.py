@@ -1,0 +1,163 @@
+"""`daydream run`'s head start (orchestration/head_start.py): the generations are asked while the
+command loads Dagster, then materialized by Dagster runs that reuse the stored answers. Real
+`daydream run` processes against the real HTTP test server, and the real Dagster asset path for the
+requests it must match."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daydreaming_dagster.orchestration.head_start import ASKED_BY, prepared_requests
+from daydreaming_dagster.resources.io_managers import read_table
+from daydreaming_dagster.settings import Settings
+from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path
+from daydreaming_dagster.store.responses import mismatched_fields
+from tests import test_overlapping_runs as overlapping
+from tests.experiment_factory import write_experiment
+from tests.pipeline import Pipeline
+from tests.test_cli import DAYDREAM, explain
+from tests.test_overlapping_runs import TIMEOUT, asked, fresh_home
+
+REPO = Path(__file__).resolve().parents[1]
+clean_env, paid_env = overlapping.clean_env, overlapping.paid_env  # the fixtures of those tests
+
+
+def run(data: Path, env: dict, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    argv = [*DAYDREAM, "run", "--data-root", str(data), "--concurrency", "4", *extra]
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def instance_runs(home: Path) -> list[dict]:
+    """Every run of the instance (read in a fresh process): job, creation time, status, tags."""
+    code = (
+        "import json, dagster as dg\n"
+        "rows = [dict(job=r.dagster_run.job_name, created=r.create_timestamp.timestamp(), status=r.dagster_run.status.value)"
+        " for r in dg.DagsterInstance.get().get_run_records()]\n"
+        "print(json.dumps(rows))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env={"DAGSTER_HOME": str(home), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def generation_metadata(home: Path) -> dict[str, dict]:
+    code = (
+        "import json, dagster as dg\n"
+        "records = dg.DagsterInstance.get().fetch_materializations(dg.AssetKey('generation_response'), limit=1000).records\n"
+        "print(json.dumps({r.partition_key: {k: getattr(v, 'value', v) for k, v in"
+        " r.asset_materialization.metadata.items() if k in ('asked_by', 'reused', 'model_id')} for r in records}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env={"DAGSTER_HOME": str(home), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_generations_are_asked_before_the_first_dagster_run_and_materialized_by_runs_that_reuse_them(
+    tmp_path, paid_env, openai_server
+):
+    data = write_experiment(tmp_path / "data")  # 6 generations, 12 pairs
+    openai_server.latency_s = 0.3
+
+    done = run(data, paid_env, tmp_path)
+
+    assert done.returncode == 0, explain(done)
+    counts = asked(openai_server)
+    assert len(counts) == 6 + 12 and set(counts.values()) == {1}  # every answer paid once
+    home = Path(paid_env["DAGSTER_HOME"])
+    runs = instance_runs(home)
+    assert runs and {r["status"] for r in runs} == {"SUCCESS"}
+    generation_calls = [r.received_at for r in openai_server.requests if "Rate this idea" not in r.body["messages"][-1]["content"]]
+    # The head start is real: generations were being asked before Dagster had created any run at all.
+    assert min(generation_calls) < min(r["created"] for r in runs)
+    metadata = generation_metadata(home)
+    assert len(metadata) == 6 and all(m["reused"] is True and m["asked_by"] == ASKED_BY for m in metadata.values())
+    for key in metadata:
+        provenance = json.loads(sidecar_path(text_path(data, "generation_response", key)).read_text())
+        assert provenance["asked_by"] == ASKED_BY and provenance["model_id"] == metadata[key]["model_id"]
+    assert "6 asked while Dagster loaded" in done.stderr
+    assert not list((data / "3_generation" / "generation_response").glob(".*.claim.json"))  # all released
+
+    again = run(data, paid_env, tmp_path)  # a rerun: nothing to ask, nothing asked
+
+    assert again.returncode == 0, explain(again)
+    assert sum(asked(openai_server).values()) == 18
+    assert "asked while Dagster loaded" not in again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["a spending cap", "DAYDREAM_HEAD_START=off"])
+def test_the_head_start_stands_aside_when_a_step_must_decide(tmp_path, paid_env, openai_server, how):
+    data = write_experiment(tmp_path / "data", generators=("gen-model-1",), judges=("judge-model-1",))
+    env, extra = dict(paid_env), ()
+    if how == "a spending cap":  # the step's guard admits each call against the cap: no call goes around it
+        lines = (data / "1_raw" / "llm_models.csv").read_text().splitlines()
+        priced = [lines[0] + ",input_usd_per_mtok,output_usd_per_mtok"] + [line + ",1,2" for line in lines[1:]]
+        (data / "1_raw" / "llm_models.csv").write_text("\n".join(priced) + "\n")
+        extra = ("--max-cost", "5")
+    else:
+        env["DAYDREAM_HEAD_START"] = "off"
+
+    done = run(data, env, tmp_path, *extra)
+
+    assert done.returncode == 0, explain(done)
+    assert sum(asked(openai_server).values()) == 3 + 3
+    for sidecar in (data / "3_generation" / "generation_response").glob("*.json"):
+        assert "asked_by" not in json.loads(sidecar.read_text())
+    assert "asked while Dagster loaded" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", ["instance", "experiment"])
+def test_a_broken_instance_or_experiment_gets_no_call(tmp_path, paid_env, openai_server, broken):
+    data = write_experiment(tmp_path / "data")
+    env = dict(paid_env)
+    if broken == "instance":
+        home = fresh_home(tmp_path / "broken_home", "run_storage:\n  module: no_such_module\n  class: Nothing\n  config: {}\n")
+        env["DAGSTER_HOME"] = str(home)
+    else:  # the generation side is fine; the judges' template is not: the task tables refuse it
+        (data / "1_raw" / "evaluation_templates" / "judge-a.txt").write_text("Rate {{ response }} {% if %}")
+
+    done = run(data, env, tmp_path)
+
+    assert done.returncode != 0
+    assert openai_server.requests == []
+    assert not (data / "3_generation").exists() or not list((data / "3_generation").rglob("*.txt"))
+
+
+@pytest.mark.parametrize("experiment_name", ["sample", "tricky"])
+def test_the_head_start_builds_exactly_the_requests_the_generation_asset_sends(
+    tmp_path, instance, openai_server, monkeypatch, experiment_name
+):
+    """Its answers are reused only if every fingerprint field matches what the asset would send."""
+    data = tmp_path / "data"
+    if experiment_name == "sample":
+        shutil.copytree(REPO / "data" / "1_raw", data / "1_raw")
+    else:  # text that a CSV round trip or a template could change, replicates, a description missing at one level
+        write_experiment(data, concepts=("alpha", "beta", "gamma"), settings="generation_replicates = 2\n")
+        descriptions = data / "1_raw" / "concepts" / "descriptions-paragraph"
+        (descriptions / "alpha.txt").write_text('Quotes "inside", commas, and a trailing newline\n\n')
+        (descriptions / "beta.txt").write_text("Ünïcödé ✓ and\r\nWindows line ends")
+        (descriptions / "gamma.txt").unlink()
+    monkeypatch.setenv("OPENROUTER_API_KEY", "unused")
+    pipeline = Pipeline(data, instance, openai_server)
+    pipeline.tables()
+    keys = pipeline.generation_keys()
+    assert pipeline.materialize_range(["generation_prompt"], keys).success
+
+    requests = dict(prepared_requests(Settings(data_root=data, backend="openai", base_url=openai_server.base_url)))
+
+    assert list(requests) == keys  # the task table's order, which the stream runs in
+    tasks = read_table(table_path(data, "generation_tasks")).set_index("generation_task_id")
+    config = pipeline.resources["experiment_config"]
+    for key in keys:
+        prompt = text_path(data, "generation_prompt", key).read_text(encoding="utf-8")
+        sent_by_the_asset = config.generation_request(tasks.loc[key].to_dict(), prompt)
+        assert mismatched_fields(sent_by_the_asset.fingerprint(), requests[key].fingerprint()) == [], key
+    assert not openai_server.requests
