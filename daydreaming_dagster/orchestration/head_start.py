@@ -1,15 +1,15 @@
-"""`daydream run`'s head start: the first generation calls, made while the command loads Dagster.
+"""`daydream run`'s head start: the generations are asked while the command loads Dagster.
 
 Loading Dagster, the code location and the worker processes takes seconds of CPU before the first
 Dagster run can call a model; a plain script would have been calling for most of that time. So the
 command starts here, in a thread that imports no Dagster: it reads the experiment with the same
-pure functions the task assets use, builds the very requests the generation_response asset sends
-(resources/experiment_settings.py), and as soon as the command has opened the instance (`go`: a
-misconfigured instance still fails before any call) asks the generations in the task table's order, up to the
-call slots, each claimed first and stored write-once with its provenance (the store's rules, as a
-step's call), every generation in turn, up to the call slots it shares with the workers' runs. The
-runner's stream runs each generation once its answer is stored here (`pending`), while it runs the
-judges of the generations before it. Every generation is still materialized by a Dagster run, which finds its answer stored and reuses it (the
+pure functions the task assets use and builds the very requests the generation_response asset
+sends (resources/experiment_settings.py). As soon as the command has opened the instance (`go`: a
+misconfigured instance still fails before any call) it asks every generation in the task table's
+order, within the call slots it shares with the workers' runs, each claimed first and stored
+write-once with its provenance, as a step stores it. The runner's stream runs each generation once
+its answer is stored here (`pending`), and the judges of the generations before it meanwhile. Every
+generation is still materialized by a Dagster run, which finds its answer stored and reuses it (the
 materialization's metadata says `asked_by`), so the instance records every partition, each stays
 re-runnable alone, and nothing is paid twice.
 

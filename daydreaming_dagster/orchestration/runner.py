@@ -6,7 +6,8 @@ is materialized (see streaming.py) -> results. Partitions run in batches: each b
 partition-range run over consecutive keys, which records a materialization for every partition in
 it (so `dagster dev` shows each one, and each stays re-runnable alone). Batches run on the worker
 pool (see pool.py), started before anything else; what a rerun may skip is decided in freshness.py
-and changes.py. Partitions another run is materializing are left to it (overlap.py)."""
+and changes.py. Partitions another run is materializing are left to it (overlap.py). Generations
+the head start is asking (head_start.py) run once their answers are stored."""
 
 from __future__ import annotations
 
