@@ -109,10 +109,14 @@ class HeadStart:
         with self._lock:
             return {key: future for key, future in self._pending.items() if not future.done()}
 
-    def close(self) -> None:
-        """Start no more calls and wait for those in flight (they are paid for: their answers are stored)."""
+    def stand_aside(self) -> None:
+        """Start no more calls (the runs have no generation left to ask); returns at once."""
         self._stop.set()
         self._go.set()
+
+    def close(self) -> None:
+        """Start no more calls and wait for those in flight (they are paid for: their answers are stored)."""
+        self.stand_aside()
         self._thread.join()
         if self._calls is not None:
             self._calls.shutdown()
@@ -143,7 +147,7 @@ class HeadStart:
             requests = []
         finally:
             self._read.set()
-        if not requests:
+        if not requests or self._stop.is_set():
             return
         backend = self._backend = self._client()
         backend.connect()

@@ -273,10 +273,13 @@ class Runner:
         Stream(schedule, {stage: (report, len(todo))}, submit, limits, self.progress).run()
         return [report]
 
-    def _take_over(self) -> dict[str, Future]:
+    def _take_over(self, generations: list[str]) -> dict[str, Future]:
         """The generations the head start is answering (see head_start.py): each runs once its
-        answer is stored there."""
+        answer is stored there. None when no generation is left to run (a rerun): it stands aside."""
         if self.head_start is None:
+            return {}
+        if not generations:
+            self.head_start.stand_aside()
             return {}
         pending = self.head_start.pending()
         if self.head_start.asked:
@@ -336,7 +339,7 @@ class Runner:
         if generation.cap_reached:
             self.progress("evaluation: not started: the spending cap was reached")
         else:
-            self.stream(order, generations if together else None, pairs, self._take_over() if together else None)
+            self.stream(order, generations if together else None, pairs, self._take_over(generations[0]) if together else None)
             reports.append(pairs[1])
             if not self.replace_changed and not generation.cap_reached:
                 reports += self.refresh_prompts("evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_keys, order)
