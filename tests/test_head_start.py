@@ -33,29 +33,25 @@ def run(data: Path, env: dict, cwd: Path, *extra: str) -> subprocess.CompletedPr
     return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
 
 
-def instance_runs(home: Path) -> list[dict]:
-    """Every run of the instance (read in a fresh process): job, creation time, status, tags."""
-    code = (
-        "import json, dagster as dg\n"
-        "rows = [dict(job=r.dagster_run.job_name, created=r.create_timestamp.timestamp(), status=r.dagster_run.status.value)"
-        " for r in dg.DagsterInstance.get().get_run_records()]\n"
-        "print(json.dumps(rows))\n"
-    )
+def read_instance(home: Path, expression: str):
+    """`expression` (over `instance`) evaluated in a fresh process on the instance in `home`, as JSON."""
+    code = f"import json, dagster as dg\ninstance = dg.DagsterInstance.get()\nprint(json.dumps({expression}))\n"
     out = subprocess.run([sys.executable, "-c", code], env={"DAGSTER_HOME": str(home), "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def instance_runs(home: Path) -> list[dict]:
+    """Every run of the instance: job, creation time, status."""
+    return read_instance(home, "[dict(job=r.dagster_run.job_name, created=r.create_timestamp.timestamp(), "
+                               "status=r.dagster_run.status.value) for r in instance.get_run_records()]")
 
 
 def generation_metadata(home: Path) -> dict[str, dict]:
-    code = (
-        "import json, dagster as dg\n"
-        "records = dg.DagsterInstance.get().fetch_materializations(dg.AssetKey('generation_response'), limit=1000).records\n"
-        "print(json.dumps({r.partition_key: {k: getattr(v, 'value', v) for k, v in"
-        " r.asset_materialization.metadata.items() if k in ('asked_by', 'reused', 'model_id')} for r in records}))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env={"DAGSTER_HOME": str(home), "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Some metadata of each generation_response materialization, by partition."""
+    return read_instance(home, "{r.partition_key: {k: getattr(v, 'value', v) for k, v in r.asset_materialization.metadata.items()"
+                               " if k in ('asked_by', 'reused', 'model_id')} for r in instance.fetch_materializations("
+                               "dg.AssetKey('generation_response'), limit=1000).records}")
 
 
 @pytest.mark.slow
