@@ -348,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     except (BrokenInstanceError, StorageRefused) as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Reached once the command's own clean-up has run: the calls in flight were waited for
+        # (unless Ctrl-C came twice) and their answers stored.
+        print(f"daydream {args.command}: stopped (Ctrl-C); the answers that had arrived are stored, and "
+              "running it again reuses them.", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader closed the pipe (`daydream keys | head`): not an error. Point stdout at
         # /dev/null so the interpreter's final flush does not raise again.

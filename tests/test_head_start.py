@@ -6,9 +6,12 @@ requests it must match."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,33 @@ def test_the_head_start_builds_exactly_the_requests_the_generation_asset_sends(
         sent_by_the_asset = config.generation_request(tasks.loc[key].to_dict(), prompt)
         assert mismatched_fields(sent_by_the_asset.fingerprint(), requests[key].fingerprint()) == [], key
     assert not openai_server.requests
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_head_start_is_calling_stores_every_answer_already_paid_for(tmp_path, paid_env, openai_server):
+    data = write_experiment(tmp_path / "data")
+    openai_server.latency_s = 3.0  # the generations are in flight when Ctrl-C comes
+    argv = [*DAYDREAM, "run", "--data-root", str(data), "--concurrency", "4"]
+    runner = subprocess.Popen(argv, env=paid_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    deadline = time.monotonic() + TIMEOUT
+    while not openai_server.requests:
+        assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
+        time.sleep(0.05)
+    os.killpg(runner.pid, signal.SIGINT)  # as a terminal sends it: to the whole process group
+    out, err = runner.communicate(timeout=TIMEOUT)
+
+    assert runner.returncode == 130, err[-3000:]
+    assert "stopped (Ctrl-C)" in err and "Traceback" not in err, err[-3000:]
+    folder = data / "3_generation" / "generation_response"
+    asked_models = {r.body["model"] for r in openai_server.requests}
+    stored = [json.loads(p.read_text())["model"] for p in folder.glob("*.json")]
+    # Every call that reached the server was paid for, and its answer is stored, whole.
+    assert len(stored) == len(openai_server.requests) and set(stored) == asked_models, err[-2000:]
+    assert not list(folder.glob(".*.claim.json")) and not list(folder.glob(".*.tmp"))
+
+    openai_server.latency_s = 0.3
+    resumed = run(data, paid_env, tmp_path)  # and nothing is paid twice afterwards
+
+    assert resumed.returncode == 0, explain(resumed)
+    assert len(openai_server.requests) == 6 + 12 and set(asked(openai_server).values()) == {1}

@@ -48,6 +48,20 @@ def start_pool(workers: int, concurrency: int, offline: bool) -> WorkerPool:
     return pool.start()
 
 
+def _start_forkserver_deaf_to_ctrl_c() -> None:
+    """Start the forkserver now, with Ctrl-C ignored: it ignores it itself only once its imports are
+    done (~3 s), and a Ctrl-C before that printed its traceback. Ctrl-C is the runner's to handle."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may change a signal's handler; the forkserver starts with the first worker
+    from multiprocessing import forkserver
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored signals stay ignored across exec
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _serve(index: int, inbox, results, threads: int, initializer: str, initargs: tuple, env: dict) -> None:
     """A worker process: run each task of `inbox` in one of `threads` threads; report to `results`."""
     # Ctrl-C is the runner's to handle: it stops handing out work and lets the runs in flight finish.
@@ -125,6 +139,7 @@ class WorkerPool:
         if self._results is None:
             # forkserver, not fork: the runner's process holds open SQLite connections and threads.
             self._context.set_forkserver_preload(list(self.preload))
+            _start_forkserver_deaf_to_ctrl_c()
             self._results = self._context.Queue()
             self._pool = [_Worker(i, self._context.Queue()) for i in range(self.workers)]
             starter = threading.Thread(target=self._start_all, name="pool-start", daemon=True)
