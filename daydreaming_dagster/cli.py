@@ -60,34 +60,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not settings.offline and not os.environ.get("OPENROUTER_API_KEY"):
         print(MISSING_KEY_MESSAGE, file=sys.stderr)
         return 2
-    from .experiment.batch_choice import batch_wanted
-    from .llm.slots import share_call_slots
-    from .orchestration.head_start import HeadStart, wanted
-    from .orchestration.pool import default_workers, start_pool
+    from .orchestration.live_run import run_command
 
-    workers = args.workers or default_workers(args.concurrency, settings.offline)
-    batch = args.batch or (not settings.offline and batch_wanted(settings.data_root / "1_raw"))
-    head_start = HeadStart(settings, args.concurrency) if not batch and wanted(settings, args.replace_changed, args.max_cost) else None
-    # Started before this process imports anything heavy (Dagster, pandas, the batch client): the
-    # workers load the code location meanwhile, batch mode's as well as a live run's.
-    pool = start_pool(workers, args.concurrency, settings.offline) if workers > 1 else None
-    if head_start is not None:
-        # Its calls take the call slots the workers share (see llm/slots.py).
-        share_call_slots(pool.initargs[0] if pool is not None else None)
-        head_start.start()
-    try:
-        if batch:
-            from .orchestration.batch_run import run_batch
-
-            return run_batch(args, settings, pool)
-        from .orchestration.live_run import run_live
-
-        return run_live(args, settings, workers, pool, head_start)
-    finally:
-        if head_start is not None:
-            head_start.close()  # its calls in flight are paid for: their answers are stored first
-        if pool is not None:
-            pool.close()  # the runner closed it already, unless the command stopped before it started
+    return run_command(args, settings)
 
 
 def cmd_batches(args: argparse.Namespace) -> int:

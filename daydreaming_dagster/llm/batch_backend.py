@@ -28,7 +28,8 @@ from typing import Any, Protocol
 
 import httpx2
 
-from .openai_backend import _incompleteness, _response_from_body, _status_cause
+from .completions import incompleteness, response_from_body
+from .openai_backend import _status_cause
 from .requests import MISSING_KEY_MESSAGE, LLMError, LLMRequest, LLMResponse
 
 # OpenAI's limits of one batch input file (other providers' are similar or larger).
@@ -224,9 +225,9 @@ class OpenAIBatchBackend:
             if response.get("status_code") != 200 or not isinstance(body, dict) or not body.get("choices"):
                 results.errors[key] = _status_cause(response.get("status_code"), body)
                 continue
-            answer = _response_from_body(requests[key], body, latency_s=0.0, attempts=1)
+            answer = response_from_body(requests[key], body, latency_s=0.0, attempts=1)
             answer.provenance.update(backend=self.name, batch_id=batch_id, latency_s=None)
-            problem = _incompleteness(answer)
+            problem = incompleteness(answer)
             if problem is not None:
                 results.rejected[key] = (answer, f"the batch answer of {key} is {problem}")
             else:

@@ -147,6 +147,11 @@ class FileCallSlots:
         self.count = max(1, int(count))
         self.poll_s = poll_s
 
+    @classmethod
+    def for_api(cls, base_url: str, count: int | None) -> FileCallSlots | None:
+        """The slots of one API on this machine (None: no machine-wide limit)."""
+        return cls(machine_slots_folder(base_url), count) if count else None
+
     @contextlib.contextmanager
     def hold(self) -> Iterator[int]:
         """Wait for a free slot and hold it for the duration of the block; yields its number."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..llm.requests import IncompleteResponseError, LLMRequest
@@ -101,6 +102,18 @@ class HeadStart:
         makes none), once it knows."""
         self._read.wait()
         return self.before
+
+    def take_over(self, generations: list[str], progress: Callable[[str], None]) -> dict[str, Future]:
+        """What the runner's stream waits for, when it has `generations` to run: the ones still to be
+        answered here (see `pending`). With none left to run (a rerun), the head start stands aside."""
+        if not generations:
+            self.stand_aside()
+            return {}
+        pending = self.pending()
+        if self.asked:
+            still = f" ({len(pending)} still being answered)" if pending else ""
+            progress(f"generation: {self.asked} asked while Dagster loaded{still}; their runs reuse the answers")
+        return pending
 
     def pending(self) -> dict[str, Future]:
         """The generations still to be answered here, each with a future that is done once its
@@ -209,12 +222,11 @@ class HeadStart:
     def _client(self):
         """The backend the generation_response asset would use (resources/llm.py), outside a run."""
         from ..llm.openai_backend import OpenAIBackend
-        from ..llm.slots import FileCallSlots, machine_slots_folder
+        from ..llm.slots import FileCallSlots
 
         settings = self.settings
-        slots = settings.max_calls_in_flight
         return OpenAIBackend(
             api_key=os.environ.get("OPENROUTER_API_KEY"),
             base_url=settings.base_url,
-            machine_slots=FileCallSlots(machine_slots_folder(settings.base_url), slots) if slots else None,
+            machine_slots=FileCallSlots.for_api(settings.base_url, settings.max_calls_in_flight),
         )

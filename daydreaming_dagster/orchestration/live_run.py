@@ -1,6 +1,6 @@
-"""`daydream run` without batch mode: the experiment's calls made live, streamed through the
-command's worker pool (runner.py), then the run's summary, its cost against the estimate, and
-where the results are."""
+"""`daydream run` (`run_command`): batch mode, or the live run (`run_live`): the experiment's calls
+made live, streamed through the command's worker pool (runner.py), then the run's summary, its
+cost against the estimate, and where the results are."""
 
 from __future__ import annotations
 
@@ -10,9 +10,39 @@ import sys
 
 from ..experiment.errors import ExperimentError
 from ..settings import Settings
-from .head_start import HeadStart
+from .head_start import HeadStart, wanted
 from .instance_setup import open_instance
 from .pool import WorkerPool
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    """`daydream run` once its settings are checked: batch mode or a live run, on a worker pool
+    (and, live against an API, after a head start), each started before anything heavy is imported."""
+    from ..experiment.batch_choice import batch_wanted
+    from ..llm.slots import share_call_slots
+    from .pool import default_workers, start_pool
+
+    workers = args.workers or default_workers(args.concurrency, settings.offline)
+    batch = args.batch or (not settings.offline and batch_wanted(settings.data_root / "1_raw"))
+    head_start = HeadStart(settings, args.concurrency) if not batch and wanted(settings, args.replace_changed, args.max_cost) else None
+    # Started before this process imports anything heavy (Dagster, pandas, the batch client): the
+    # workers load the code location meanwhile, batch mode's as well as a live run's.
+    pool = start_pool(workers, args.concurrency, settings.offline) if workers > 1 else None
+    if head_start is not None:
+        # Its calls take the call slots the workers share (see llm/slots.py).
+        share_call_slots(pool.initargs[0] if pool is not None else None)
+        head_start.start()
+    try:
+        if batch:
+            from .batch_run import run_batch
+
+            return run_batch(args, settings, pool)
+        return run_live(args, settings, workers, pool, head_start)
+    finally:
+        if head_start is not None:
+            head_start.close()  # its calls in flight are paid for: their answers are stored first
+        if pool is not None:
+            pool.close()  # the runner closed it already, unless the command stopped before it started
 
 
 def run_live(

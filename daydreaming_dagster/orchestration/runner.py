@@ -223,19 +223,15 @@ class Runner:
             share_call_slots(slots)
         return (lambda job, batch: self._threads.submit(execute, configs[job][0], batch, configs[job][1])), slots
 
-    def stream(
-        self,
-        order: list[str],
-        generations: tuple[list[str], StageReport] | None,
-        pairs: tuple[list[str], StageReport] | None,
-        deferred: dict[str, Future] | None = None,
-    ) -> None:
+    def stream(self, order: list[str], generations: tuple[list[str], StageReport] | None,
+               pairs: tuple[list[str], StageReport] | None, deferred: dict[str, Future] | None = None) -> None:
         """Run `generations` and `pairs` (keys to run, and their stage's report) as one stream; a
         pair waits for its generation when that runs in this stream, or is not materialized. A
         generation in `deferred` (key -> future) runs once its future is done."""
         gen_keys, gen_report = generations or ([], None)
         pair_keys, pair_report = pairs or ([], None)
-        deferred = {k: f for k, f in (deferred or {}).items() if k in set(gen_keys)}
+        wanted = set(gen_keys)
+        deferred = {k: f for k, f in (deferred or {}).items() if k in wanted}
         schedule = Schedule(order, [k for k in gen_keys if k not in deferred], [tuple(reversed(k.split("|", 1))) for k in pair_keys], self.materialized("generation_response"))
         limits = self._limits()
         configs = {job: (job, partition_run_config(job, self.replace_changed, self.parallel_calls, self.max_cost_usd)) for job in (GENERATION, EVALUATION)}
@@ -272,23 +268,6 @@ class Runner:
         submit, _ = self._submitter(limits, {stage: (job_name, QUIET)})
         Stream(schedule, {stage: (report, len(todo))}, submit, limits, self.progress).run()
         return [report]
-
-    def _take_over(self, generations: list[str]) -> dict[str, Future]:
-        """The generations the head start is answering (see head_start.py): each runs once its
-        answer is stored there. None when no generation is left to run (a rerun): it stands aside."""
-        if self.head_start is None:
-            return {}
-        if not generations:
-            self.head_start.stand_aside()
-            return {}
-        pending = self.head_start.pending()
-        if self.head_start.asked:
-            still = f" ({len(pending)} still being answered)" if pending else ""
-            self.progress(
-                f"generation: {self.head_start.asked} asked while Dagster loaded{still}; "
-                "their runs reuse the answers"
-            )
-        return pending
 
     def _warm_once(self) -> None:
         if self._warm.ident is None:
@@ -339,7 +318,9 @@ class Runner:
         if generation.cap_reached:
             self.progress("evaluation: not started: the spending cap was reached")
         else:
-            self.stream(order, generations if together else None, pairs, self._take_over(generations[0]) if together else None)
+            # The generations the head start is still answering run once their answers are stored.
+            deferred = self.head_start.take_over(generations[0], self.progress) if together and self.head_start else None
+            self.stream(order, generations if together else None, pairs, deferred)
             reports.append(pairs[1])
             if not self.replace_changed and not generation.cap_reached:
                 reports += self.refresh_prompts("evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_keys, order)

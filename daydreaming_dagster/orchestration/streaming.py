@@ -83,7 +83,7 @@ class Stream:
         limits: Limits,
         progress: Callable[[str], None],
         call_slots=None,
-        on_first_outcome: Callable[[], None] | None = None,
+        on_generations_done: Callable[[], None] | None = None,
         deferred: dict[str, Future] | None = None,
     ) -> None:
         self.schedule = schedule
@@ -92,7 +92,8 @@ class Stream:
         self.limits = limits
         self.progress = progress
         self.call_slots = call_slots if limits.queued is not None else None
-        self.on_first_outcome = on_first_outcome
+        # Called once, at the first outcome that leaves no generation to run.
+        self.on_generations_done = on_generations_done
         # Generations whose call the head start is still making: each runs once its future is done.
         self.deferred = dict(deferred or {})
         self._in_flight: dict[Future, tuple[str, Batch]] = {}
@@ -140,9 +141,9 @@ class Stream:
             ran, success, error, left, capped, calls = batch.keys, False, f"{type(exc).__name__}: {exc}", {}, False, 0
         if self.call_slots is not None:
             self.call_slots.add_unstarted(calls - len(batch.keys))  # the partitions that made no call
-        if self.on_first_outcome is not None and self._generations_done(job):
-            self.on_first_outcome()
-            self.on_first_outcome = None
+        if self.on_generations_done is not None and self._generations_done(job):
+            self.on_generations_done()
+            self.on_generations_done = None
         stage = self.stages[job]
         name = stage.report.name
         if left:

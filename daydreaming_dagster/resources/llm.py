@@ -87,7 +87,5 @@ class LLMClientResource(dg.ConfigurableResource):
             max_wait_s=self.max_wait_s,
             backoff_base_s=self.backoff_base_s,
             log=dg.get_dagster_logger("llm"),
-            machine_slots=FileCallSlots(machine_slots_folder(self.base_url), self.max_calls_in_flight)
-            if self.max_calls_in_flight
-            else None,
+            machine_slots=FileCallSlots.for_api(self.base_url, self.max_calls_in_flight),
         )
