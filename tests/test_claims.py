@@ -23,11 +23,11 @@ from daydreaming_dagster.store.claims import (
     Claim,
     Claims,
     ClaimTimes,
-    Heartbeat,
     Held,
     LocalClaimFiles,
     Owner,
 )
+from daydreaming_dagster.store.heartbeat import Heartbeat
 from daydreaming_dagster.store.layout import claim_path, table_path, text_path
 from daydreaming_dagster.store.responses import write_response_once
 from tests.openai_server import status, truncated

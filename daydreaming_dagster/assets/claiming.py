@@ -16,7 +16,8 @@ import dagster as dg
 
 from ..llm.requests import LLMRequest, LLMResponse
 from ..resources.responses import ResponseStore
-from ..store.claims import Claim, Heartbeat, Held, Owner
+from ..store.claims import Claim, Held, Owner
+from ..store.heartbeat import Heartbeat
 from ..store.responses import StoredResponseConflict
 
 

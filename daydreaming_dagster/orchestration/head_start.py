@@ -28,7 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..llm.requests import IncompleteResponseError, LLMRequest
 from ..settings import Settings
-from ..store.claims import Claims, ClaimTimes, Heartbeat, Held, Owner
+from ..store.claims import Claims, ClaimTimes, Held, Owner
+from ..store.heartbeat import Heartbeat
 from ..store.layout import claim_path, text_path
 from ..store.responses import StoredResponseConflict, keep_rejected, write_response_once
 from ..store.roots import claim_backend, is_remote
