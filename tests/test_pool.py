@@ -30,6 +30,18 @@ def die() -> None:
     os._exit(3)
 
 
+class NeedsItsArguments(Exception):
+    """Pickles, but does not unpickle (as DagsterInvalidConfigError): its constructor wants two arguments."""
+
+    def __init__(self, message: str, errors: list) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+def raise_what_does_not_unpickle() -> None:
+    raise NeedsItsArguments("Error in config for job generation", ["asked_incomplete: not a string"])
+
+
 @pytest.fixture
 def pool_of():
     pools = []
@@ -73,3 +85,11 @@ def test_a_worker_that_cannot_start_fails_each_task_with_the_reason(pool_of):
 
     with pytest.raises(ValueError, match="the experiment config is invalid"):
         pool.submit(nap, 0).result(timeout=120)
+
+
+def test_a_task_whose_exception_cannot_be_unpickled_fails_with_its_text_and_the_pool_goes_on(pool_of):
+    pool = pool_of(1, initializer=NOTHING)
+
+    with pytest.raises(RuntimeError, match="NeedsItsArguments: Error in config for job generation"):
+        pool.submit(raise_what_does_not_unpickle).result(timeout=120)
+    assert pool.submit(nap, 0).result(timeout=60) > 0  # the results are still read

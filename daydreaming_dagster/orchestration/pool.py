@@ -19,8 +19,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..llm.slots import SharedCallSlots
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 # The SDK too: the code location imports it only where a call is made (see llm/openai_backend.py).
 PRELOAD = ("daydreaming_dagster.definitions", "openai")
@@ -37,6 +41,20 @@ def runs_in_flight(concurrency: int) -> int:
     """Runs at once against an API: enough that batches waiting on a slow call leave the call slots
     to the others (measured with the heavy-tailed benchmark; see README)."""
     return max(1, concurrency // 2)
+
+
+def llm_pool_limit(instance: dg.DagsterInstance) -> int | None:
+    """How many steps of the LLM pool may run at once across all runs (None: no limit). A response
+    step over this limit would wait for a slot, polling once a second or less often."""
+    from ..assets.responding import LLM_POOL
+
+    config = instance.get_concurrency_config().pool_config
+    if config.pool_granularity is not None and config.pool_granularity.value == "run":
+        return None
+    for pool in instance.event_log_storage.get_pool_limits():
+        if pool.name == LLM_POOL:
+            return pool.limit
+    return config.default_pool_limit
 
 
 def start_pool(workers: int, concurrency: int, offline: bool) -> WorkerPool:
@@ -89,8 +107,11 @@ def _serve(index: int, inbox, results, threads: int, initializer: str, initargs:
 
 
 def _picklable(exc: BaseException) -> BaseException:
+    """`exc`, or its text in a RuntimeError when it would not arrive: an exception the runner's side
+    could not unpickle (Dagster's config errors need constructor arguments pickle does not pass)
+    would stop the thread that reads every result, and the runner would wait for ever."""
     try:
-        pickle.dumps(exc)
+        pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:  # noqa: BLE001
         return RuntimeError(f"{type(exc).__name__}: {exc}")

@@ -23,7 +23,6 @@ import dagster as dg
 
 from ..assets.common import MAX_PARTITIONS_PER_RUN
 from ..assets.partitions import evaluation_pairs_partitions, generation_tasks_partitions
-from ..assets.responding import LLM_POOL
 from ..compat import BulkActionStatus
 from ..experiment.pairs import valid_pair_keys
 from ..llm.slots import SharedCallSlots, share_call_slots
@@ -39,7 +38,7 @@ from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, 
 from .head_start import HeadStart
 from .instance_setup import open_instance
 from .overlap import IN_PROGRESS, InProgress
-from .pool import WorkerPool, default_workers, runs_in_flight, start_pool
+from .pool import WorkerPool, default_workers, llm_pool_limit, runs_in_flight, start_pool
 from .schedule import EVALUATION, GENERATION, Schedule
 from .streaming import Limits, StageReport, Stream, left_text
 from .worker import QUIET, execute, load_worker, partition_run_config, warm_worker
@@ -57,18 +56,6 @@ STAGES = {
 # How often, and how long, a runner waits for another run that is building an unpartitioned stage.
 WAIT_POLL_S = 1.0
 STAGE_WAIT_S = 600.0
-
-
-def llm_pool_limit(instance: dg.DagsterInstance) -> int | None:
-    """How many steps of the LLM pool may run at once across all runs (None: no limit). A response
-    step over this limit would wait for a slot, polling once a second or less often."""
-    config = instance.get_concurrency_config().pool_config
-    if config.pool_granularity is not None and config.pool_granularity.value == "run":
-        return None
-    for pool in instance.event_log_storage.get_pool_limits():
-        if pool.name == LLM_POOL:
-            return pool.limit
-    return config.default_pool_limit
 
 
 class Runner:
