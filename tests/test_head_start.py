@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from daydreaming_dagster.orchestration.head_start import ASKED_BY, prepared_requests
+from daydreaming_dagster.orchestration.worker import failure_text
 from daydreaming_dagster.resources.io_managers import read_table
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path
 from daydreaming_dagster.store.responses import mismatched_fields
 from tests import test_overlapping_runs as overlapping
 from tests.experiment_factory import write_experiment
+from tests.openai_server import truncated
 from tests.pipeline import Pipeline
 from tests.test_cli import DAYDREAM, explain
 from tests.test_overlapping_runs import TIMEOUT, asked, fresh_home
@@ -88,6 +90,45 @@ def test_generations_are_asked_before_the_first_dagster_run_and_materialized_by_
     assert again.returncode == 0, explain(again)
     assert sum(asked(openai_server).values()) == 18
     assert "asked while Dagster loaded" not in again.stderr
+
+
+@pytest.mark.slow
+def test_an_answer_cut_off_in_the_head_start_is_paid_once_and_its_partition_fails_as_a_step_would(
+    tmp_path, paid_env, openai_server
+):
+    data = write_experiment(tmp_path / "data")  # 6 generations, 12 pairs
+    openai_server.latency_s = 0.3
+    cut: list[tuple[str, str]] = []  # (model, prompt)
+
+    def cut_the_first_generation(body):
+        prompt = body["messages"][-1]["content"]
+        if "Rate this idea" not in prompt and not cut:
+            cut.append((body["model"], prompt))
+            return truncated()
+        return None
+
+    openai_server.behaviour_for = cut_the_first_generation
+
+    done = run(data, paid_env, tmp_path)
+
+    assert done.returncode == 1, explain(done)
+    counts = asked(openai_server)
+    assert set(counts.values()) == {1}  # the cut-off one was not asked again by its run
+    assert counts[cut[0]] == 1 and len(counts) == 6 + 10
+    kept = list((data / "3_generation" / "generation_response" / "_rejected").glob("*.txt"))
+    assert len(kept) == 1 and kept[0].read_text() == "The answer was cut"
+    # The step's own sentence, from a run of the instance that failed for that partition alone.
+    assert f"kept for inspection at {kept[0]}" in done.stderr and "re-running the partition asks the model again" in done.stderr
+    assert "a batch of" not in done.stderr
+    runs = instance_runs(Path(paid_env["DAGSTER_HOME"]))
+    assert [r["status"] for r in runs].count("FAILURE") == 1
+    assert len(generation_metadata(Path(paid_env["DAGSTER_HOME"]))) == 5
+
+    again = run(data, paid_env, tmp_path)  # re-running it asks the model again, as the sentence says
+
+    assert again.returncode == 0, explain(again)
+    assert asked(openai_server)[cut[0]] == 2
+    assert sum(asked(openai_server).values()) == 6 + 12 + 1
 
 
 @pytest.mark.slow
@@ -190,3 +231,31 @@ def test_ctrl_c_while_the_head_start_is_calling_stores_every_answer_already_paid
 
     assert resumed.returncode == 0, explain(resumed)
     assert len(openai_server.requests) == 6 + 12 and set(asked(openai_server).values()) == {1}
+
+
+def test_a_run_told_of_a_cut_off_answer_fails_it_without_a_call_unless_its_request_changed(
+    tmp_path, instance, openai_server, monkeypatch
+):
+    """The run config the runner gives a generation whose head-start answer was cut off
+    (`ResponseConfig.asked_incomplete`): the step's own failure, no second payment; a stale entry
+    (the template was edited since) does not stop the new request from being asked."""
+    data = write_experiment(tmp_path / "data")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "unused")
+    pipeline = Pipeline(data, instance, openai_server)
+    pipeline.tables()
+    first, second = pipeline.generation_keys()[:2]
+    requests = dict(prepared_requests(Settings(data_root=data, backend="openai", base_url=openai_server.base_url)))
+    kept = str(tmp_path / "kept.txt")
+    told = {
+        first: {"request": requests[first].fingerprint_text(), "reason": "The answer was cut off.", "kept": kept},
+        second: {"request": "a request made before the template changed", "reason": "Cut off.", "kept": kept},
+    }
+    config = {"ops": {"generation_response": {"config": {"asked_incomplete": told}}}}
+
+    failed = pipeline.materialize_range(["generation_prompt", "generation_response"], [first, second], run_config=config)
+
+    assert not failed.success
+    assert f"The answer was cut off. It is not stored as the response; it is kept for inspection at {kept}" in failure_text(failed)
+    assert len(openai_server.requests) == 1  # only the second, whose request is not the one cut off
+    assert text_path(data, "generation_response", second).exists()
+    assert not text_path(data, "generation_response", first).exists()

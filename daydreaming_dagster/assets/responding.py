@@ -22,11 +22,22 @@ from .budget import CAP_REACHED, SpendingCapReached, SpendingGuard
 from .claiming import Ask, StepClaims, held_message
 from .common import partition_output, per_partition_type, text_preview
 
-__all__ = ["LLM_POOL", "Ask", "PartitionResponse", "ResponseConfig", "respond"]
+__all__ = ["LLM_POOL", "Ask", "AskedIncomplete", "PartitionResponse", "ResponseConfig", "respond"]
 
 LLM_POOL = "llm_api"
 
 PartitionResponse = per_partition_type("PartitionResponse", LLMResponse)
+
+
+class AskedIncomplete(dg.Config):
+    """A cut-off answer to this very request, paid for earlier in the same `daydream run` (by its
+    head start, see orchestration/head_start.py) and kept under _rejected/."""
+
+    request: str
+    """The request's `LLMRequest.fingerprint_text()`: a partition whose request differs is asked."""
+    reason: str
+    kept: str
+    """Where the cut-off answer is kept."""
 
 
 class ResponseConfig(dg.Config):
@@ -48,6 +59,10 @@ class ResponseConfig(dg.Config):
     max_cost_usd: Optional[float] = None
     """Spending cap in USD for this run, overriding the experiment's `max_cost_usd`: no call starts
     whose worst case would take the spending under the output root past it."""
+
+    asked_incomplete: dict[str, AskedIncomplete] = {}
+    """Partitions whose answer to this very request was cut off earlier in the same command: each
+    fails as if this step had asked, without paying for the same cut-off answer again."""
 
 
 def respond(
@@ -77,6 +92,12 @@ def respond(
             metadata[ask.key] = _response_metadata(stored, responses.path(asset_name, ask.parts), reused=True)
     if answers:
         context.log.info(f"reusing {len(answers)} stored response(s); no LLM call for them")
+    failures: dict[str, dg.Failure] = {}
+    for ask in list(to_call):
+        earlier = config.asked_incomplete.get(ask.key)
+        if earlier is not None and earlier.request == ask.request.fingerprint_text():
+            failures[ask.key] = _incomplete(earlier.reason, earlier.kept)
+            to_call.remove(ask)
     if to_call and batch_requested(context, config.batch):  # a UI backfill in batch mode: see batch_step.py
         raise submit_from_step(context, llm, responses, to_call, config.max_cost_usd)
     if to_call:
@@ -88,7 +109,6 @@ def respond(
         if unbounded:
             raise dg.Failure(description=unbounded, metadata={CAP_REACHED: True})
 
-    failures: dict[str, dg.Failure] = {}
     with StepClaims(context, responses, asset_name, config.replace_changed) as claims:
         pending, stopped = to_call, False
         try:
@@ -232,15 +252,18 @@ def _failure(responses: ResponseStore, asset_name: str, ask: Ask, error: Excepti
     if isinstance(error, SpendingCapReached):
         return dg.Failure(description=str(error), metadata={CAP_REACHED: True})
     if isinstance(error, IncompleteResponseError):
-        kept = responses.keep_rejected(asset_name, ask.parts, error.response, str(error))
-        return dg.Failure(
-            description=f"{error} It is not stored as the response; it is kept for inspection at {kept}, "
-            "and re-running the partition asks the model again.",
-            metadata={"rejected_path": dg.MetadataValue.path(str(kept))},
-        )
+        return _incomplete(str(error), str(responses.keep_rejected(asset_name, ask.parts, error.response, str(error))))
     if isinstance(error, LLMError):
         return dg.Failure(description=str(error))
     return dg.Failure(description=f"{ask.request.model_id}: the call failed unexpectedly: {type(error).__name__}: {error}")
+
+
+def _incomplete(reason: str, kept: str) -> dg.Failure:
+    return dg.Failure(
+        description=f"{reason} It is not stored as the response; it is kept for inspection at {kept}, "
+        "and re-running the partition asks the model again.",
+        metadata={"rejected_path": dg.MetadataValue.path(kept)},
+    )
 
 
 def _summary_failure(

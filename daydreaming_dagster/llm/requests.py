@@ -4,6 +4,7 @@ and the errors a call can end with. Shared by every backend and by the response 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -47,6 +48,10 @@ class LLMRequest:
         if self.replicate != 1:
             fingerprint["replicate"] = int(self.replicate)
         return fingerprint
+
+    def fingerprint_text(self) -> str:
+        """The fingerprint as one string (JSON, keys sorted), to pass in run config."""
+        return json.dumps(self.fingerprint(), sort_keys=True)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ ASKED_BY = "daydream run's head start (before its Dagster run, which reused the 
 # The run id its claims name, so a waiting run's log says who is asking.
 OWNER_RUN = "daydream-run-head-start"
 POLL_S = 0.1
+# What a generation's future holds once done: its answer stored; passed over, or its call failed
+# (its run asks); or its answer cut off by the token limit (its run fails without asking again).
+STORED, PASSED, CUT_OFF = "stored", "passed", "cut off"
 
 
 def wanted(settings: Settings, replace_changed: bool, max_cost: float | None) -> bool:
@@ -85,6 +88,8 @@ class HeadStart:
         self._lock = threading.Lock()
         self._free = threading.Semaphore(self.concurrency)
         self._pending: dict[str, Future] = {}  # every generation to ask, done once asked or passed over
+        # Cut-off answers (key -> ResponseConfig.asked_incomplete's entry): their runs do not pay again.
+        self.cut_off: dict[str, dict] = {}
         self._thread = threading.Thread(target=self._main, name="head-start", daemon=True)
         self._calls: ThreadPoolExecutor | None = None
         self._heartbeat: Heartbeat | None = None
@@ -112,16 +117,19 @@ class HeadStart:
             return {}
         pending = self.pending()
         if self.asked:
-            still = f" ({len(pending)} still being answered)" if pending else ""
+            answering = sum(not f.done() for f in pending.values())
+            still = f" ({answering} still being answered)" if answering else ""
             progress(f"generation: {self.asked} asked while Dagster loaded{still}; their runs reuse the answers")
         return pending
 
     def pending(self) -> dict[str, Future]:
-        """The generations still to be answered here, each with a future that is done once its
-        answer is stored, or it was passed over or its call failed (then its run asks again)."""
+        """The generations still to be answered here, or whose answer was cut off, each with a future
+        that is done (STORED, PASSED or CUT_OFF) once its answer is stored, or it was passed over or
+        its call failed (its run asks again), or its answer was cut off (its run fails as a step would)."""
         self._read.wait()
         with self._lock:
-            return {key: future for key, future in self._pending.items() if not future.done()}
+            # A cut-off one too: its run must be told (see Schedule.add_generation's `alone`).
+            return {key: future for key, future in self._pending.items() if not future.done() or future.result() == CUT_OFF}
 
     def stand_aside(self) -> None:
         """Start no more calls (the runs have no generation left to ask); returns at once."""
@@ -146,7 +154,7 @@ class HeadStart:
             with self._lock:  # what was not asked goes to the runs
                 for future in self._pending.values():
                     if not future.running() and not future.done():
-                        future.set_result(False)
+                        future.set_result(PASSED)
 
     def _ask_all(self) -> None:
         try:
@@ -180,7 +188,7 @@ class HeadStart:
                 started = not self._stop.is_set() and self._claim_and_ask(claims, owner, backend, key, request)
             if not started:
                 self._free.release()
-                self._pending[key].set_result(False)
+                self._pending[key].set_result(PASSED)
             if self._stop.is_set():
                 return
 
@@ -204,13 +212,17 @@ class HeadStart:
         return True
 
     def _ask(self, backend, key: str, request: LLMRequest, path, claim) -> None:
-        stored = False
+        outcome = PASSED
         try:
             response = backend.complete(request)
-            stored = write_response_once(path, response.text, {**response.provenance, "asked_by": ASKED_BY})
+            if write_response_once(path, response.text, {**response.provenance, "asked_by": ASKED_BY}):
+                outcome = STORED
         except IncompleteResponseError as exc:
-            # Paid, but not an answer: kept for inspection as a step keeps it; the run asks again.
-            keep_rejected(path, exc.response.text, exc.response.provenance, str(exc))
+            # Paid, but not an answer: kept for inspection as a step keeps it, and the run fails with
+            # the step's own sentence instead of paying for the same request again.
+            kept = keep_rejected(path, exc.response.text, exc.response.provenance, str(exc))
+            self.cut_off[key] = {"request": request.fingerprint_text(), "reason": str(exc), "kept": str(kept)}
+            outcome = CUT_OFF
         except StoredResponseConflict:
             pass  # another answer was stored meanwhile (ours is kept in _rejected/); the run sees it
         except Exception:  # noqa: BLE001 - the run asks again and reports the failure in its own words
@@ -218,7 +230,7 @@ class HeadStart:
         finally:
             self._heartbeat.release(claim)
             self._free.release()
-            self._pending[key].set_result(stored)
+            self._pending[key].set_result(outcome)
 
     def _client(self):
         """The backend the generation_response asset would use (resources/llm.py), outside a run."""

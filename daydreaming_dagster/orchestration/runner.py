@@ -196,11 +196,11 @@ class Runner:
             runs = max(1, min(runs, pool_limit))
         return Limits(runs=runs, max_batch=self.max_batch, queued=self.concurrency if runs > 1 else None)
 
-    def _submitter(self, limits: Limits, configs: dict[str, tuple[str, dict]]) -> tuple[Callable[[str, Batch], Future], SharedCallSlots | None]:
-        """How the stream starts a batch (`configs`: the stream's job -> the Dagster job and its run
-        config), and the call slots it watches."""
+    def _submitter(self, limits: Limits, run_of: Callable[[str, Batch], tuple]) -> tuple[Callable[[str, Batch], Future], SharedCallSlots | None]:
+        """How the stream starts a batch (`run_of`: `execute`'s arguments for the stream's job and
+        batch), and the call slots it watches."""
         if self._pool is not None:
-            return (lambda job, batch: self._pool.submit(execute, configs[job][0], batch, configs[job][1])), self._pool.initargs[0]
+            return (lambda job, batch: self._pool.submit(execute, *run_of(job, batch))), self._pool.initargs[0]
         # One worker: the runs execute in threads of this process (one at a time when `runs` is 1).
         if self._threads is None:
             self._threads = ThreadPoolExecutor(limits.runs, thread_name_prefix="run")
@@ -208,7 +208,7 @@ class Runner:
         if limits.queued is not None:
             slots = SharedCallSlots(multiprocessing.get_context(), self.concurrency)
             share_call_slots(slots)
-        return (lambda job, batch: self._threads.submit(execute, configs[job][0], batch, configs[job][1])), slots
+        return (lambda job, batch: self._threads.submit(execute, *run_of(job, batch))), slots
 
     def stream(self, order: list[str], generations: tuple[list[str], StageReport] | None,
                pairs: tuple[list[str], StageReport] | None, deferred: dict[str, Future] | None = None) -> None:
@@ -221,8 +221,14 @@ class Runner:
         deferred = {k: f for k, f in (deferred or {}).items() if k in wanted}
         schedule = Schedule(order, [k for k in gen_keys if k not in deferred], [tuple(reversed(k.split("|", 1))) for k in pair_keys], self.materialized("generation_response"))
         limits = self._limits()
-        configs = {job: (job, partition_run_config(job, self.replace_changed, self.parallel_calls, self.max_cost_usd)) for job in (GENERATION, EVALUATION)}
-        submit, slots = self._submitter(limits, configs)
+        cut_off = self.head_start.cut_off if self.head_start else {}
+
+        def run_of(job: str, batch: Batch) -> tuple[str, Batch, dict]:
+            # A generation whose head-start answer was cut off fails in its run without a second call.
+            earlier = {k: cut_off[k] for k in batch.keys if k in cut_off} if job == GENERATION else None
+            return job, batch, partition_run_config(job, self.replace_changed, self.parallel_calls, self.max_cost_usd, earlier)
+
+        submit, slots = self._submitter(limits, run_of)
         reports = {job: (r, len(k)) for job, k, r in ((GENERATION, gen_keys, gen_report), (EVALUATION, pair_keys, pair_report)) if r}
         stream = Stream(schedule, reports, submit, limits, self.progress, slots, self._warm_once, deferred)
         if not gen_keys:
@@ -252,7 +258,7 @@ class Runner:
         generations, pairs = (todo, []) if stage == GENERATION else ([], [tuple(reversed(k.split("|", 1))) for k in todo])
         schedule = Schedule(order, generations, pairs, order)
         limits = self._limits(calls=False)
-        submit, _ = self._submitter(limits, {stage: (job_name, QUIET)})
+        submit, _ = self._submitter(limits, lambda job, batch: (job_name, batch, QUIET))
         Stream(schedule, {stage: (report, len(todo))}, submit, limits, self.progress).run()
         return [report]
 

@@ -92,9 +92,13 @@ class Schedule:
             for method in self._waiting.pop(generation, []):
                 self._release_pair(generation, method)
 
-    def add_generation(self, key: str) -> None:
-        """A generation held back until now (asked by the head start, see head_start.py) may run."""
-        self._add(GENERATION, key)
+    def add_generation(self, key: str, alone: bool = False) -> None:
+        """A generation held back until now (asked by the head start, see head_start.py) may run;
+        `alone`: in a run of its own, before anything else."""
+        if alone:
+            self._retries.append((GENERATION, Batch((key,))))
+        else:
+            self._add(GENERATION, key)
 
     def retry_singly(self, job: str, batch: Batch) -> None:
         """Run the partitions of a failed batch again, one per run, before anything else."""

@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 from .batches import Batch, batch_size
+from .head_start import CUT_OFF
 from .schedule import EVALUATION, GENERATION, Schedule
 
 # How often the stream looks at the queued calls while no run ends (seconds).
@@ -115,7 +116,8 @@ class Stream:
         for key, future in list(self.deferred.items()):
             if future.done():
                 del self.deferred[key]
-                self.schedule.add_generation(key)
+                # A cut-off answer's run fails (see head_start.py): alone, so no other partition fails with it.
+                self.schedule.add_generation(key, alone=future.result() == CUT_OFF)
 
     def _start_ready(self) -> None:
         while len(self._in_flight) < self.limits.runs and not self.capped:

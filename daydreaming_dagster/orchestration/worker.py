@@ -169,9 +169,14 @@ def _free_pieces(keys: tuple[str, ...], taken: dict) -> list[tuple[str, ...]]:
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def partition_run_config(job_name: str, replace_changed: bool, parallel_calls: int, max_cost_usd: float | None = None) -> dict:
+def partition_run_config(
+    job_name: str, replace_changed: bool, parallel_calls: int, max_cost_usd: float | None = None, asked_incomplete: dict | None = None
+) -> dict:
+    """The run config of a response job's batch (`asked_incomplete`: see `ResponseConfig`)."""
     asset = "generation_response" if job_name == "generation" else "evaluation_response"
     config = {"parallel_calls": parallel_calls, **({"replace_changed": True} if replace_changed else {})}
     if max_cost_usd is not None:
         config["max_cost_usd"] = float(max_cost_usd)
+    if asked_incomplete:
+        config["asked_incomplete"] = asked_incomplete
     return {**QUIET, "ops": {asset: {"config": config}}}
