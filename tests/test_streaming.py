@@ -79,6 +79,15 @@ def test_a_failed_batch_comes_back_one_partition_at_a_time_before_anything_else(
     ]
 
 
+def test_a_generation_held_back_by_the_head_start_joins_the_ranges_or_with_alone_runs_by_itself_first():
+    schedule = Schedule(ORDER, ["g0", "g3"], [])
+
+    schedule.add_generation("g1")
+    schedule.add_generation("g2", alone=True)  # its head-start answer was cut off: its run fails
+
+    assert [take(schedule, 5) for _ in range(3)] == [(GENERATION, ("g2",)), (GENERATION, ("g0", "g1")), (GENERATION, ("g3",))]
+
+
 def test_a_key_the_instance_does_not_know_runs_alone():
     schedule = Schedule(ORDER, ["g0", "ghost"], [("ghost", "m")])
 
