@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from daydreaming_dagster.analysis.budget import tokens_cost, worst_case_usd
 from daydreaming_dagster.orchestration.head_start import ASKED_BY, prepared_requests
 from daydreaming_dagster.orchestration.worker import failure_text
 from daydreaming_dagster.resources.io_managers import read_table
@@ -131,20 +132,41 @@ def test_an_answer_cut_off_in_the_head_start_is_paid_once_and_its_partition_fail
     assert sum(asked(openai_server).values()) == 6 + 12 + 1
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["a spending cap", "DAYDREAM_HEAD_START=off"])
-def test_the_head_start_stands_aside_when_a_step_must_decide(tmp_path, paid_env, openai_server, how):
-    data = write_experiment(tmp_path / "data", generators=("gen-model-1",), judges=("judge-model-1",))
-    env, extra = dict(paid_env), ()
-    if how == "a spending cap":  # the step's guard admits each call against the cap: no call goes around it
-        lines = (data / "1_raw" / "llm_models.csv").read_text().splitlines()
-        priced = [lines[0] + ",input_usd_per_mtok,output_usd_per_mtok"] + [line + ",1,2" for line in lines[1:]]
-        (data / "1_raw" / "llm_models.csv").write_text("\n".join(priced) + "\n")
-        extra = ("--max-cost", "5")
-    else:
-        env["DAYDREAM_HEAD_START"] = "off"
+def priced(data: Path) -> None:
+    """Prices for every model ($1 in, $2 out per million tokens), so that a cap can bound the calls."""
+    lines = (data / "1_raw" / "llm_models.csv").read_text().splitlines()
+    priced = [lines[0] + ",input_usd_per_mtok,output_usd_per_mtok"] + [line + ",1,2" for line in lines[1:]]
+    (data / "1_raw" / "llm_models.csv").write_text("\n".join(priced) + "\n")
 
-    done = run(data, env, tmp_path, *extra)
+
+@pytest.mark.slow
+def test_under_a_spending_cap_the_head_start_asks_what_the_cap_admits_and_leaves_the_rest_to_the_steps(
+    tmp_path, paid_env, openai_server
+):
+    data = write_experiment(tmp_path / "data", generators=("gen-model-1",), judges=("judge-model-1",))  # 3 + 3 calls
+    priced(data)
+    openai_server.latency_s = 0.5
+    requests = prepared_requests(Settings(data_root=data, backend="openai", base_url=openai_server.base_url))
+    worst = max(worst_case_usd(len(r.prompt), r.max_tokens, (1.0, 2.0), None) for _, r in requests)
+    cap = 2.5 * worst  # two generations in flight at their worst case fit; a third waits for their answers
+
+    done = run(data, paid_env, tmp_path, "--max-cost", f"{cap:.6f}")
+
+    assert done.returncode == 0, explain(done)
+    assert sum(asked(openai_server).values()) == 3 + 3 and set(asked(openai_server).values()) == {1}
+    spent = sum(tokens_cost(r["usage"]["prompt_tokens"], r["usage"]["completion_tokens"], (1.0, 2.0)) for r in openai_server.responses)
+    assert spent <= cap
+    sidecars = [json.loads(p.read_text()) for p in (data / "3_generation" / "generation_response").glob("*.json")]
+    # The head start asked the two the cap admitted at once; the third was left to its step, which waited.
+    assert sorted("asked_by" in s for s in sidecars) == [False, True, True]
+    assert "2 asked while Dagster loaded" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_head_start_stands_aside_when_off(tmp_path, paid_env, openai_server):
+    data = write_experiment(tmp_path / "data", generators=("gen-model-1",), judges=("judge-model-1",))
+
+    done = run(data, {**paid_env, "DAYDREAM_HEAD_START": "off"}, tmp_path)
 
     assert done.returncode == 0, explain(done)
     assert sum(asked(openai_server).values()) == 3 + 3
@@ -259,3 +281,21 @@ def test_a_run_told_of_a_cut_off_answer_fails_it_without_a_call_unless_its_reque
     assert len(openai_server.requests) == 1  # only the second, whose request is not the one cut off
     assert text_path(data, "generation_response", second).exists()
     assert not text_path(data, "generation_response", first).exists()
+
+
+def test_the_head_start_reads_the_experiment_and_builds_its_spending_guard_without_importing_dagster(tmp_path):
+    """What it does before the instance has opened must not wait for Dagster's imports."""
+    data = write_experiment(tmp_path / "data")
+    priced(data)
+    code = (
+        "import sys\n"
+        "from daydreaming_dagster.orchestration.head_start import _read_experiment, spending_guard\n"
+        "from daydreaming_dagster.settings import Settings\n"
+        f"config, requests, judges = _read_experiment(Settings(data_root={str(data)!r}, backend='openai', base_url='http://127.0.0.1:9/v1'))\n"
+        "guard = spending_guard(config, 1.0, requests, judges)\n"
+        "print(len(requests), type(guard).__name__, sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["6", "SpendingGuard", "[]"]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..analysis.budget import (
     cap_sentence,
@@ -26,8 +27,6 @@ from ..analysis.budget import (
 from ..analysis.usage import model_prices
 from ..experiment.loaders import load_models
 from ..llm.requests import LLMRequest
-from ..resources.config import ExperimentConfig
-from ..resources.llm import LLMClientResource
 from ..store.reservations import (
     Reservation,
     admissions_end,
@@ -39,6 +38,10 @@ from ..store.reservations import (
 )
 from ..store.roots import data_path
 from ..store.spend import Tally, paid_tallies
+
+if TYPE_CHECKING:  # this module imports no Dagster: `daydream run`'s head start admits its calls with it
+    from ..resources.config import ExperimentConfig
+    from ..resources.llm import LLMClientResource
 
 # Metadata key of a step failure caused by the cap: `daydream run` then stops instead of retrying.
 CAP_REACHED = "daydream/spending_cap_reached"

@@ -13,10 +13,13 @@ generation is still materialized by a Dagster run, which finds its answer stored
 materialization's metadata says `asked_by`), so the instance records every partition, each stays
 re-runnable alone, and nothing is paid twice.
 
-It stands aside (no call) whenever a step could decide differently: offline, batch mode,
-`--replace-changed`, a spending cap (the step's guard must admit every call), an object-store
-output root, DAYDREAM_HEAD_START=off, or an experiment it cannot read (the task tables then report
-the problem before any call). It skips every generation with a stored answer or a live claim."""
+Under a spending cap each call is admitted by the step's own guard (assets/budget.py: the worst
+case reserved in files every process sees, settled once the answer is stored); the first refusal
+stops the head start, and the runs meet the cap themselves. It stands aside (no call) whenever a
+step could decide differently: offline, batch mode, `--replace-changed`, a cap with a model that
+has no price (the command refuses it), an object-store output root, DAYDREAM_HEAD_START=off, or an
+experiment it cannot read (the task tables then report the problem before any call). It skips
+every generation with a stored answer or a live claim."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from ..llm.requests import IncompleteResponseError, LLMRequest
 from ..settings import Settings
@@ -33,6 +37,9 @@ from ..store.heartbeat import Heartbeat
 from ..store.layout import claim_path, text_path
 from ..store.responses import StoredResponseConflict, keep_rejected, write_response_once
 from ..store.roots import claim_backend, is_remote
+
+if TYPE_CHECKING:  # imported where used: the command's start imports nothing it does not need yet
+    from ..resources.experiment_settings import ExperimentSettings
 
 ASSET = "generation_response"
 ASKED_BY = "daydream run's head start (before its Dagster run, which reused the answer)"
@@ -44,42 +51,63 @@ POLL_S = 0.1
 STORED, PASSED, CUT_OFF = "stored", "passed", "cut off"
 
 
-def wanted(settings: Settings, replace_changed: bool, max_cost: float | None) -> bool:
-    """Whether this live `daydream run` may take a head start (the experiment's own cap is checked
-    once it is read)."""
+def wanted(settings: Settings, replace_changed: bool) -> bool:
+    """Whether this live `daydream run` may take a head start."""
     off = os.environ.get("DAYDREAM_HEAD_START", "on").strip().lower() in {"off", "0", "false", "no"}
-    return not (off or settings.offline or replace_changed or max_cost is not None or is_remote(settings.output_root))
+    return not (off or settings.offline or replace_changed or is_remote(settings.output_root))
 
 
 def prepared_requests(settings: Settings) -> list[tuple[str, LLMRequest]]:
-    """Every generation task's key and request, in the table's order, as the assets build them;
-    empty when the experiment sets a spending cap. Raises what reading the experiment raises."""
+    """Every generation task's key and request, in the table's order, as the assets build them.
+    Raises what reading the experiment raises."""
+    return _read_experiment(settings)[1]
+
+
+def _read_experiment(settings: Settings) -> tuple[ExperimentSettings, list[tuple[str, LLMRequest]], set[str]]:
+    """The experiment's settings, its generation requests (see `prepared_requests`) and its judges."""
     from ..experiment.loaders import load_concepts, load_models, load_templates
     from ..experiment.prompts import generation_prompts
     from ..experiment.tasks import build_content_combinations, build_evaluation_tasks, build_generation_tasks
     from ..resources.experiment_settings import ExperimentSettings
 
     config = ExperimentSettings.for_experiment(str(settings.data_root), str(settings.output_root))
-    if config.max_cost_usd is not None:
-        return []
     raw = config.raw_dir
     models, templates = load_models(raw), load_templates(raw, "generation")
     combinations = build_content_combinations(load_concepts(raw), config.k, config.description_level)
     tasks = build_generation_tasks(combinations, templates, models, config.generation_replicates)
     # The evaluation side too: an experiment the task tables would refuse gets no call from here.
-    build_evaluation_tasks(tasks, load_templates(raw, "evaluation"), models, config.evaluation_replicates)
+    pairs = build_evaluation_tasks(tasks, load_templates(raw, "evaluation"), models, config.evaluation_replicates)
     rows = {row["generation_task_id"]: row for row in tasks.to_dict("records")}
     prompts = generation_prompts(rows, combinations, templates)
-    return [(key, config.generation_request(row, prompts[key].text)) for key, row in rows.items()]
+    requests = [(key, config.generation_request(row, prompts[key].text)) for key, row in rows.items()]
+    return config, requests, set(pairs["evaluation_model_id"])
+
+
+def spending_guard(config: ExperimentSettings, run_cap: float | None, requests, judges: set[str]):
+    """The guard admitting each call under the cap (`run_cap`, else the experiment's), as a step's
+    guard does (assets/budget.py): None without a cap; False when a model the run calls has no
+    price (the command then refuses the cap before any call)."""
+    cap = run_cap if run_cap is not None else config.max_cost_usd
+    if cap is None:
+        return None
+    from ..analysis.budget import price_table
+    from ..analysis.usage import model_prices
+    from ..assets.budget import SpendingGuard
+    from ..experiment.loaders import load_models
+
+    guard = SpendingGuard(cap, config.output_root, price_table(model_prices(load_models(config.raw_dir))))
+    return False if judges - set(guard.prices) or guard.unbounded(r for _, r in requests) else guard
 
 
 class HeadStart:
     """The head start of one `daydream run` against the API in `settings`, up to `concurrency`
     calls at once; `start()` reads the experiment, `go()` lets the calls start."""
 
-    def __init__(self, settings: Settings, concurrency: int) -> None:
+    def __init__(self, settings: Settings, concurrency: int, max_cost_usd: float | None = None) -> None:
         self.settings = settings
         self.concurrency = max(1, concurrency)
+        self.run_cap = max_cost_usd  # --max-cost; else the experiment's cap applies, if it sets one
+        self._guard = None  # the spending guard under a cap (see `spending_guard`)
         self.before = None  # the paid answers under the output root before the first call (store/spend.py)
         self.asked = 0  # calls started
         self._read = threading.Event()  # the experiment is read (or found unreadable)
@@ -160,7 +188,10 @@ class HeadStart:
         try:
             from ..store.spend import paid_tallies
 
-            requests = prepared_requests(self.settings)
+            config, requests, judges = _read_experiment(self.settings)
+            self._guard = spending_guard(config, self.run_cap, requests, judges)
+            if self._guard is False:
+                requests = []  # the command refuses this cap before any call, in its own words
             # A rerun's stored answers are the runs' to reuse (or to report out of date): not waited for.
             requests = [(k, r) for k, r in requests if not text_path(self.settings.output_root, ASSET, k).exists()]
             self.before = paid_tallies(self.settings.output_root) if requests else None
@@ -203,7 +234,8 @@ class HeadStart:
         self._heartbeat.add(claim)
         if claim.took_over is not None:
             print(claim.takeover_sentence(key), file=sys.stderr, flush=True)
-        if path.exists():  # stored by the previous holder just before it let go
+        # Stored by the previous holder just before it let go, or kept out by the spending cap.
+        if path.exists() or not self._admitted(key, request):
             self._heartbeat.release(claim)
             return False
         self.asked += 1
@@ -228,9 +260,23 @@ class HeadStart:
         except Exception:  # noqa: BLE001 - the run asks again and reports the failure in its own words
             self._stop.set()  # the next calls would most likely fail the same way
         finally:
+            if self._guard is not None:  # only now that its answer is stored does the call stop counting as in flight
+                self._guard.settle(key)
             self._heartbeat.release(claim)
             self._free.release()
             self._pending[key].set_result(outcome)
+
+    def _admitted(self, key: str, request: LLMRequest) -> bool:
+        """Whether the spending cap, if any, admits this call (its worst case is then reserved). A
+        refusal stops the head start: the runs' steps meet the cap themselves and say so."""
+        if self._guard is None:
+            return True
+        try:
+            self._guard.admit(key, request)
+            return True
+        except Exception:  # noqa: BLE001 - SpendingCapReached, or a fault reading what was paid
+            self._stop.set()
+            return False
 
     def _client(self):
         """The backend the generation_response asset would use (resources/llm.py), outside a run."""

@@ -24,7 +24,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
 
     workers = args.workers or default_workers(args.concurrency, settings.offline)
     batch = args.batch or (not settings.offline and batch_wanted(settings.data_root / "1_raw"))
-    head_start = HeadStart(settings, args.concurrency) if not batch and wanted(settings, args.replace_changed, args.max_cost) else None
+    head_start = HeadStart(settings, args.concurrency, args.max_cost) if not batch and wanted(settings, args.replace_changed) else None
     # Started before this process imports anything heavy (Dagster, pandas, the batch client): the
     # workers load the code location meanwhile, batch mode's as well as a live run's.
     pool = start_pool(workers, args.concurrency, settings.offline) if workers > 1 else None
