@@ -7,8 +7,13 @@ starting the process to its exit. Latency is fixed (`--latency fixed`, L = `--se
 heavy-tailed (`--latency heavy`: log-normal, median 4 s, p95 20 s, at most 60 s, seeded, so both
 commands wait the same time for the same call). Checks that both sent the same requests.
 
+`--max-cost USD` gives every model a price ($1 in, $2 out per million tokens) and runs `daydream
+run --max-cost USD` (a cap that does not bind measures what the spending guard costs); `--no-head-start`
+runs it with DAYDREAM_HEAD_START=off.
+
     uv run python bench/whole_command.py [--latency fixed|heavy] [--pairs 200|2000] [--concurrency 16]
                                          [--repeat 3] [--seed 1] [--seconds 2] [--compare-with DIR]
+                                         [--max-cost USD] [--no-head-start]
 """
 
 from __future__ import annotations
@@ -81,17 +86,25 @@ def timed(server: FakeOpenAIServer, argv: list[str], env: dict, cwd: Path) -> di
     }
 
 
-def daydream(server: FakeOpenAIServer, tmp: Path, experiment: Path, concurrency: int, code: Path | None = None) -> dict:
+def daydream(server: FakeOpenAIServer, tmp: Path, experiment: Path, concurrency: int, code: Path | None = None,
+             max_cost: float | None = None, head_start: bool = True) -> dict:
     data = tmp / "data"
     shutil.rmtree(data, ignore_errors=True)
     shutil.copytree(experiment / "1_raw", data / "1_raw")
+    if max_cost is not None:  # a cap needs a price for every model it calls
+        models = data / "1_raw" / "llm_models.csv"
+        lines = models.read_text().splitlines()
+        models.write_text("\n".join([lines[0] + ",input_usd_per_mtok,output_usd_per_mtok"] + [f"{line},1,2" for line in lines[1:]]) + "\n")
     home = fresh_home(tmp / "home")
     config = (home / "dagster.yaml").read_text()
     (home / "dagster.yaml").write_text(config.replace("default_limit: 8", f"default_limit: {concurrency}"))
     env = {"DAGSTER_HOME": str(home), "OPENROUTER_API_KEY": "bench-key", "OPENROUTER_BASE_URL": server.base_url}
     if code is not None:  # another checkout of the project (e.g. `git archive main | tar -x -C DIR`)
         env["PYTHONPATH"] = str(code)
+    if not head_start:
+        env["DAYDREAM_HEAD_START"] = "off"
     argv = [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(data), "--concurrency", str(concurrency)]
+    argv += ["--max-cost", str(max_cost)] if max_cost is not None else []
     r = timed(server, argv, env, tmp)
     r["stages"] = {m.group(1): float(m.group(2)) for m in re.finditer(r"(\w+): \d+ ran, \d+ skipped, \d+ failed in ([\d.]+) s", r["stdout"])}
     return r
@@ -112,6 +125,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--compare-with", type=Path, help="also time `daydream run` from this checkout of the project")
+    parser.add_argument("--max-cost", type=float, help="run `daydream run` under this spending cap (USD), every model priced")
+    parser.add_argument("--no-head-start", action="store_true", help="run `daydream run` with DAYDREAM_HEAD_START=off")
     args = parser.parse_args()
     print(f"machine: {machine()}; load average {load()} at start")
     server = FakeOpenAIServer().start()
@@ -122,6 +137,9 @@ def main() -> None:
     else:
         server.latency_s = args.seconds
         print(f"latency: fixed {args.seconds:g} s")
+    if args.max_cost is not None or args.no_head_start:
+        print(f"daydream run: {f'--max-cost {args.max_cost:g}' if args.max_cost is not None else 'no cap'}, "
+              f"head start {'off' if args.no_head_start else 'on'}")
     ratios = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -129,9 +147,10 @@ def main() -> None:
             experiment = write_synthetic_experiment(tmp / "experiment", *EXPERIMENTS[args.pairs])
             for rep in range(1, args.repeat + 1):
                 runs = {"floor": floor(server, tmp, experiment, args.concurrency),
-                        "daydream run": daydream(server, tmp, experiment, args.concurrency)}
+                        "daydream run": daydream(server, tmp, experiment, args.concurrency, None, args.max_cost, not args.no_head_start)}
                 if args.compare_with:
-                    runs["compared"] = daydream(server, tmp, experiment, args.concurrency, args.compare_with)
+                    runs["compared"] = daydream(server, tmp, experiment, args.concurrency, args.compare_with, args.max_cost,
+                                                not args.no_head_start)
                 f, d = runs["floor"], runs["daydream run"]
                 same = "same calls" if all(r["calls"] == f["calls"] for r in runs.values()) else "DIFFERENT CALLS"
                 ratios.append(d["wall"] / f["wall"])
