@@ -299,3 +299,24 @@ def test_the_head_start_reads_the_experiment_and_builds_its_spending_guard_witho
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["6", "SpendingGuard", "[]"]
+
+
+@pytest.mark.slow
+def test_two_runners_under_one_cap_at_once_never_pass_it_together_and_pay_each_call_once(tmp_path, paid_env, openai_server):
+    """Both head starts and all the steps admit their calls through the same reservations."""
+    data = write_experiment(tmp_path / "data")  # 6 generations, 12 pairs
+    priced(data)
+    openai_server.latency_s = 0.5
+    requests = prepared_requests(Settings(data_root=data, backend="openai", base_url=openai_server.base_url))
+    worst = min(worst_case_usd(len(r.prompt), r.max_tokens, (1.0, 2.0), None) for _, r in requests)
+    openai_server.cost_for = lambda body, usage: worst / 2  # as the provider reports it: 18 calls would cost 9x worst
+    cap = 4 * worst
+    argv = [*DAYDREAM, "run", "--data-root", str(data), "--concurrency", "4", "--max-cost", f"{cap:.8f}"]
+
+    runners = [overlapping.start(argv, paid_env, tmp_path), overlapping.start(argv, paid_env, tmp_path)]
+    done = [overlapping.finish(r) for r in runners]
+
+    assert {d.returncode for d in done} <= {0, 3} and 3 in {d.returncode for d in done}, [explain(d) for d in done]
+    assert sum(r["usage"]["cost"] for r in openai_server.responses) <= cap
+    assert set(asked(openai_server).values()) == {1}
+    assert overlapping.leftovers(data) == []
