@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import errno
 import json
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from daydreaming_dagster.store import files, objects
+from daydreaming_dagster.store import files, object_spend, objects
 from daydreaming_dagster.store.claims import Claim, Claims, ClaimTimes, Held, Owner
 from daydreaming_dagster.store.layout import claim_path, sidecar_path, text_path
 from daydreaming_dagster.store.object_archive import ObjectClaims
@@ -165,6 +167,28 @@ def test_claims_on_s3_are_exclusive_renewed_taken_over_and_released_by_etag(s3):
     assert isinstance(theirs, Claim) and theirs.took_over["host"] == "host-a"
     assert not claims.renew(mine) and not claims.release(mine)  # no longer ours: the ETag moved on
     assert claims.release(theirs) and not path.is_file()
+
+
+def test_the_spending_lock_on_s3_is_renewed_while_held_so_a_slow_count_keeps_it(s3, monkeypatch):
+    monkeypatch.setattr(object_spend, "_LOCK_TIMES", ClaimTimes(lease_s=1.0, renew_s=0.2))
+    folder = S3Path(s3.bucket, "exp/.spend")
+    holding, order = threading.Event(), []
+
+    def slow_count() -> None:
+        with object_spend.object_spending_lock(folder):
+            holding.set()
+            time.sleep(2.5)  # longer than the lease: only the renewals keep it
+            order.append("first released")
+
+    first = threading.Thread(target=slow_count)
+    first.start()
+    holding.wait(timeout=30)
+    with object_spend.object_spending_lock(folder):  # waits for the first holder, never takes it over
+        order.append("second took it")
+    first.join()
+
+    assert order == ["first released", "second took it"]
+    assert not (folder / "lock.json").is_file()
 
 
 # --------------------------------------------------------------------------- the assets on S3

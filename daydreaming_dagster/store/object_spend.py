@@ -17,12 +17,14 @@ import time
 from collections.abc import Iterator
 
 from .claims import Claim, Claims, ClaimTimes, Owner
+from .heartbeat import Heartbeat
 from .layout import SIDECAR_SUFFIX, asset_folder
 from .object_archive import ObjectClaims
 from .object_paths import S3Path
 from .spend import PAID_ASSETS, Key, Tally, answer_tally
 
-# The spending lock is held for one check and one reservation: seconds at most.
+# The spending lock is held for one check and one reservation: seconds, but a first full count of a
+# large root reads every sidecar, so the lease is renewed while it is held (see object_spending_lock).
 _LOCK_TIMES = ClaimTimes(lease_s=60.0, renew_s=15.0)
 
 
@@ -67,17 +69,22 @@ def _json(data: bytes) -> dict | None:
 
 @contextlib.contextmanager
 def object_spending_lock(folder: S3Path) -> Iterator[None]:
-    """reservations.spending_lock on S3: a claim object on `<folder>/lock.json`, waited for."""
+    """reservations.spending_lock on S3: a claim object on `<folder>/lock.json`, waited for, its lease
+    renewed while held (a lock that expired under a slow count would let a second process admit
+    calls against the same total)."""
     claims = Claims(ObjectClaims(), _LOCK_TIMES)
     owner = Owner.here("spending-lock")
     pause = 0.02
     while not isinstance(held := claims.take(folder / "lock.json", owner, {"what": "spending lock"}), Claim):
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
+    heartbeat = Heartbeat(claims)
+    heartbeat.add(held)
     try:
         yield
     finally:
-        claims.release(held)
+        heartbeat.release(held)
+        heartbeat.close()
 
 
 def append_line(log: S3Path, line: bytes) -> None:
