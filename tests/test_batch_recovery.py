@@ -1,6 +1,6 @@
 """Batch mode when things go wrong: a runner killed (SIGKILL, real subprocess) while batches are
 open, a submitter that died between creating a batch and recording it, a live run beside an open
-batch, and the spending cap counting a submitted batch at its worst case."""
+batch, the spending cap counting a submitted batch at its worst case, and two batch runs at once."""
 
 from __future__ import annotations
 
@@ -112,3 +112,21 @@ def test_a_submitted_batch_counts_against_the_cap_at_its_worst_case(batched, ope
         assert capsys.readouterr().out.startswith(f"batch {record['batch_id']}: cancelled")
     assert in_flight(batched) == [] and list(batched.rglob(".*.claim.json")) == []  # nothing holds or counts any more
     assert {r["provider_state"] for r in BatchLedger(batched).records()} == {"cancelled"}
+
+
+@pytest.mark.slow
+def test_two_batch_runs_started_together_submit_each_request_once(batched, openai_server, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    argv = [*DAYDREAM, *RUN, "--batch", "--wait"]
+    runners = [subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    done = [(r.wait(timeout=600), *r.communicate()) for r in runners]
+
+    assert [code for code, _, _ in done] == [0, 0], [err[-3000:] for _, _, err in done]
+    assert set(batch_asked(openai_server).values()) == {1} and len(batch_asked(openai_server)) == 18
+    assert openai_server.requests == []  # nothing asked live
+    assert openai_server.batches.created == 4  # one per model: the second runner found the requests claimed
+    for asset, partitions in (("generation_response", 6), ("evaluation_response", 12)):
+        counts = materialization_counts(asset)
+        assert len(counts) == partitions and set(counts.values()) == {1}, (asset, counts)
+    assert list(batched.rglob(".*.claim.json")) == []
