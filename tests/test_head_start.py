@@ -28,10 +28,13 @@ from tests.experiment_factory import write_experiment
 from tests.openai_server import truncated
 from tests.pipeline import Pipeline
 from tests.test_cli import DAYDREAM, explain
+from tests.test_cost import write_prices
 from tests.test_overlapping_runs import TIMEOUT, asked, fresh_home
 
 REPO = Path(__file__).resolve().parents[1]
 clean_env, paid_env = overlapping.clean_env, overlapping.paid_env  # the fixtures of those tests
+# $1 in, $2 out per million tokens for every model of tests/experiment_factory.py, so that a cap can bound the calls.
+PRICED = dict.fromkeys(("gen-model-1", "gen-model-2", "judge-model-1", "judge-model-2"), (1.0, 2.0))
 
 
 def run(data: Path, env: dict, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -132,19 +135,12 @@ def test_an_answer_cut_off_in_the_head_start_is_paid_once_and_its_partition_fail
     assert sum(asked(openai_server).values()) == 6 + 12 + 1
 
 
-def priced(data: Path) -> None:
-    """Prices for every model ($1 in, $2 out per million tokens), so that a cap can bound the calls."""
-    lines = (data / "1_raw" / "llm_models.csv").read_text().splitlines()
-    priced = [lines[0] + ",input_usd_per_mtok,output_usd_per_mtok"] + [line + ",1,2" for line in lines[1:]]
-    (data / "1_raw" / "llm_models.csv").write_text("\n".join(priced) + "\n")
-
-
 @pytest.mark.slow
 def test_under_a_spending_cap_the_head_start_asks_what_the_cap_admits_and_leaves_the_rest_to_the_steps(
     tmp_path, paid_env, openai_server
 ):
     data = write_experiment(tmp_path / "data", generators=("gen-model-1",), judges=("judge-model-1",))  # 3 + 3 calls
-    priced(data)
+    write_prices(data, PRICED)
     openai_server.latency_s = 0.5
     requests = prepared_requests(Settings(data_root=data, backend="openai", base_url=openai_server.base_url))
     worst = max(worst_case_usd(len(r.prompt), r.max_tokens, (1.0, 2.0), None) for _, r in requests)
@@ -286,7 +282,7 @@ def test_a_run_told_of_a_cut_off_answer_fails_it_without_a_call_unless_its_reque
 def test_the_head_start_reads_the_experiment_and_builds_its_spending_guard_without_importing_dagster(tmp_path):
     """What it does before the instance has opened must not wait for Dagster's imports."""
     data = write_experiment(tmp_path / "data")
-    priced(data)
+    write_prices(data, PRICED)
     code = (
         "import sys\n"
         "from daydreaming_dagster.orchestration.head_start import _read_experiment, spending_guard\n"
@@ -305,7 +301,7 @@ def test_the_head_start_reads_the_experiment_and_builds_its_spending_guard_witho
 def test_two_runners_under_one_cap_at_once_never_pass_it_together_and_pay_each_call_once(tmp_path, paid_env, openai_server):
     """Both head starts and all the steps admit their calls through the same reservations."""
     data = write_experiment(tmp_path / "data")  # 6 generations, 12 pairs
-    priced(data)
+    write_prices(data, PRICED)
     openai_server.latency_s = 0.5
     requests = prepared_requests(Settings(data_root=data, backend="openai", base_url=openai_server.base_url))
     worst = min(worst_case_usd(len(r.prompt), r.max_tokens, (1.0, 2.0), None) for _, r in requests)

@@ -132,10 +132,14 @@ class SpendingGuard:
         """The guard of a response step, or None when no cap applies. Raises ExperimentError for an
         unreadable llm_models.csv."""
         cap = step_cap(experiment_config, run_cap, llm)
-        if cap is None:
-            return None
-        prices = price_table(model_prices(load_models(experiment_config.raw_dir)))
-        return cls(cap, experiment_config.output_root, prices)
+        return None if cap is None else cls.for_experiment(cap, experiment_config)
+
+    @classmethod
+    def for_experiment(cls, cap_usd: float, experiment) -> "SpendingGuard":
+        """The guard of `cap_usd` over the experiment's output root, at its llm_models.csv prices
+        (`experiment`: an ExperimentConfig or the Dagster-free ExperimentSettings)."""
+        prices = price_table(model_prices(load_models(experiment.raw_dir)))
+        return cls(cap_usd, experiment.output_root, prices)
 
     def unbounded(self, requests: Iterable[LLMRequest]) -> str | None:
         """The sentence refusing the step when a model it calls has no price, else None."""

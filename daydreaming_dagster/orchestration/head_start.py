@@ -90,12 +90,9 @@ def spending_guard(config: ExperimentSettings, run_cap: float | None, requests, 
     cap = run_cap if run_cap is not None else config.max_cost_usd
     if cap is None:
         return None
-    from ..analysis.budget import price_table
-    from ..analysis.usage import model_prices
     from ..assets.budget import SpendingGuard
-    from ..experiment.loaders import load_models
 
-    guard = SpendingGuard(cap, config.output_root, price_table(model_prices(load_models(config.raw_dir))))
+    guard = SpendingGuard.for_experiment(cap, config)
     return False if judges - set(guard.prices) or guard.unbounded(r for _, r in requests) else guard
 
 
