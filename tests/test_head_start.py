@@ -316,3 +316,48 @@ def test_two_runners_under_one_cap_at_once_never_pass_it_together_and_pay_each_c
     assert sum(r["usage"]["cost"] for r in openai_server.responses) <= cap
     assert set(asked(openai_server).values()) == {1}
     assert overlapping.leftovers(data) == []
+
+
+@pytest.mark.slow
+def test_a_capped_runner_killed_during_its_head_start_leaves_nothing_that_blocks_or_doubles_the_next_run(
+    tmp_path, paid_env, openai_server
+):
+    """SIGKILL while the head start's admitted calls are in flight: their reservations and claims
+    die with the process; the rerun under the same cap finishes within it, paying again only for
+    the calls that were in flight."""
+    data = write_experiment(tmp_path / "data")  # 6 generations, 12 pairs
+    write_prices(data, PRICED)
+    requests = prepared_requests(Settings(data_root=data, backend="openai", base_url=openai_server.base_url))
+    worst = max(worst_case_usd(len(r.prompt), r.max_tokens, (1.0, 2.0), None) for _, r in requests)
+    openai_server.cost_for = lambda body, usage: worst / 4
+    cap = 8 * worst  # 18 calls + the 3 paid again cost ~5.3x worst; in flight at worst case, 8 at most fit
+    openai_server.behaviour_for = lambda body: overlapping.delay(30) if body["model"] == "test/gen-model-2" else None
+    env = {**paid_env, "DAYDREAM_CLAIM_LEASE_S": "3", "DAYDREAM_CLAIM_RENEW_S": "0.5", "DAYDREAM_CLAIM_POLL_S": "0.2"}
+    argv = [*DAYDREAM, "run", "--data-root", str(data), "--concurrency", "8", "--max-cost", f"{cap:.8f}"]
+    reservations = data / ".spend" / "in_flight"
+
+    runner = overlapping.start(argv, env, tmp_path, start_new_session=True)
+    deadline = time.monotonic() + TIMEOUT
+    while sum(1 for model, _ in asked(openai_server) if model == "test/gen-model-2") < 3 or not list(reservations.glob("*")):
+        assert time.monotonic() < deadline and runner.poll() is None, explain(overlapping.finish(runner))
+        time.sleep(0.1)
+    os.killpg(runner.pid, signal.SIGKILL)
+    runner.wait(timeout=60)
+    runner.stdout.close(), runner.stderr.close()
+    in_flight = {key for key in asked(openai_server) if key[0] == "test/gen-model-2"}
+    assert list(reservations.glob("*"))  # the dead process's reservations are still on disk
+
+    openai_server.behaviour_for = None
+    resumed = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+
+    assert resumed.returncode == 0, explain(resumed)
+    counts = asked(openai_server)
+    assert len(counts) == 6 + 12
+    assert in_flight <= {key for key, n in counts.items() if n > 1}
+    assert sum(n for n in counts.values() if n > 1) <= 2 * 8  # at most the calls in flight at the kill, again
+    assert sum(r["usage"]["cost"] for r in openai_server.responses) <= cap
+    assert not list(reservations.glob("*"))  # the dead process's reservations were dropped
+    # A claim can outlive the kill only beside an answer stored just before it (killed between storing
+    # and releasing): expired, so it holds nothing up, and the answer it was for is reused.
+    for claim in overlapping.leftovers(data):
+        assert claim.name.endswith(".claim.json") and claim.with_name(claim.name[1:].replace(".claim.json", ".txt")).is_file()
