@@ -5,17 +5,20 @@ The processes fork from a forkserver that imported the code location once, so N 
 N imports (~3 s of CPU each). They start in the background: importing this module imports no
 Dagster, so `daydream run` starts its workers before it loads anything itself. The runner hands each
 task to the worker with the fewest tasks in flight; a worker that dies fails only its own tasks, and
-a new one takes its place."""
+a new one takes its place. Each worker reports on a pipe of its own: a shared multiprocessing.Queue
+has a lock across processes, which a worker killed while sending kept for ever, and every other
+worker's results then never arrived."""
 
 from __future__ import annotations
 
 import importlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
-import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,7 +84,8 @@ def _start_forkserver_deaf_to_ctrl_c() -> None:
 
 
 def _serve(index: int, inbox, results, threads: int, initializer: str, initargs: tuple, env: dict) -> None:
-    """A worker process: run each task of `inbox` in one of `threads` threads; report to `results`."""
+    """A worker process: run each task of `inbox` in one of `threads` threads; report on `results`
+    (the write end of this worker's own pipe; its threads take turns on it)."""
     # Ctrl-C is the runner's to handle: it stops handing out work and lets the runs in flight finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.clear()
@@ -92,16 +96,22 @@ def _serve(index: int, inbox, results, threads: int, initializer: str, initargs:
         getattr(importlib.import_module(module), name)(*initargs)
     except Exception as exc:  # noqa: BLE001 - every task then fails with it
         failure = _picklable(exc)
+    sending = threading.Lock()  # this process's own: it dies with the process, unlike a queue's
+
+    def send(message: tuple) -> None:
+        with sending:
+            results.send(message)
+
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="run") as pool:
         while (item := inbox.get()) is not None:
             task_id, fn, args = item
             if failure is not None:
-                results.put((task_id, False, failure))
+                send((task_id, False, failure))
                 continue
 
             def report(future: Future, task_id: int = task_id) -> None:
                 exc = future.exception()
-                results.put((task_id, True, future.result()) if exc is None else (task_id, False, _picklable(exc)))
+                send((task_id, True, future.result()) if exc is None else (task_id, False, _picklable(exc)))
 
             pool.submit(fn, *args).add_done_callback(report)
 
@@ -121,6 +131,8 @@ def _picklable(exc: BaseException) -> BaseException:
 class _Worker:
     index: int
     inbox: object
+    results: multiprocessing.connection.Connection  # the read end of the worker's own pipe
+    sender: multiprocessing.connection.Connection | None  # its write end, until the worker has it
     process: multiprocessing.Process | None = None
     tasks: set[int] = field(default_factory=set)
 
@@ -144,7 +156,7 @@ class WorkerPool:
         self.preload = preload
         self._context = multiprocessing.get_context("forkserver")
         self._lock = threading.Lock()
-        self._results = None
+        self._wake: tuple | None = None  # a pipe of this process's own that stops the reader; set once started
         self._pool: list[_Worker] = []
         self._futures: dict[int, Future] = {}
         self._next_id = 0
@@ -157,25 +169,31 @@ class WorkerPool:
 
     def start(self) -> WorkerPool:
         """Start the workers without waiting for them (they load the code location meanwhile)."""
-        if self._results is None:
+        if self._wake is None:
             # forkserver, not fork: the runner's process holds open SQLite connections and threads.
             self._context.set_forkserver_preload(list(self.preload))
             _start_forkserver_deaf_to_ctrl_c()
-            self._results = self._context.Queue()
-            self._pool = [_Worker(i, self._context.Queue()) for i in range(self.workers)]
+            self._wake = self._context.Pipe(duplex=False)
+            self._pool = [self._new_worker(i) for i in range(self.workers)]
             starter = threading.Thread(target=self._start_all, name="pool-start", daemon=True)
-            reader = threading.Thread(target=self._read, args=(self._results,), name="pool-results", daemon=True)
+            reader = threading.Thread(target=self._read, name="pool-results", daemon=True)
             self._threads = [starter, reader]
             starter.start()
             reader.start()
         return self
 
+    def _new_worker(self, index: int) -> _Worker:
+        results, sender = self._context.Pipe(duplex=False)
+        return _Worker(index, self._context.Queue(), results, sender)
+
     def _spawn(self, worker: _Worker) -> None:
         # Process.start waits for the forkserver to finish importing: callers run it off the main thread.
-        args = (worker.index, worker.inbox, self._results, self.runs_per_worker, self.initializer, self.initargs, dict(os.environ))
+        args = (worker.index, worker.inbox, worker.sender, self.runs_per_worker, self.initializer, self.initargs, dict(os.environ))
         process = self._context.Process(target=_serve, args=args, name=f"daydream-worker-{worker.index}", daemon=True)
         process.start()
         worker.process = process
+        worker.sender.close()  # the worker has its own copy: once it exits, its pipe ends
+        worker.sender = None
 
     def _start_all(self) -> None:
         for worker in list(self._pool):
@@ -203,27 +221,38 @@ class WorkerPool:
         worker.inbox.put((task_id, fn, args))
         return future
 
-    def _read(self, results) -> None:
+    def _read(self) -> None:
+        checked = time.monotonic()
         while True:
-            try:
-                item = results.get(timeout=0.5)
-            except queue.Empty:
+            with self._lock:
+                channels = {w.results: w for w in self._pool if w.results is not None}
+            ready = multiprocessing.connection.wait([*channels, self._wake[0]], timeout=0.5)
+            if self._wake[0] in ready:  # close(): every worker has exited
+                return
+            for channel in ready:
+                self._receive(channels[channel])
+            if not ready or time.monotonic() - checked > 0.5:  # also while results keep coming
+                checked = time.monotonic()
                 self._replace_dead()
                 with self._lock:
                     if self._closing and not self._futures:
                         return
-                continue
-            except (EOFError, OSError):
-                return
-            if item is None:  # close(): every worker has exited
-                return
-            task_id, ok, value = item
+
+    def _receive(self, worker: _Worker) -> None:
+        """Settle the task whose outcome `worker` sent; a pipe that ended (the worker exited, or was
+        killed mid-message) is dropped, and the worker's tasks fail when its exit is seen."""
+        try:
+            task_id, ok, value = worker.results.recv()
+        except Exception:  # noqa: BLE001 - EOFError, OSError, or a message cut short
             with self._lock:
-                future = self._futures.pop(task_id, None)
-                for worker in self._pool:
-                    worker.tasks.discard(task_id)
-            if future is not None:
-                future.set_result(value) if ok else future.set_exception(value)
+                worker.results.close()
+                worker.results = None
+            return
+        with self._lock:
+            future = self._futures.pop(task_id, None)
+            worker.tasks.discard(task_id)
+        if future is not None:
+            future.set_result(value) if ok else future.set_exception(value)
 
     def _replace_dead(self) -> None:
         """Fail the tasks of a worker that died, and start another in its place."""
@@ -236,7 +265,7 @@ class WorkerPool:
                     if (future := self._futures.pop(task_id, None)) is not None:
                         failed.append((future, RuntimeError(f"worker process {worker.index} exited (code {code}) during the run")))
                 self._pool.remove(worker)
-            replacements = [] if self._closing else [_Worker(w.index, self._context.Queue()) for w in dead]
+            replacements = [] if self._closing else [self._new_worker(w.index) for w in dead]
             self._pool.extend(replacements)
         for future, error in failed:
             future.set_exception(error)
@@ -250,7 +279,7 @@ class WorkerPool:
     def stop(self) -> None:
         """Tell the workers to exit once the tasks in flight are done; returns at once."""
         with self._lock:
-            if self._closing or self._results is None:
+            if self._closing or self._wake is None:
                 return
             self._closing = True
             workers = list(self._pool)
@@ -259,7 +288,7 @@ class WorkerPool:
 
     def close(self, wait: bool = True) -> None:
         """Stop the workers and wait for them (those in flight are stopped at once with `wait=False`)."""
-        if self._results is None:
+        if self._wake is None:
             return
         self.stop()
         with self._lock:
@@ -274,9 +303,14 @@ class WorkerPool:
         # The reader holds the pool (and its queues' semaphores) until it returns: stop it now, so
         # they are released before the command exits (without Python's teardown, see cli.py) and the
         # resource tracker finds no semaphore left behind.
-        self._results.put(None)
+        self._wake[1].send(None)
         self._threads[1].join()
-        for channel in [self._results, *(worker.inbox for worker in workers)]:
-            channel.close()  # and its feeder thread, which holds one of its semaphores, exits
-            channel.join_thread()
-        self._results = None
+        for worker in workers:
+            worker.inbox.close()  # and its feeder thread, which holds one of its semaphores, exits
+            worker.inbox.join_thread()
+            for end in (worker.results, worker.sender):
+                if end is not None:
+                    end.close()
+        for end in self._wake:
+            end.close()
+        self._wake = None
