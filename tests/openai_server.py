@@ -36,6 +36,7 @@ __all__ = [
     "delay",
     "drop",
     "empty",
+    "held_until",
     "html_200",
     "json_body",
     "null_content",
@@ -81,6 +82,7 @@ class Behaviour:
     message: Optional[str] = None
     seconds: float = 0.0
     body: Any = None  # the JSON document sent as is, for "json"
+    until: Optional[threading.Event] = field(default=None, compare=False)  # "delay" ends early once set
 
 
 def ok(text: Optional[str] = None) -> Behaviour:
@@ -106,6 +108,11 @@ def json_body(body: Any, code: int = 200) -> Behaviour:
 def delay(seconds: float, text: Optional[str] = None) -> Behaviour:
     """Sleep `seconds` (beyond the client's timeout, typically), then answer if anyone still listens."""
     return Behaviour("delay", text=text, seconds=seconds)
+
+
+def held_until(event: threading.Event, timeout: float = 60.0, text: Optional[str] = None) -> Behaviour:
+    """Hold the answer until `event` is set (a cue from the test or another request), at most `timeout` s."""
+    return Behaviour("delay", text=text, seconds=timeout, until=event)
 
 
 def drop() -> Behaviour:
@@ -207,9 +214,15 @@ class FakeOpenAIServer:
                 behaviour = (self.behaviour_for and self.behaviour_for(request.body)) or Behaviour("ok")
             return behaviour, self._counter
 
-    def _sleep(self, seconds: float) -> bool:
-        """Sleep, unless the server stops first; True when it slept the whole time."""
-        return seconds <= 0 or not self._stopping.wait(seconds)
+    def _sleep(self, seconds: float, until: Optional[threading.Event] = None) -> bool:
+        """Sleep (or until `until` is set), unless the server stops first; False when it stopped."""
+        if until is None:
+            return seconds <= 0 or not self._stopping.wait(seconds)
+        deadline = time.monotonic() + seconds
+        while not until.wait(min(0.02, max(0.0, deadline - time.monotonic()))) and time.monotonic() < deadline:
+            if self._stopping.is_set():
+                return False
+        return not self._stopping.is_set()
 
     def _completion(self, body: Any, behaviour: Behaviour, number: int) -> dict:
         prompt = ""
@@ -300,7 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not fake._sleep(fake.latency_for(body) if fake.latency_for else fake.latency_s):
             return
-        if behaviour.kind == "delay" and not fake._sleep(behaviour.seconds):
+        if behaviour.kind == "delay" and not fake._sleep(behaviour.seconds, behaviour.until):
             return
         if self.path.rstrip("/") != "/v1/chat/completions" or self.command != "POST":
             self._send_error(404, f"No route for {self.command} {self.path}")

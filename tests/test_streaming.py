@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import shutil
+import threading
 import time
 from concurrent.futures import Future
 
@@ -22,7 +23,7 @@ from daydreaming_dagster.orchestration.schedule import EVALUATION, GENERATION, S
 from daydreaming_dagster.orchestration.streaming import Limits, StageReport, Stream
 from daydreaming_dagster.orchestration.worker import BatchOutcome
 from tests.experiment_factory import write_experiment
-from tests.openai_server import delay
+from tests.openai_server import held_until
 from tests.pipeline import KEY
 
 ORDER = [f"g{i}" for i in range(6)]
@@ -260,12 +261,16 @@ def test_daydream_run_judges_generations_while_a_slow_one_is_still_answering(tmp
     monkeypatch.delenv("DAYDREAM_BACKEND", raising=False)
     openai_server.latency_s = 0.2
     openai_server.default_answer = lambda body: f"Idea: {body['messages'][-1]['content'][-80:]}\nSCORE: 5"
-    slow = []
+    slow, judging = [], threading.Event()
 
     def first_generation_is_slow(body):
-        if not slow and "Rate this idea" not in body["messages"][-1]["content"]:
+        # The first generation is held until a judge call arrives (60 s at most): with a barrier
+        # between the stages no judge could come, and it would be held the whole minute.
+        if "Rate this idea" in body["messages"][-1]["content"]:
+            judging.set()
+        elif not slow:
             slow.append(time.time())
-            return delay(4.0)
+            return held_until(judging, timeout=60.0)
         return None
 
     openai_server.behaviour_for = first_generation_is_slow
@@ -278,8 +283,7 @@ def test_daydream_run_judges_generations_while_a_slow_one_is_still_answering(tmp
 
     assert "generation: 6 ran" in (out := capsys.readouterr().out) and "evaluation: 12 ran" in out
     judged = sorted(r.received_at for r in openai_server.requests if "Rate this idea" in r.body["messages"][-1]["content"])
-    slow_answered = slow[0] + 0.2 + 4.0
-    assert judged[0] < slow_answered - 1.0  # judging began while the slow generation was still out
+    assert judged[0] < slow[0] + 30.0  # judging began while the slow generation was still held
     assert len(openai_server.requests) == 6 + 12  # every answer paid once
     instance = dg.DagsterInstance.get()
     assert len(instance.get_materialized_partitions(dg.AssetKey("evaluation_response"))) == 12
