@@ -3,6 +3,7 @@ that dies failing only its own tasks (and replaced), and a failed start reported
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 
@@ -23,6 +24,12 @@ def refuse_to_start(*_args) -> None:
 
 def nap(seconds: float) -> int:
     time.sleep(seconds)
+    return os.getpid()
+
+
+def meet(barrier) -> int:
+    """Wait until all the barrier's parties are running at once (it breaks after its timeout)."""
+    barrier.wait()
     return os.getpid()
 
 
@@ -60,10 +67,11 @@ def test_each_worker_runs_several_tasks_at_once(pool_of):
     for future in pool.for_each_worker(nap, 0):  # the processes are up before the clock starts
         future.result(timeout=120)
 
-    started = time.monotonic()
-    pids = [f.result(timeout=60) for f in [pool.submit(nap, 1.0) for _ in range(6)]]
+    with multiprocessing.Manager() as manager:
+        # Six tasks that each wait until all six are running: with fewer at once the barrier breaks.
+        barrier = manager.Barrier(6, timeout=60)
+        pids = [f.result(timeout=120) for f in [pool.submit(meet, barrier) for _ in range(6)]]
 
-    assert time.monotonic() - started < 2.5  # six one-second tasks on two processes
     assert len(set(pids)) == 2 and os.getpid() not in pids
 
 
