@@ -31,6 +31,7 @@ from daydreaming_dagster.store.heartbeat import Heartbeat
 from daydreaming_dagster.store.layout import claim_path, table_path, text_path
 from daydreaming_dagster.store.responses import write_response_once
 from tests.openai_server import status, truncated
+from tests.pipeline import REPLACE_CHANGED
 from tests.test_batches import GENERATION, generation_order
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,6 +264,35 @@ def test_a_dead_owners_claim_is_taken_over_after_its_lease_and_the_takeover_name
     assert any(
         f"{key}: took over the claim of pid 999 on host lost-host (run run-killed)" in line for line in logs
     ), logs
+    assert claims_left(pipeline.root) == []
+
+
+def test_a_claim_left_beside_a_stored_answer_by_a_kill_is_reused_or_named_truthfully_when_replaced(
+    pipeline, openai_server
+):
+    """A process SIGKILLed between storing its answer and letting go of its claim leaves an expired
+    claim beside the answer. A run of the same request reuses the answer; a --replace-changed run
+    of a changed request takes the claim over and says why it asks again: the answer stored is to
+    an earlier version of the request (not that none was ever stored)."""
+    short_claims(pipeline)
+    key = pipeline.generation_keys()[0]
+    assert pipeline.generate(key).success
+    hold(claim_of(pipeline, key), Owner("lost-host", 999, "run-killed"), lease_s=0.3)
+    time.sleep(0.4)
+
+    assert pipeline.generate(key).success
+    assert len(openai_server.requests) == 1  # reused beside the dead claim
+
+    template = pipeline.root / "1_raw" / "generation_templates" / "gen-a.txt"
+    template.write_text(template.read_text() + "Be bold.\n")
+    pipeline.tables()
+    replaced = pipeline.generate(key, REPLACE_CHANGED)
+
+    assert replaced.success, failure_text(replaced)
+    assert len(openai_server.requests) == 2
+    [takeover] = [e.user_message for e in pipeline.instance.all_logs(replaced.run_id) if "took over" in e.user_message]
+    assert f"{key}: took over the claim of pid 999 on host lost-host (run run-killed)" in takeover
+    assert takeover.endswith("asking the model again, since the answer stored is to an earlier version of the request")
     assert claims_left(pipeline.root) == []
 
 

@@ -99,13 +99,14 @@ class StepClaims:
                 continue
             self._mine[ask.key] = claim
             self.heartbeat.add(claim)
-            if claim.took_over is not None:
-                self._log_takeover(ask, claim)
-            # The previous owner may have stored its answer just before letting go of the claim.
+            # The previous owner may have stored its answer just before letting go of the claim (or
+            # just before it was killed, leaving an expired claim beside the answer): reused, no call.
             if self._stored(ask):
                 self.release(ask)
-            else:
-                mine.append(ask)
+                continue
+            if claim.took_over is not None:
+                self._log_takeover(ask, claim)
+            mine.append(ask)
         return mine, theirs
 
     def release(self, ask: Ask) -> None:
@@ -160,7 +161,8 @@ class StepClaims:
         return free
 
     def _log_takeover(self, ask: Ask, claim: Claim) -> None:
-        self.context.log.warning(claim.takeover_sentence(ask.key))
+        earlier = self.responses.provenance(self.asset_name, ask.parts) is not None
+        self.context.log.warning(claim.takeover_sentence(ask.key, earlier_answer_stored=earlier))
 
     def _lost(self, claim: Claim) -> None:
         now = self.claims.holder(claim.path)

@@ -229,12 +229,12 @@ class HeadStart:
         if isinstance(claim, Held):
             return False  # another live run (or a provider batch) is asking it
         self._heartbeat.add(claim)
-        if claim.took_over is not None:
-            print(claim.takeover_sentence(key), file=sys.stderr, flush=True)
         # Stored by the previous holder just before it let go, or kept out by the spending cap.
         if path.exists() or not self._admitted(key, request):
             self._heartbeat.release(claim)
             return False
+        if claim.took_over is not None:
+            print(claim.takeover_sentence(key), file=sys.stderr, flush=True)
         self.asked += 1
         self._pending[key].set_running_or_notify_cancel()
         self._calls.submit(self._ask, backend, key, request, path, claim)

@@ -195,15 +195,22 @@ class Claim:
     version: str
     took_over: dict | None = None
 
-    def takeover_sentence(self, key: str) -> str:
-        """One sentence for the log when this claim replaced an expired one (see `took_over`)."""
+    def takeover_sentence(self, key: str, earlier_answer_stored: bool = False) -> str:
+        """One sentence for the log when this claim replaced an expired one (see `took_over`) and the
+        model is asked: no answer to this request is stored. `earlier_answer_stored`: one to an
+        earlier version of the request is (a --replace-changed run replaces it)."""
         dead = self.took_over
         if not dead:
             return f"{key}: took over an unreadable claim at {self.path}; asking the model"
         ago = max(0.0, time.time() - float(dead.get("expires_at", time.time())))
+        why = (
+            "the answer stored is to an earlier version of the request"
+            if earlier_answer_stored
+            else "no answer to this request was stored"
+        )
         return (
             f"{key}: took over the claim of {Owner.describe(dead)}, whose lease ran out {ago:.0f} s ago "
-            "(that process was killed or its machine lost); asking the model again, since its answer was never stored"
+            f"(that process was killed or its machine lost); asking the model again, since {why}"
         )
 
 
