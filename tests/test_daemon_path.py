@@ -56,6 +56,17 @@ def test_the_postgres_example_queues_runs_as_the_shipped_instance_does():
     assert postgres["concurrency"] == shipped["concurrency"]
 
 
+@pytest.mark.parametrize("config", ["dagster.postgres.yaml", "dagster.docker.yaml", "dagster.k8s.yaml"])
+def test_every_deployed_instance_queues_runs_as_fast_as_the_shipped_one(config: str):
+    """The same rules as the shipped instance's (above), read from each deploy/ file as written."""
+    instance = yaml.safe_load((REPO / "deploy" / config).read_text())
+    queue, runs = instance["run_queue"], instance["concurrency"]["runs"]["max_concurrent_runs"]
+    assert queue["dequeue_use_threads"] and queue["dequeue_interval_seconds"] <= 1
+    assert queue["dequeue_num_workers"] >= runs
+    assert instance["concurrency"]["pools"]["default_limit"] >= runs
+    assert queue["max_user_code_failure_retries"] >= 1
+
+
 @pytest.mark.slow
 def test_a_backfill_run_by_the_daemon_pays_each_pair_once_in_batched_runs(tmp_path: Path, openai_server, monkeypatch):
     from tests.experiment_factory import write_experiment
