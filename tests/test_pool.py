@@ -6,9 +6,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from pathlib import Path
 
 import pytest
 
+from daydreaming_dagster.orchestration import forkserver
 from daydreaming_dagster.orchestration.pool import WorkerPool
 
 NOTHING = "tests.test_pool:start_nothing"
@@ -30,6 +32,11 @@ def nap(seconds: float) -> int:
 def meet(barrier) -> int:
     """Wait until all the barrier's parties are running at once (it breaks after its timeout)."""
     barrier.wait()
+    return os.getpid()
+
+
+def touch(path: str) -> int:
+    Path(path).write_text("ran")
     return os.getpid()
 
 
@@ -118,3 +125,29 @@ def test_workers_killed_again_and_again_never_hold_up_the_others_results(pool_of
             fatal.result(timeout=60)
     assert all(f.result(timeout=120) > 0 for f in [pool.submit(nap, 0.1) for _ in range(4)])
     pool.close(wait=False)  # returns: nothing is left holding a lock the close would wait for
+
+
+def test_a_pool_closed_before_any_worker_started_stops_its_forkserver_and_runs_nothing(tmp_path, monkeypatch):
+    """A `daydream run` with nothing to do closes its pool while the forkserver still imports the
+    code location: the close does not wait for that import, nor for workers to start and exit."""
+    if (earlier := forkserver.running_pid()) is not None:
+        forkserver.stop(earlier)  # a forkserver of an earlier test here would be reused, its import done
+    monkeypatch.setenv("DAYDREAM_TEST_IMPORT_S", "60")
+    pool = WorkerPool(1, preload=("tests.slow_to_import",), initializer=NOTHING).start()
+    started = forkserver.running_pid()  # the standard library's private attribute it reads is there
+    assert isinstance(started, int)
+    marker = tmp_path / "ran"
+    task = pool.submit(touch, str(marker))  # queued for the worker, which waits for the import
+
+    pool.close()
+
+    with pytest.raises(RuntimeError, match="closed before a worker could run this task"):
+        task.result(timeout=0)
+    assert not marker.exists()
+    assert os.waitid(os.P_PID, started, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None  # it is dead
+    monkeypatch.setenv("DAYDREAM_TEST_IMPORT_S", "0")
+    again = WorkerPool(1, preload=(), initializer=NOTHING).start()  # and the next pool starts another
+    try:
+        assert again.submit(nap, 0).result(timeout=120) not in (os.getpid(), None)
+    finally:
+        again.close()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..llm.slots import SharedCallSlots
+from . import forkserver
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -67,20 +68,6 @@ def start_pool(workers: int, concurrency: int, offline: bool) -> WorkerPool:
     pool = WorkerPool(workers, runs_per_worker)
     pool.initargs = (SharedCallSlots(pool.context, concurrency),)
     return pool.start()
-
-
-def _start_forkserver_deaf_to_ctrl_c() -> None:
-    """Start the forkserver now, with Ctrl-C ignored: it ignores it itself only once its imports are
-    done (~3 s), and a Ctrl-C before that printed its traceback. Ctrl-C is the runner's to handle."""
-    if threading.current_thread() is not threading.main_thread():
-        return  # only the main thread may change a signal's handler; the forkserver starts with the first worker
-    from multiprocessing import forkserver
-
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored signals stay ignored across exec
-    try:
-        forkserver.ensure_running()
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _serve(index: int, inbox, results, threads: int, initializer: str, initargs: tuple, env: dict) -> None:
@@ -162,6 +149,7 @@ class WorkerPool:
         self._next_id = 0
         self._closing = False
         self._threads: list[threading.Thread] = []
+        self._forkserver: int | None = None  # the pid of the forkserver this pool started, if it did
 
     @property
     def context(self):
@@ -172,7 +160,7 @@ class WorkerPool:
         if self._wake is None:
             # forkserver, not fork: the runner's process holds open SQLite connections and threads.
             self._context.set_forkserver_preload(list(self.preload))
-            _start_forkserver_deaf_to_ctrl_c()
+            self._forkserver = forkserver.start_deaf_to_ctrl_c()
             self._wake = self._context.Pipe(duplex=False)
             self._pool = [self._new_worker(i) for i in range(self.workers)]
             starter = threading.Thread(target=self._start_all, name="pool-start", daemon=True)
@@ -200,7 +188,12 @@ class WorkerPool:
             with self._lock:
                 if self._closing:
                     return
-            self._spawn(worker)
+            try:
+                self._spawn(worker)
+            except Exception:
+                if self._closing:
+                    return  # close() stopped the forkserver before any worker had started
+                raise
 
     def submit(self, fn: Callable, *args) -> Future:
         """Run `fn(*args)` in the worker with the fewest tasks in flight."""
@@ -293,6 +286,12 @@ class WorkerPool:
         self.stop()
         with self._lock:
             workers = list(self._pool)
+            idle = all(w.process is None for w in workers)
+        if idle and self._forkserver is not None:
+            # No worker has started, so none has run anything: the forkserver is still importing the
+            # code location, and waiting for that and for the workers to start and exit again costs
+            # seconds (a rerun with nothing to do). Stopped, its pending start fails, and no worker runs.
+            forkserver.stop(self._forkserver)
         self._threads[0].join()
         for worker in workers:
             if worker.process is None:
@@ -314,3 +313,7 @@ class WorkerPool:
         for end in self._wake:
             end.close()
         self._wake = None
+        with self._lock:  # tasks of workers that never started: nothing of them ran
+            left, self._futures = list(self._futures.values()), {}
+        for future in left:
+            future.set_exception(RuntimeError("the worker pool was closed before a worker could run this task"))
