@@ -117,13 +117,14 @@ def test_an_unreadable_claim_is_taken_over(tmp_path):
 
 
 def test_the_heartbeat_keeps_a_claim_alive_past_its_lease_and_releases_it_on_close(tmp_path):
-    claims = Claims(times=ClaimTimes(lease_s=0.6, renew_s=0.15))
+    # Renewed every 0.15 s, a lease of 1 s leaves 0.85 s for a renewal a loaded machine delays.
+    claims = Claims(times=ClaimTimes(lease_s=1.0, renew_s=0.15))
     path = tmp_path / ".task.claim.json"
     claim = claims.take(path, Owner("h", 1, "r"), {})
     heartbeat = Heartbeat(claims)
     heartbeat.add(claim)
 
-    time.sleep(1.5)  # more than two leases
+    time.sleep(2.5)  # more than two leases
     assert isinstance(claims.take(path, ALIVE, {}), Held)
     assert claims.holder(path) is not None
 

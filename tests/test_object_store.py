@@ -170,14 +170,15 @@ def test_claims_on_s3_are_exclusive_renewed_taken_over_and_released_by_etag(s3):
 
 
 def test_the_spending_lock_on_s3_is_renewed_while_held_so_a_slow_count_keeps_it(s3, monkeypatch):
-    monkeypatch.setattr(object_spend, "_LOCK_TIMES", ClaimTimes(lease_s=1.0, renew_s=0.2))
+    # A lease that a renewal every 0.2 s keeps with 1.8 s to spare (a loaded CI machine delays them).
+    monkeypatch.setattr(object_spend, "_LOCK_TIMES", ClaimTimes(lease_s=2.0, renew_s=0.2))
     folder = S3Path(s3.bucket, "exp/.spend")
     holding, order = threading.Event(), []
 
     def slow_count() -> None:
         with object_spend.object_spending_lock(folder):
             holding.set()
-            time.sleep(2.5)  # longer than the lease: only the renewals keep it
+            time.sleep(4.5)  # more than two leases: only the renewals keep it
             order.append("first released")
 
     first = threading.Thread(target=slow_count)
