@@ -357,7 +357,4 @@ def test_a_capped_runner_killed_during_its_head_start_leaves_nothing_that_blocks
     assert sum(n for n in counts.values() if n > 1) <= 2 * 8  # at most the calls in flight at the kill, again
     assert sum(r["usage"]["cost"] for r in openai_server.responses) <= cap
     assert not list(reservations.glob("*"))  # the dead process's reservations were dropped
-    # A claim can outlive the kill only beside an answer stored just before it (killed between storing
-    # and releasing): expired, so it holds nothing up, and the answer it was for is reused.
-    for claim in overlapping.leftovers(data):
-        assert claim.name.endswith(".claim.json") and claim.with_name(claim.name[1:].replace(".claim.json", ".txt")).is_file()
+    assert overlapping.leftovers_a_kill_explains_not(data) == []

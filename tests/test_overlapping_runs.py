@@ -83,6 +83,20 @@ def leftovers(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.name.endswith((".claim.json", ".writing.tmp")))
 
 
+def leftovers_a_kill_explains_not(root: Path) -> list[Path]:
+    """The leftovers a SIGKILL does not explain. A claim can outlive the kill beside an answer stored
+    just before it (killed between storing and releasing): expired, it holds nothing up, and the
+    answer is reused. So can that claim's write-temp (killed while releasing it: store/files.py),
+    which the next write of the claim would reuse."""
+    unexplained = []
+    for left in leftovers(root):
+        claim = left.with_name(left.name[1:].removesuffix(".writing.tmp")) if left.name.endswith(".writing.tmp") else left
+        answer = claim.with_name(claim.name[1:].removesuffix(".claim.json") + ".txt")
+        if not (claim.name.endswith(".claim.json") and answer.is_file()):
+            unexplained.append(left)
+    return unexplained
+
+
 def answers_are_whole(root: Path) -> None:
     for path in root.rglob("*.txt"):
         if path.parent.name.endswith("_response"):
@@ -250,7 +264,7 @@ def test_a_runner_killed_while_calls_are_in_flight_resumes_paying_at_most_once_m
     assert in_flight <= {key for key, n in counts.items() if n > 1} <= asked_before_kill
     assert max(counts.values()) == 2
     assert "took over the claim of pid" in resumed.stderr
-    assert leftovers(data) == []
+    assert leftovers_a_kill_explains_not(data) == []
     answers_are_whole(data)
     home = Path(paid_env["DAGSTER_HOME"])
     code = "import dagster as dg; print(sorted({r.status.value for r in dg.DagsterInstance.get().get_runs()}))"
