@@ -215,14 +215,12 @@ class FakeOpenAIServer:
             return behaviour, self._counter
 
     def _sleep(self, seconds: float, until: Optional[threading.Event] = None) -> bool:
-        """Sleep (or until `until` is set), unless the server stops first; False when it stopped."""
-        if until is None:
-            return seconds <= 0 or not self._stopping.wait(seconds)
+        """Sleep `seconds` (less once `until` is set), unless the server stops first; False when it stopped."""
         deadline = time.monotonic() + seconds
-        while not until.wait(min(0.02, max(0.0, deadline - time.monotonic()))) and time.monotonic() < deadline:
-            if self._stopping.is_set():
+        while (left := deadline - time.monotonic()) > 0 and not (until and until.is_set()):
+            if self._stopping.wait(min(left, 0.02) if until else left):
                 return False
-        return not self._stopping.is_set()
+        return True
 
     def _completion(self, body: Any, behaviour: Behaviour, number: int) -> dict:
         prompt = ""
