@@ -146,6 +146,7 @@ class RecordedRequest:
     body: Any  # decoded JSON, or None when the body was not JSON
     raw_body: bytes = field(repr=False, default=b"")
     received_at: float = field(default_factory=time.time)  # epoch seconds, when the body was read
+    answered_at: Optional[float] = None  # epoch seconds, when the server began to send its answer
 
 
 def _default_answer(body: Any) -> str:
@@ -313,10 +314,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if behaviour.kind == "delay" and not fake._sleep(behaviour.seconds, behaviour.until):
             return
+        recorded.answered_at = time.time()
         if self.path.rstrip("/") != "/v1/chat/completions" or self.command != "POST":
             self._send_error(404, f"No route for {self.command} {self.path}")
             return
-        if behaviour.kind == "status":
+        if body is None:  # cut short (its sender was killed mid-send) or not JSON
+            self._send_error(400, "The request body is not valid JSON")
+        elif behaviour.kind == "status":
             self._send_error(behaviour.status, behaviour.message, behaviour.retry_after)
         elif behaviour.kind == "json":
             self._send(behaviour.status, json.dumps(behaviour.body).encode(), "application/json")

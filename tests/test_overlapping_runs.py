@@ -74,8 +74,11 @@ def materialization_counts(home: Path, asset: str) -> collections.Counter:
 
 
 def asked(server) -> collections.Counter:
-    """How many times each distinct request (model and prompt) reached the server."""
-    return collections.Counter((r.body["model"], r.body["messages"][-1]["content"]) for r in server.requests)
+    """How many times each distinct request (model and prompt) reached the server. A body cut short
+    (its sender was SIGKILLed mid-send) is not a request: the server refuses it unanswered, unpaid."""
+    return collections.Counter(
+        (r.body["model"], r.body["messages"][-1]["content"]) for r in server.requests if isinstance(r.body, dict)
+    )
 
 
 def leftovers(root: Path) -> list[Path]:
