@@ -333,3 +333,34 @@ def test_no_claim_leaks_when_a_call_or_the_step_fails(pipeline, openai_server, m
     if fault == "exception":
         assert "No space left on device" in failure_text(result)
     assert pipeline.instance.get_materialized_partitions(dg.AssetKey("generation_response")) == set()
+
+
+def test_a_range_waiting_on_two_claims_keeps_waiting_for_one_after_the_other_is_let_go(pipeline, openai_server):
+    """Two partitions of a range held by another live run: the first claim is let go without an
+    answer (its call failed there), the second owner answers later. The step takes and asks the
+    first, and keeps waiting for the second instead of forgetting it (which ended in a KeyError
+    after a SIGKILL and a rerun: `StepClaims.wait` returned at the first freed claim and dropped
+    the rest)."""
+    short_claims(pipeline)
+    keys = generation_order(pipeline)
+    assert pipeline.materialize_range(["generation_prompt"], keys).success
+    first, second = keys[0], keys[1]
+    held_first, held_second = hold(claim_of(pipeline, first)), hold(claim_of(pipeline, second))
+    threading.Timer(0.5, lambda: Claims().release(held_first)).start()
+
+    def the_other_run_answers_the_second() -> None:
+        time.sleep(2.0)
+        write_response_once(pipeline.response_path(second), "The other run's answer.", request_of(pipeline, second).fingerprint())
+        Claims().release(held_second)
+
+    other = threading.Thread(target=the_other_run_answers_the_second)
+    other.start()
+    result = pipeline.materialize_range(GENERATION, keys)
+    other.join()
+
+    assert result.success, failure_text(result)
+    asked = [(r.body["model"], r.body["messages"][0]["content"]) for r in openai_server.requests]
+    assert (request_of(pipeline, second).model, request_of(pipeline, second).prompt) not in asked
+    assert len(asked) == len(keys) - 1  # every partition but the second, each once
+    assert pipeline.response_path(second).read_text() == "The other run's answer."
+    assert claims_left(pipeline.root) == []

@@ -115,10 +115,18 @@ class StepClaims:
         if claim is not None:
             self.heartbeat.release(claim)
 
-    def wait(self, asks: Sequence[Ask]) -> list[Ask]:
-        """Wait while other live runs hold these asks. Returns the asks whose claim was let go (or
-        ran out) without a stored answer, to be taken again; the others end in `found`,
-        `conflicts` or (after the wait bound) `held`."""
+    def leave(self, asks: Sequence[Ask]) -> None:
+        """Leave these asks to the other runs that hold them (this step stopped asking): `held`."""
+        for ask in asks:
+            holder = self.claims.holder(self.responses.claim_path(self.asset_name, ask.parts))
+            if not self._stored(ask):
+                self.held[ask.key] = holder.owner if holder else "a run that just let it go"
+
+    def wait(self, asks: Sequence[Ask]) -> tuple[list[Ask], list[Ask]]:
+        """Wait while other live runs hold these asks, until one is let go or none is left. Returns
+        (the asks whose claim was let go, or ran out, without a stored answer: to be taken again;
+        the asks still held, to wait for again). The others end in `found`, `conflicts` or (after
+        the wait bound) `held`."""
         waiting = {ask.key: ask for ask in asks}
         for key, ask in list(waiting.items()):
             # A provider batch answers within hours, not within the wait bound: left to it at once.
@@ -127,17 +135,19 @@ class StepClaims:
                 self.held[key] = holder.owner
                 del waiting[key]
         if not waiting:
-            return []
+            return [], []
         times = self.claims.times
         now = time.monotonic()
-        for key in waiting:
-            self._deadlines.setdefault(key, now + times.wait_s)
-        first = self.claims.holder(self.responses.claim_path(self.asset_name, asks[0].parts))
-        self.context.log.info(
-            f"{len(waiting)} {self.asset_name} partition(s) are being asked of the model by another run "
-            f"(first: {asks[0].key} by {first.owner if first else 'a run that just finished'}); "
-            f"waiting up to {times.wait_s:g} s to reuse the answers instead of paying again"
-        )
+        new = [ask for key, ask in waiting.items() if key not in self._deadlines]
+        for ask in new:
+            self._deadlines[ask.key] = now + times.wait_s
+        if new:  # said once per partition, not again each time another claim is let go
+            first = self.claims.holder(self.responses.claim_path(self.asset_name, new[0].parts))
+            self.context.log.info(
+                f"{len(new)} {self.asset_name} partition(s) are being asked of the model by another run "
+                f"(first: {new[0].key} by {first.owner if first else 'a run that just finished'}); "
+                f"waiting up to {times.wait_s:g} s to reuse the answers instead of paying again"
+            )
         free: list[Ask] = []
         while waiting:
             for key, ask in list(waiting.items()):
@@ -158,7 +168,7 @@ class StepClaims:
                 f"{len(free)} {self.asset_name} partition(s) were let go by their other run without a stored "
                 f"answer (first: {free[0].key}); claiming them"
             )
-        return free
+        return free, list(waiting.values())
 
     def _log_takeover(self, ask: Ask, claim: Claim) -> None:
         earlier = self.responses.provenance(self.asset_name, ask.parts) is not None

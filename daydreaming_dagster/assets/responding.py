@@ -110,10 +110,11 @@ def respond(
             raise dg.Failure(description=unbounded, metadata={CAP_REACHED: True})
 
     with StepClaims(context, responses, asset_name, config.replace_changed) as claims:
-        pending, stopped = to_call, False
+        pending, waiting, stopped = to_call, [], False
         try:
-            while pending and not stopped:
+            while (pending or waiting) and not stopped:
                 mine, theirs = claims.take(pending)
+                waiting += theirs
                 for ask, outcome in _complete_all(llm, mine, config.parallel_calls, guard):
                     try:
                         if isinstance(outcome, LLMResponse):
@@ -129,7 +130,10 @@ def respond(
                         if guard:  # only now that its answer is stored does the call stop counting as in flight
                             guard.settle(ask.key)
                         claims.release(ask)
-                pending = [] if stopped else claims.wait(theirs)
+                if stopped:
+                    claims.leave(waiting)  # another run answers them; this step asks nothing more
+                else:
+                    pending, waiting = claims.wait(waiting)
         finally:
             if guard:
                 guard.settle_all()
