@@ -70,6 +70,8 @@ def build_resources(settings: Settings) -> dict:
             api_key=api_key,
             base_url=settings.base_url,
             max_calls_in_flight=settings.max_calls_in_flight,
+            timeout_s=settings.request_timeout_s,
+            deadline_s=settings.call_deadline_s,
         ),
         "responses": ResponseStore.at(out),
         "text_io_manager": TextIOManager(base_path=out),

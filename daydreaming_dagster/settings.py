@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .llm.openai_backend import DEFAULT_DEADLINE_S, DEFAULT_TIMEOUT_S
 from .store.roots import data_path
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
@@ -25,6 +26,8 @@ class Settings:
     backend: str
     base_url: str
     max_calls_in_flight: int = DEFAULT_MAX_CALLS_IN_FLIGHT
+    request_timeout_s: float = DEFAULT_TIMEOUT_S  # DAYDREAM_REQUEST_TIMEOUT_S
+    call_deadline_s: float = DEFAULT_DEADLINE_S  # DAYDREAM_CALL_DEADLINE_S
 
     @property
     def offline(self) -> bool:
@@ -50,4 +53,20 @@ class Settings:
             backend=backend,
             base_url=os.environ.get("OPENROUTER_BASE_URL", DEFAULT_BASE_URL),
             max_calls_in_flight=int(calls),
+            request_timeout_s=_seconds("DAYDREAM_REQUEST_TIMEOUT_S", DEFAULT_TIMEOUT_S),
+            call_deadline_s=_seconds("DAYDREAM_CALL_DEADLINE_S", DEFAULT_DEADLINE_S),
         )
+
+
+def _seconds(variable: str, default: float) -> float:
+    """A positive number of seconds from the environment, or `default` when it is not set."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{variable} is {raw!r}; give a number of seconds above 0.")
+    return value

@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from daydreaming_dagster.analysis.scoring import parse_score
-from daydreaming_dagster.llm.requests import IncompleteResponseError, LLMError, LLMRequest, LLMResponse
+from daydreaming_dagster.llm.requests import APIRefusedError, IncompleteResponseError, LLMError, LLMRequest, LLMResponse
 from daydreaming_dagster.resources.llm import LLMClientResource
 from tests.openai_server import (
     delay,
@@ -176,14 +176,56 @@ def test_429_honours_retry_after(openai_server):
     assert elapsed >= 0.95  # backoff_base_s is 0.01, so this wait is the Retry-After
 
 
-def test_retry_after_is_capped_by_max_wait(openai_server):
-    openai_server.script(status(429, retry_after=3600), ok("soon"))
+def test_a_retry_after_longer_than_a_call_waits_fails_the_call_at_once(openai_server):
+    """Asking again before the provider said to would only be refused again (twelve requests over
+    ten minutes under `Retry-After: 100000` before): one request, one sentence naming the wait."""
+    openai_server.script(status(429, retry_after=100000), ok("too soon"))
 
     started = time.monotonic()
-    response = client_for(openai_server, max_wait_s=0.2).complete(REQUEST)
+    with pytest.raises(LLMError) as caught:
+        client_for(openai_server, max_wait_s=60).complete(REQUEST)
 
-    assert response.text == "soon"
+    assert len(openai_server.requests) == 1
     assert time.monotonic() - started < 3
+    message = str(caught.value)
+    assert "Retry-After" in message and "100000 s" in message and "60 s" in message and "\n" not in message
+    assert not isinstance(caught.value, APIRefusedError)  # a rate limit, not a refused key
+
+
+def test_a_server_that_never_answers_ends_the_call_within_its_deadline(openai_server):
+    """Every attempt waits at most its timeout, and all of them end within the call's deadline:
+    a dead server costs a call minutes, not the sum of six timeouts."""
+    openai_server.behaviour_for = lambda body: delay(60)
+
+    started = time.monotonic()
+    with pytest.raises(APIRefusedError) as caught:
+        client_for(openai_server, timeout_s=0.6, deadline_s=1.5, max_attempts=6, backoff_base_s=0.05).complete(REQUEST)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 3.0, elapsed  # the deadline, not 6 x 0.6 s plus waits
+    assert 2 <= len(openai_server.requests) <= 3
+    message = str(caught.value)
+    assert "gave no answer" in message and "DAYDREAM_CALL_DEADLINE_S" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("code", [401, 402])
+def test_a_refused_key_or_an_account_that_cannot_pay_refuses_the_whole_api(openai_server, code):
+    openai_server.script(status(code))
+
+    with pytest.raises(APIRefusedError):
+        client_for(openai_server).complete(REQUEST)
+
+    assert len(openai_server.requests) == 1
+
+
+@pytest.mark.parametrize("code", [400, 403, 404])
+def test_a_request_the_provider_refuses_fails_only_that_call(openai_server, code):
+    openai_server.script(status(code))
+
+    with pytest.raises(LLMError) as caught:
+        client_for(openai_server).complete(REQUEST)
+
+    assert not isinstance(caught.value, APIRefusedError)
 
 
 def test_timeout_then_success(openai_server):
@@ -322,6 +364,27 @@ def test_incomplete_answers_raise_with_the_response(openai_server, behaviour, ex
     if finish_reason == "length":
         assert "length" in message
     assert_key_free(message, json.dumps(p))
+
+
+@pytest.mark.parametrize(
+    "text, what",
+    [
+        pytest.param("word " * 2_000, "2,000 completion tokens", id="tokens"),  # the fake server counts words
+        pytest.param("x" * 8_000, "8,000 characters", id="characters"),  # one "token" the size of a page
+    ],
+)
+def test_an_answer_far_over_its_token_limit_is_not_a_good_answer(openai_server, text, what):
+    """A provider that ignores max_tokens (or reports more than it allows) is paid, but its answer
+    is not stored as the response nor judged: it comes back as a rejected answer, kept by the caller."""
+    openai_server.script(ok(text))
+
+    with pytest.raises(IncompleteResponseError) as caught:
+        client_for(openai_server).complete(REQUEST)  # max_tokens=321
+
+    message = str(caught.value)
+    assert "far over its token limit" in message and what in message and "max_tokens=321" in message
+    assert caught.value.response.text == text
+    assert len(openai_server.requests) == 1
 
 
 def test_incomplete_response_error_pickles():

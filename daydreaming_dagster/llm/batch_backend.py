@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import httpx2
 
 from .completions import incompleteness, response_from_body
-from .openai_backend import _status_cause
+from .faults import status_cause
 from .requests import MISSING_KEY_MESSAGE, LLMError, LLMRequest, LLMResponse
 
 # OpenAI's limits of one batch input file (other providers' are similar or larger).
@@ -223,7 +223,7 @@ class OpenAIBatchBackend:
             response = line.get("response") or {}
             body = response.get("body")
             if response.get("status_code") != 200 or not isinstance(body, dict) or not body.get("choices"):
-                results.errors[key] = _status_cause(response.get("status_code"), body)
+                results.errors[key] = status_cause(response.get("status_code"), body)
                 continue
             answer = response_from_body(requests[key], body, latency_s=0.0, attempts=1)
             answer.provenance.update(backend=self.name, batch_id=batch_id, latency_s=None)
@@ -275,10 +275,10 @@ class OpenAIBatchBackend:
             if response.status_code in allow:
                 return response.status_code, None
             if response.status_code in _TRANSIENT:
-                cause = _status_cause(response.status_code, _json_or_text(response))
+                cause = status_cause(response.status_code, _json_or_text(response))
                 continue
             if response.status_code >= 400:
-                raise LLMError(f"batch API {method} {path} failed: {_status_cause(response.status_code, _json_or_text(response))}.")
+                raise LLMError(f"batch API {method} {path} failed: {status_cause(response.status_code, _json_or_text(response))}.")
             if raw:
                 return response.status_code, response.text
             try:

@@ -11,6 +11,15 @@ from .requests import LLMRequest, LLMResponse, now_iso
 
 # A finish reason that means the text is not a whole answer.
 _INCOMPLETE_FINISH_REASONS = frozenset({"length", "content_filter", "error"})
+# An answer is far over the max_tokens it was asked with when the provider reports more completion
+# tokens than this allows, or when its text is longer than any tokenizer makes that many tokens
+# (a token of English is ~4 characters; runs of spaces or symbols make longer ones, hence the room).
+# Such an answer is not judged: a provider that ignored the limit may bill for all of it, and a
+# judge prompt quoting it would cost a multiple of the plan.
+TOKEN_SLACK = 1.25
+EXTRA_TOKENS = 32
+MAX_CHARS_PER_TOKEN = 16
+EXTRA_CHARS = 1000
 
 
 def _content_text(content: Any) -> str:
@@ -69,4 +78,18 @@ def incompleteness(response: LLMResponse) -> Optional[str]:
         return f"{state} answer: finish_reason is {finish_reason!r}{spent}{limit}"
     if not response.text.strip():
         return f"an empty answer (finish_reason {finish_reason!r}{spent})"
+    return oversize(response)
+
+
+def oversize(response: LLMResponse) -> Optional[str]:
+    """Why the answer is far over the max_tokens it was asked with, or None (see TOKEN_SLACK)."""
+    limit = response.provenance.get("max_tokens")
+    if not isinstance(limit, int) or limit < 1:
+        return None
+    tokens = response.provenance.get("completion_tokens")
+    if isinstance(tokens, int) and tokens > limit * TOKEN_SLACK + EXTRA_TOKENS:
+        return f"an answer far over its token limit: {tokens:,} completion tokens reported against max_tokens={limit}"
+    chars = len(response.text)
+    if chars > limit * MAX_CHARS_PER_TOKEN + EXTRA_CHARS:
+        return f"an answer far over its token limit: {chars:,} characters against max_tokens={limit}"
     return None

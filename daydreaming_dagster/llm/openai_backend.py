@@ -2,20 +2,22 @@
 (OpenRouter by default), through the official SDK.
 
 Transient faults (rate limits, 5xx, timeouts, dropped connections, a 200 whose body is not JSON)
-are retried with exponential backoff and jitter through tenacity, honouring Retry-After; permanent
-ones (bad key, bad model name, ...) fail at once. An empty or truncated answer is never handed
-back as a good one. The API key is never put into an exception, a log line or a provenance."""
+are retried with exponential backoff and jitter through tenacity, honouring Retry-After, within one
+deadline per call (`deadline_s`: every attempt and wait of a call ends by then, so a server that
+never answers costs minutes, not the sum of six timeouts); a Retry-After longer than a call may wait
+fails the call at once instead of asking again too early. Permanent faults (bad model name, ...)
+fail at once; those that no other call could get past either (a refused key, an account that cannot
+pay, an API that answered no attempt at all) raise APIRefusedError, so the caller stops asking. An
+empty, truncated or far oversized answer is never handed back as a good one. The API key is never
+put into an exception, a log line or a provenance."""
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import json
 import logging
-import re
 import time
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING
 
 import tenacity
 
@@ -23,37 +25,38 @@ if TYPE_CHECKING:
     import openai
 
 from .completions import incompleteness, response_from_body
-from .requests import MISSING_KEY_MESSAGE, IncompleteResponseError, LLMError, LLMRequest, LLMResponse, who
+from .faults import (
+    API_REFUSED_STATUSES,
+    BEARER,
+    TRANSIENT_STATUSES,
+    BackoffWait,
+    PermanentFault,
+    TransientFault,
+    describe_cause,
+    one_line,
+    retry_after_s,
+    status_cause,
+)
+from .requests import (
+    MISSING_KEY_MESSAGE,
+    APIRefusedError,
+    IncompleteResponseError,
+    LLMError,
+    LLMRequest,
+    LLMResponse,
+    who,
+)
 from .slots import FileCallSlots, call_slot, current_run_calls
 
 # `openai` (and its `httpx2`) are imported where a call is made, not here: importing the SDK costs
 # ~1 s of CPU, and a process that loads the code location without calling (the `daydream run`
 # process itself, the webserver) need not pay it. `daydream run`'s workers import it at start.
 
-# Statuses worth another attempt: request timeout, rate limit, and server-side failures
-# (including the 52x family that CDNs in front of providers answer with).  501 (not
-# implemented) and 505 (HTTP version) will not get better by waiting.
-_TRANSIENT_STATUSES = frozenset({408, 425, 429}) | (frozenset(range(500, 600)) - {501, 505})
-# finish_reason values that mean the text stops before the model meant it to.
-_MAX_CAUSE_CHARS = 300
-_BEARER = re.compile(r"Bearer\s+[^\s'\"]+", re.IGNORECASE)
-
-
-class _TransientFault(Exception):
-    """One failed attempt that is worth repeating; `cause` is a short, key-free description."""
-
-    def __init__(self, cause: str, retry_after: Optional[float] = None) -> None:
-        super().__init__(cause)
-        self.cause = cause
-        self.retry_after = retry_after
-
-
-class _PermanentFault(Exception):
-    """One failed attempt that repeating will not fix."""
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause)
-        self.cause = cause
+# One HTTP attempt waits at most this long for its answer, and every attempt of one call (with the
+# waits between them) ends within the deadline (settings.py: DAYDREAM_REQUEST_TIMEOUT_S and
+# DAYDREAM_CALL_DEADLINE_S).
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_DEADLINE_S = 300.0
 
 
 class OpenAIBackend:
@@ -65,17 +68,19 @@ class OpenAIBackend:
         self,
         api_key: str | None,
         base_url: str,
-        timeout_s: float = 120.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         max_attempts: int = 6,
         max_wait_s: float = 60.0,
         backoff_base_s: float = 1.0,
         log: logging.Logger | None = None,
         machine_slots: FileCallSlots | None = None,
+        deadline_s: float = DEFAULT_DEADLINE_S,
     ) -> None:
         # A key pasted into .env often ends with a newline.
         self._api_key = (api_key or "").strip()
         self.base_url = base_url
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
         self.max_attempts = max_attempts
         self.max_wait_s = max_wait_s
         self.backoff_base_s = backoff_base_s
@@ -125,41 +130,48 @@ class OpenAIBackend:
     def _complete(self, request: LLMRequest) -> LLMResponse:
         client = self._get_client()
         max_attempts = max(1, int(self.max_attempts))
+        deadline = time.monotonic() + max(0.1, float(self.deadline_s))
         attempts = 0
 
         def attempt() -> tuple[dict, float]:
             nonlocal attempts
             attempts += 1
-            return self._attempt(client, request)
+            # The last attempt may only use what is left of the call's deadline.
+            timeout = max(0.1, min(float(self.timeout_s), deadline - time.monotonic()))
+            return self._attempt(client, request, timeout)
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            fault = state.outcome.exception() if state.outcome is not None else None
+            if state.attempt_number >= max_attempts or not isinstance(fault, TransientFault):
+                return True
+            if fault.retry_after is not None and fault.retry_after > self.max_wait_s:
+                return True  # the provider asks us to stay away longer than a call waits
+            wait_s = wait(state)
+            return time.monotonic() + wait_s + 0.1 >= deadline
 
         def log_retry(state: tenacity.RetryCallState) -> None:
             fault = state.outcome.exception() if state.outcome is not None else None
-            cause = fault.cause if isinstance(fault, _TransientFault) else repr(fault)
+            cause = fault.cause if isinstance(fault, TransientFault) else repr(fault)
             self._log.warning(
                 f"{who(request)}: attempt {state.attempt_number} of {max_attempts} failed "
                 f"({self._redact(cause)}); retrying in {state.upcoming_sleep:.1f} s."
             )
 
+        wait = BackoffWait(base_s=self.backoff_base_s, max_s=self.max_wait_s)
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(max_attempts),
-            wait=_BackoffWait(base_s=self.backoff_base_s, max_s=self.max_wait_s),
-            retry=tenacity.retry_if_exception_type(_TransientFault),
+            stop=stop,
+            wait=wait,
+            retry=tenacity.retry_if_exception_type(TransientFault),
             before_sleep=log_retry,
             reraise=True,
         )
         try:
             data, latency_s = retrying(attempt)
-        except _TransientFault as fault:
-            raise LLMError(
-                self._redact(
-                    f"LLM call to {who(request)} failed after {attempts} "
-                    f"attempt{'s' if attempts != 1 else ''}; last cause: {fault.cause}."
-                )
-            ) from None
-        except _PermanentFault as fault:
-            raise LLMError(
-                self._redact(f"LLM call to {who(request)} failed: {fault.cause}.")
-            ) from None
+        except TransientFault as fault:
+            raise self._given_up(request, fault, attempts) from None
+        except PermanentFault as fault:
+            error = APIRefusedError if fault.api_wide else LLMError
+            raise error(self._redact(f"LLM call to {who(request)} failed: {fault.cause}.")) from None
 
         response = response_from_body(request, data, latency_s=latency_s, attempts=attempts)
         problem = incompleteness(response)
@@ -169,14 +181,35 @@ class OpenAIBackend:
             )
         return response
 
-    def _attempt(self, client: openai.OpenAI, request: LLMRequest) -> tuple[dict, float]:
+    def _given_up(self, request: LLMRequest, fault: TransientFault, attempts: int) -> LLMError:
+        """The error of a call whose transient faults did not pass within its attempts and deadline."""
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        if fault.retry_after is not None and fault.retry_after > self.max_wait_s:
+            return LLMError(self._redact(
+                f"LLM call to {who(request)} failed: {fault.cause}, and the provider asked to wait "
+                f"{fault.retry_after:g} s before the next attempt (Retry-After), longer than a call waits "
+                f"({self.max_wait_s:g} s); ask it again later."
+            ))
+        if fault.unanswered:
+            # No answer at all from the API (no connection, or none within the timeout): no other call
+            # of this command would fare better, so it stops asking.
+            return APIRefusedError(self._redact(
+                f"LLM call to {who(request)} failed after {tries}: {self.base_url} gave no answer (last cause: "
+                f"{fault.cause}); check the API's address and status, or for a slow model raise "
+                "DAYDREAM_REQUEST_TIMEOUT_S (one attempt) and DAYDREAM_CALL_DEADLINE_S (all attempts of a call)."
+            ))
+        return LLMError(
+            self._redact(f"LLM call to {who(request)} failed after {tries}; last cause: {fault.cause}.")
+        )
+
+    def _attempt(self, client: openai.OpenAI, request: LLMRequest, timeout_s: float) -> tuple[dict, float]:
         """One HTTP attempt: the decoded JSON body and the latency, or a classified fault."""
         import httpx2
         import openai
 
         started = time.monotonic()
         try:
-            raw = client.chat.completions.with_raw_response.create(
+            raw = client.with_options(timeout=timeout_s).chat.completions.with_raw_response.create(
                 model=request.model,
                 messages=[{"role": "user", "content": request.prompt}],
                 # builtin types: values read from pandas may be numpy scalars
@@ -186,41 +219,41 @@ class OpenAIBackend:
             http = raw.http_response
             body_text = http.text
         except openai.APITimeoutError:
-            raise _TransientFault(f"no answer within the {self.timeout_s:g} s timeout") from None
+            raise TransientFault(f"no answer within the {timeout_s:g} s timeout", unanswered=True) from None
         except openai.APIConnectionError as err:
             if isinstance(err.__cause__, (httpx2.LocalProtocolError, httpx2.UnsupportedProtocol)):
                 # our own request cannot be sent (e.g. a key with a line break, a bad base_url)
-                raise _PermanentFault(f"the request could not be sent ({_describe_cause(err)})") from None
-            raise _TransientFault(f"connection error ({_describe_cause(err)})") from None
+                raise PermanentFault(f"the request could not be sent ({describe_cause(err)})", api_wide=True) from None
+            raise TransientFault(f"connection error ({describe_cause(err)})", unanswered=True) from None
         except openai.APIStatusError as err:
-            cause = _status_cause(err.status_code, err.body)
-            if err.status_code in _TRANSIENT_STATUSES:
-                raise _TransientFault(cause, retry_after=_retry_after_s(err.response.headers)) from None
-            raise _PermanentFault(cause) from None
+            cause = status_cause(err.status_code, err.body)
+            if err.status_code in TRANSIENT_STATUSES:
+                raise TransientFault(cause, retry_after=retry_after_s(err.response.headers)) from None
+            raise PermanentFault(cause, api_wide=err.status_code in API_REFUSED_STATUSES) from None
         except openai.OpenAIError as err:
-            raise _PermanentFault(f"{type(err).__name__}: {_one_line(str(err))}") from None
+            raise PermanentFault(f"{type(err).__name__}: {one_line(str(err))}") from None
         latency_s = time.monotonic() - started
 
         try:
             data = json.loads(body_text)
         except ValueError:
             content_type = http.headers.get("content-type", "no content type")
-            raise _TransientFault(
+            raise TransientFault(
                 f"HTTP {http.status_code} with a body that is not valid JSON ({content_type}: "
-                f"{_one_line(body_text)[:80]!r})"
+                f"{one_line(body_text)[:80]!r})"
             ) from None
         if not isinstance(data, dict):
-            raise _TransientFault(f"HTTP {http.status_code} with a JSON body that is not an object")
+            raise TransientFault(f"HTTP {http.status_code} with a JSON body that is not an object")
         if not data.get("choices"):
             # OpenRouter reports some upstream failures as a 200 whose body is {"error": {...}}.
             error = data.get("error")
             if isinstance(error, dict):
                 code = error.get("code")
-                cause = _status_cause(code if isinstance(code, int) else http.status_code, data)
-                if isinstance(code, int) and code not in _TRANSIENT_STATUSES and 400 <= code < 600:
-                    raise _PermanentFault(cause)
-                raise _TransientFault(cause)
-            raise _TransientFault(f"HTTP {http.status_code} with no choices in the answer")
+                cause = status_cause(code if isinstance(code, int) else http.status_code, data)
+                if isinstance(code, int) and code not in TRANSIENT_STATUSES and 400 <= code < 600:
+                    raise PermanentFault(cause, api_wide=code in API_REFUSED_STATUSES)
+                raise TransientFault(cause)
+            raise TransientFault(f"HTTP {http.status_code} with no choices in the answer")
         return data, latency_s
 
     def _redact(self, text: str) -> str:
@@ -228,80 +261,4 @@ class OpenAIBackend:
         key = self._api_key
         if len(key) >= 4 and key in text:
             text = text.replace(key, "[redacted]")
-        return _BEARER.sub("Bearer [redacted]", text)
-
-
-class _BackoffWait(tenacity.wait.wait_base):
-    """Retry-After when the provider sent one, otherwise exponential backoff with jitter; both capped."""
-
-    def __init__(self, base_s: float, max_s: float) -> None:
-        self._max_s = max(0.0, float(max_s))
-        base_s = max(0.0, float(base_s))
-        self._exponential = tenacity.wait_exponential_jitter(
-            multiplier=base_s, max=self._max_s, jitter=base_s
-        )
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        fault = retry_state.outcome.exception() if retry_state.outcome is not None else None
-        if isinstance(fault, _TransientFault) and fault.retry_after is not None:
-            return min(max(0.0, fault.retry_after), self._max_s)
-        return self._exponential(retry_state)
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(str(text).split())
-    if len(text) > _MAX_CAUSE_CHARS:
-        text = text[: _MAX_CAUSE_CHARS - 3] + "..."
-    return text
-
-
-def _describe_cause(err: BaseException) -> str:
-    inner = err.__cause__ or err.__context__
-    if inner is None:
-        return type(err).__name__
-    detail = _one_line(str(inner)).rstrip(".")
-    return f"{type(inner).__name__}: {detail}" if detail else type(inner).__name__
-
-
-def _provider_message(body: Any) -> str:
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict):
-            message = error.get("message")
-            if isinstance(message, str) and message.strip():
-                return message
-        elif isinstance(error, str) and error.strip():
-            return error
-        return ""
-    if isinstance(body, str):
-        return body
-    return ""
-
-
-def _status_cause(status: Any, body: Any) -> str:
-    message = _one_line(_provider_message(body)).rstrip(".")
-    return f"HTTP {status} from the provider: {message}" if message else f"HTTP {status} from the provider"
-
-
-def _retry_after_s(headers: Any) -> Optional[float]:
-    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return float(value) / 1000.0
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        return BEARER.sub("Bearer [redacted]", text)

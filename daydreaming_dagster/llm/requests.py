@@ -66,6 +66,12 @@ class LLMError(Exception):
     """A permanent failure of an LLM call; str() is one sentence naming the model and the cause."""
 
 
+class APIRefusedError(LLMError):
+    """No call to this API can succeed now, whatever is asked: the key is refused (401, 403), the
+    account cannot pay (402), or the API did not answer at all within a call's deadline. Whoever
+    sees one asks nothing more of the API in this command: the next calls would fail the same way."""
+
+
 class IncompleteResponseError(LLMError):
     """The provider answered, but with an empty text or one cut short (finish_reason "length").
 

@@ -284,5 +284,7 @@ class HeadStart:
         return OpenAIBackend(
             api_key=os.environ.get("OPENROUTER_API_KEY"),
             base_url=settings.base_url,
+            timeout_s=settings.request_timeout_s,
+            deadline_s=settings.call_deadline_s,
             machine_slots=FileCallSlots.for_api(settings.base_url, settings.max_calls_in_flight),
         )

@@ -13,7 +13,7 @@ from pydantic import Field, PrivateAttr
 
 from ..llm.backend import LLMBackend
 from ..llm.offline import OfflineBackend
-from ..llm.openai_backend import OpenAIBackend
+from ..llm.openai_backend import DEFAULT_DEADLINE_S, DEFAULT_TIMEOUT_S, OpenAIBackend
 from ..llm.requests import LLMError, LLMRequest, LLMResponse
 from ..llm.slots import FileCallSlots, machine_slots_folder
 from ..settings import BACKENDS
@@ -37,7 +37,11 @@ class LLMClientResource(dg.ConfigurableResource):
     base_url: str = Field(
         default="https://openrouter.ai/api/v1", description="Base URL of the OpenAI-compatible API."
     )
-    timeout_s: float = Field(default=120.0, description="Timeout of one HTTP attempt, in seconds.")
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, description="Timeout of one HTTP attempt, in seconds.")
+    deadline_s: float = Field(
+        default=DEFAULT_DEADLINE_S,
+        description="Every attempt of one call, with the waits between them, ends within this many seconds.",
+    )
     max_attempts: int = Field(default=6, description="Total HTTP attempts for one call when faults are transient.")
     max_wait_s: float = Field(default=60.0, description="Cap of one backoff wait, in seconds (also caps Retry-After).")
     backoff_base_s: float = Field(
@@ -83,6 +87,7 @@ class LLMClientResource(dg.ConfigurableResource):
             api_key=self.api_key,
             base_url=self.base_url,
             timeout_s=self.timeout_s,
+            deadline_s=self.deadline_s,
             max_attempts=self.max_attempts,
             max_wait_s=self.max_wait_s,
             backoff_base_s=self.backoff_base_s,
