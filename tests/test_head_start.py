@@ -255,7 +255,7 @@ def test_a_run_told_of_a_cut_off_answer_fails_it_without_a_call_unless_its_reque
     tmp_path, instance, openai_server, monkeypatch
 ):
     """The run config the runner gives a generation whose head-start answer was cut off
-    (`ResponseConfig.asked_incomplete`): the step's own failure, no second payment; a stale entry
+    (`ResponseConfig.asked_earlier`): the step's own failure, no second payment; a stale entry
     (the template was edited since) does not stop the new request from being asked."""
     data = write_experiment(tmp_path / "data")
     monkeypatch.setenv("OPENROUTER_API_KEY", "unused")
@@ -268,7 +268,7 @@ def test_a_run_told_of_a_cut_off_answer_fails_it_without_a_call_unless_its_reque
         first: {"request": requests[first].fingerprint_text(), "reason": "The answer was cut off.", "kept": kept},
         second: {"request": "a request made before the template changed", "reason": "Cut off.", "kept": kept},
     }
-    config = {"ops": {"generation_response": {"config": {"asked_incomplete": told}}}}
+    config = {"ops": {"generation_response": {"config": {"asked_earlier": told}}}}
 
     failed = pipeline.materialize_range(["generation_prompt", "generation_response"], [first, second], run_config=config)
 

@@ -53,7 +53,7 @@ class NeedsItsArguments(Exception):
 
 
 def raise_what_does_not_unpickle() -> None:
-    raise NeedsItsArguments("Error in config for job generation", ["asked_incomplete: not a string"])
+    raise NeedsItsArguments("Error in config for job generation", ["asked_earlier: not a string"])
 
 
 @pytest.fixture

@@ -52,6 +52,18 @@ def paid_cost(
     return provider_cost_usd + tokens_cost(unreported_prompt_tokens, unreported_completion_tokens, price)
 
 
+def answer_cost(provenance: dict, price: Price | None) -> float | None:
+    """What one paid answer cost: the provider-reported cost when there is one, else its tokens at
+    `price` (None when neither is known)."""
+    reported = provenance.get("provider_cost_usd")
+    if isinstance(reported, (int, float)) and not isinstance(reported, bool) and reported >= 0:
+        return float(reported)
+    prompt, completion = provenance.get("prompt_tokens"), provenance.get("completion_tokens")
+    if price is None or not all(isinstance(t, int) and not isinstance(t, bool) for t in (prompt, completion)):
+        return None
+    return tokens_cost(prompt, completion, price)
+
+
 def worst_case_usd(prompt_chars: int, max_tokens: int, price: Price, min_chars_per_token: float | None) -> float:
     """The most a call can cost at the table's prices: its prompt at the fewest characters per token
     seen for the model (or the default floor, whichever is lower) and an answer of `max_tokens`."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..analysis.budget import (
+    answer_cost,
     cap_sentence,
     paid_cost,
     price_table,
@@ -32,6 +33,7 @@ from ..store.reservations import (
     admissions_end,
     admissions_since,
     in_flight,
+    record_excess,
     release,
     reserve,
     spending_lock,
@@ -205,11 +207,19 @@ class SpendingGuard:
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
 
-    def settle(self, key: str) -> None:
-        """The call of `key` is over and its answer, if any, is stored."""
+    def settle(self, key: str, provenance: dict | None = None) -> None:
+        """The call of `key` is over and its answer, if any, is stored (`provenance`: what it says it
+        cost). An answer that cost more than its reserved worst case (a provider that billed past
+        the limits it was asked with) records the excess where every process's bound counts it, so
+        the cap stops the next calls once the actual spend has passed it."""
         reservation = self._held.pop(key, None)
-        if reservation is not None:
-            release(reservation)
+        if reservation is None:
+            return
+        cost = answer_cost(provenance, self.prices.get(reservation.model_id)) if provenance else None
+        if cost is not None and reservation.worst_usd is not None and cost > reservation.worst_usd:
+            with spending_lock(self.root):
+                record_excess(self.root, cost - reservation.worst_usd)
+        release(reservation)
 
     def settle_all(self) -> None:
         for key in list(self._held):

@@ -13,31 +13,41 @@ from typing import Optional
 
 import dagster as dg
 
-from ..llm.requests import IncompleteResponseError, LLMError, LLMResponse
+from ..llm.requests import APIRefusedError, IncompleteResponseError, LLMError, LLMResponse
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from ..store.responses import StoredResponseConflict, content_digest
+from ..store.roots import StorageFull
 from .batch_step import batch_requested, submit_from_step
 from .budget import CAP_REACHED, SpendingCapReached, SpendingGuard
 from .claiming import Ask, StepClaims, held_message
 from .common import partition_output, per_partition_type, text_preview
 
-__all__ = ["LLM_POOL", "Ask", "AskedIncomplete", "PartitionResponse", "ResponseConfig", "respond"]
+__all__ = ["STOPS_RUN", "ASKED_EARLIER", "LLM_POOL", "Ask", "AskedEarlier", "PartitionResponse", "ResponseConfig", "respond"]
 
 LLM_POOL = "llm_api"
+# Metadata key of a step failure after which no call of the command can succeed (the API refuses
+# every call: a refused key, an account that cannot pay, an API that does not answer; or the disk is
+# full, so no answer could be stored): `daydream run` then starts nothing more.
+STOPS_RUN = "daydream/stops_run"
+ASKED_EARLIER = "asked_earlier"
 
 PartitionResponse = per_partition_type("PartitionResponse", LLMResponse)
 
 
-class AskedIncomplete(dg.Config):
-    """A cut-off answer to this very request, paid for earlier in the same `daydream run` (by its
-    head start, see orchestration/head_start.py) and kept under _rejected/."""
+class AskedEarlier(dg.Config):
+    """This very request, asked earlier in the same `daydream run` (by its head start, see
+    orchestration/head_start.py) with its whole retry budget, without a usable answer: the answer
+    was cut off (kept under _rejected/), or the call failed. The step fails it as if it had asked,
+    so one command asks one request once."""
 
     request: str
     """The request's `LLMRequest.fingerprint_text()`: a partition whose request differs is asked."""
     reason: str
-    kept: str
-    """Where the cut-off answer is kept."""
+    kept: Optional[str] = None
+    """Where the cut-off answer is kept; None when the call failed without one."""
+    stops_run: bool = False
+    """The API refused the call in a way no other call gets past (see llm/requests.APIRefusedError)."""
 
 
 class ResponseConfig(dg.Config):
@@ -60,9 +70,9 @@ class ResponseConfig(dg.Config):
     """Spending cap in USD for this run, overriding the experiment's `max_cost_usd`: no call starts
     whose worst case would take the spending under the output root past it."""
 
-    asked_incomplete: dict[str, AskedIncomplete] = {}
-    """Partitions whose answer to this very request was cut off earlier in the same command: each
-    fails as if this step had asked, without paying for the same cut-off answer again."""
+    asked_earlier: dict[str, AskedEarlier] = {}
+    """Partitions whose very request was asked earlier in the same command without a usable answer:
+    each fails as if this step had asked, without asking (or paying for) the same request again."""
 
 
 def respond(
@@ -94,9 +104,9 @@ def respond(
         context.log.info(f"reusing {len(answers)} stored response(s); no LLM call for them")
     failures: dict[str, dg.Failure] = {}
     for ask in list(to_call):
-        earlier = config.asked_incomplete.get(ask.key)
+        earlier = config.asked_earlier.get(ask.key)
         if earlier is not None and earlier.request == ask.request.fingerprint_text():
-            failures[ask.key] = _incomplete(earlier.reason, earlier.kept)
+            failures[ask.key] = _asked_earlier(earlier)
             to_call.remove(ask)
     if to_call and batch_requested(context, config.batch):  # a UI backfill in batch mode: see batch_step.py
         raise submit_from_step(context, llm, responses, to_call, config.max_cost_usd)
@@ -111,6 +121,7 @@ def respond(
 
     with StepClaims(context, responses, asset_name, config.replace_changed) as claims:
         pending, waiting, stopped = to_call, [], False
+        asked: dict[str, dict] = {}  # ResponseConfig.asked_earlier's entries for the runs that follow
         try:
             while (pending or waiting) and not stopped:
                 mine, theirs = claims.take(pending)
@@ -123,12 +134,17 @@ def respond(
                                 answers[ask.key] = outcome
                             except StoredResponseConflict as exc:
                                 failures[ask.key] = dg.Failure(description=str(exc))
+                            except StorageFull as exc:  # no answer can be stored: nothing more is asked
+                                failures[ask.key] = dg.Failure(description=str(exc), metadata={STOPS_RUN: True})
+                                stopped = True
                         else:
                             failures[ask.key] = _failure(responses, asset_name, ask, outcome)
+                            if isinstance(outcome, LLMError):  # asked with its whole retry budget
+                                asked[ask.key] = _asked_entry(ask, failures[ask.key], outcome)
                             stopped = stopped or _stops_the_batch(outcome)
                     finally:
                         if guard:  # only now that its answer is stored does the call stop counting as in flight
-                            guard.settle(ask.key)
+                            guard.settle(ask.key, _paid_provenance(outcome))
                         claims.release(ask)
                 if stopped:
                     claims.leave(waiting)  # another run answers them; this step asks nothing more
@@ -149,7 +165,7 @@ def respond(
 
     if failures:
         not_asked = len(asks) - len(answers) - len(failures)
-        raise _summary_failure(asset_name, failures, claims.held, len(answers), not_asked)
+        raise _summary_failure(asset_name, failures, claims.held, len(answers), not_asked, asked)
     # Each answer's data version is the digest of its text: what is built from it (an evaluation
     # prompt quoting a generation) goes stale in Dagster only when the answer itself changes.
     versions = {a.key: content_digest(answers[a.key].text.encode("utf-8"))["response_sha256"] for a in asks}
@@ -252,14 +268,31 @@ def _keep(
     return metadata
 
 
+def _paid_provenance(outcome: LLMResponse | Exception) -> dict | None:
+    """What a call that was answered says it cost (an answer kept aside was paid for too)."""
+    if isinstance(outcome, LLMResponse):
+        return outcome.provenance
+    if isinstance(outcome, IncompleteResponseError):
+        return outcome.response.provenance
+    return None
+
+
 def _failure(responses: ResponseStore, asset_name: str, ask: Ask, error: Exception) -> dg.Failure:
     if isinstance(error, SpendingCapReached):
         return dg.Failure(description=str(error), metadata={CAP_REACHED: True})
     if isinstance(error, IncompleteResponseError):
         return _incomplete(str(error), str(responses.keep_rejected(asset_name, ask.parts, error.response, str(error))))
+    if isinstance(error, APIRefusedError):
+        return dg.Failure(description=str(error), metadata={STOPS_RUN: True})
     if isinstance(error, LLMError):
         return dg.Failure(description=str(error))
     return dg.Failure(description=f"{ask.request.model_id}: the call failed unexpectedly: {type(error).__name__}: {error}")
+
+
+def _asked_earlier(earlier: AskedEarlier) -> dg.Failure:
+    if earlier.kept is not None:
+        return _incomplete(earlier.reason, earlier.kept)
+    return dg.Failure(description=earlier.reason, metadata={STOPS_RUN: True} if earlier.stops_run else {})
 
 
 def _incomplete(reason: str, kept: str) -> dg.Failure:
@@ -270,17 +303,36 @@ def _incomplete(reason: str, kept: str) -> dg.Failure:
     )
 
 
+def _asked_entry(ask: Ask, failure: dg.Failure, error: LLMError) -> dict:
+    """What a later run of this partition in the same command is told (ResponseConfig.asked_earlier)."""
+    kept = failure.metadata.get("rejected_path")
+    return {
+        "request": ask.request.fingerprint_text(),
+        "reason": str(error),
+        "kept": kept.value if kept is not None else None,
+        "stops_run": isinstance(error, APIRefusedError),
+    }
+
+
 def _summary_failure(
-    asset_name: str, failures: dict[str, dg.Failure], held: dict[str, str], stored: int, not_asked: int
+    asset_name: str, failures: dict[str, dg.Failure], held: dict[str, str], stored: int, not_asked: int,
+    asked: dict[str, dict] | None = None,
 ) -> dg.Failure:
     """One partition's own failure as it is; for a range, one sentence that counts and names the first.
 
     `held_elsewhere` in the metadata lists the partitions another live run was still answering
-    (with that run's owner): they did not fail, and a runner leaves them to that run."""
+    (with that run's owner): they did not fail, and a runner leaves them to that run. `asked_earlier`
+    lists the partitions whose call was made and failed (ResponseConfig.asked_earlier's entries): a
+    runner that runs them again one by one tells those runs, which then fail them without asking."""
     extra = {"held_elsewhere": dg.MetadataValue.json(held)} if held else {}
+    if asked:
+        extra[ASKED_EARLIER] = dg.MetadataValue.json(asked)
     if len(failures) == 1 and stored == 0 and not_asked == 0:
         only = next(iter(failures.values()))
         return dg.Failure(description=only.description, metadata={**only.metadata, **extra})
+    stops = [f for f in failures.values() if STOPS_RUN in f.metadata]
+    if stops:  # the sentence that says why nothing more is asked, as it is
+        return dg.Failure(description=stops[0].description, metadata={STOPS_RUN: True, **extra})
     capped = [f for f in failures.values() if CAP_REACHED in f.metadata]
     if capped:
         return dg.Failure(

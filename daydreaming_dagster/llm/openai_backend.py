@@ -89,6 +89,7 @@ class OpenAIBackend:
         # Built in a run's own thread: its calls are counted for that run (see llm/slots.py).
         self._run_calls = current_run_calls()
         self._client: openai.OpenAI | None = None
+        self._refused: str | None = None  # why the API refused the key, once it has (401, 402)
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIBackend(base_url={self.base_url!r})"
@@ -102,6 +103,10 @@ class OpenAIBackend:
         """One chat completion for `request`; raises LLMError (or IncompleteResponseError)."""
         self.check_ready()
         with call_slot(self._run_calls), self._machine_slots.hold() if self._machine_slots else contextlib.nullcontext():
+            # A call that waited for its slot while another call of this backend (a run's calls share
+            # it) had the key refused is not made.
+            if self._refused is not None:
+                raise APIRefusedError(f"LLM call to {who(request)} not made: {self._refused}.")
             return self._complete(request)
 
     def connect(self) -> None:
@@ -170,8 +175,10 @@ class OpenAIBackend:
         except TransientFault as fault:
             raise self._given_up(request, fault, attempts) from None
         except PermanentFault as fault:
-            error = APIRefusedError if fault.api_wide else LLMError
-            raise error(self._redact(f"LLM call to {who(request)} failed: {fault.cause}.")) from None
+            if fault.api_wide:
+                self._refused = self._redact(f"{self.base_url} refused the key of an earlier call ({fault.cause})")
+                raise APIRefusedError(self._redact(f"LLM call to {who(request)} failed: {fault.cause}.")) from None
+            raise LLMError(self._redact(f"LLM call to {who(request)} failed: {fault.cause}.")) from None
 
         response = response_from_body(request, data, latency_s=latency_s, attempts=attempts)
         problem = incompleteness(response)

@@ -30,13 +30,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from ..llm.requests import IncompleteResponseError, LLMRequest
+from ..llm.requests import APIRefusedError, IncompleteResponseError, LLMError, LLMRequest
 from ..settings import Settings
 from ..store.claims import Claims, ClaimTimes, Held, Owner
 from ..store.heartbeat import Heartbeat
 from ..store.layout import claim_path, text_path
 from ..store.responses import StoredResponseConflict, keep_rejected, write_response_once
-from ..store.roots import claim_backend, is_remote
+from ..store.roots import StorageFull, claim_backend, is_remote
 
 if TYPE_CHECKING:  # imported where used: the command's start imports nothing it does not need yet
     from ..resources.experiment_settings import ExperimentSettings
@@ -46,9 +46,10 @@ ASKED_BY = "daydream run's head start (before its Dagster run, which reused the 
 # The run id its claims name, so a waiting run's log says who is asking.
 OWNER_RUN = "daydream-run-head-start"
 POLL_S = 0.1
-# What a generation's future holds once done: its answer stored; passed over, or its call failed
-# (its run asks); or its answer cut off by the token limit (its run fails without asking again).
-STORED, PASSED, CUT_OFF = "stored", "passed", "cut off"
+# What a generation's future holds once done: its answer stored; passed over (its run asks); or
+# asked without a usable answer: cut off by the token limit, or the call failed after its whole retry
+# budget (its run fails in a run of its own without asking again: one command asks a request once).
+STORED, PASSED, ASKED = "stored", "passed", "asked without an answer"
 
 
 def wanted(settings: Settings, replace_changed: bool) -> bool:
@@ -113,8 +114,12 @@ class HeadStart:
         self._lock = threading.Lock()
         self._free = threading.Semaphore(self.concurrency)
         self._pending: dict[str, Future] = {}  # every generation to ask, done once asked or passed over
-        # Cut-off answers (key -> ResponseConfig.asked_incomplete's entry): their runs do not pay again.
-        self.cut_off: dict[str, dict] = {}
+        # Requests asked without a usable answer (key -> ResponseConfig.asked_earlier's entry): their
+        # runs fail them without asking again.
+        self.asked_earlier: dict[str, dict] = {}
+        # Set when the API refused a call for every call (a refused key, a dead API): the command
+        # starts nothing more (see llm/requests.APIRefusedError).
+        self.stopped: str | None = None
         self._thread = threading.Thread(target=self._main, name="head-start", daemon=True)
         self._calls: ThreadPoolExecutor | None = None
         self._heartbeat: Heartbeat | None = None
@@ -149,12 +154,12 @@ class HeadStart:
 
     def pending(self) -> dict[str, Future]:
         """The generations still to be answered here, or whose answer was cut off, each with a future
-        that is done (STORED, PASSED or CUT_OFF) once its answer is stored, or it was passed over or
-        its call failed (its run asks again), or its answer was cut off (its run fails as a step would)."""
+        that is done (STORED, PASSED or ASKED) once its answer is stored, or it was passed over (its run
+        asks), or it was asked without a usable answer (its run fails as a step would, without asking)."""
         self._read.wait()
         with self._lock:
-            # A cut-off one too: its run must be told (see Schedule.add_generation's `alone`).
-            return {key: future for key, future in self._pending.items() if not future.done() or future.result() == CUT_OFF}
+            # An ASKED one too: its run must be told (see Schedule.add_generation's `alone`).
+            return {key: future for key, future in self._pending.items() if not future.done() or future.result() == ASKED}
 
     def stand_aside(self) -> None:
         """Start no more calls (the runs have no generation left to ask); returns at once."""
@@ -241,27 +246,44 @@ class HeadStart:
         return True
 
     def _ask(self, backend, key: str, request: LLMRequest, path, claim) -> None:
-        outcome = PASSED
+        outcome, paid = PASSED, None
         try:
             response = backend.complete(request)
+            paid = response.provenance
             if write_response_once(path, response.text, {**response.provenance, "asked_by": ASKED_BY}):
                 outcome = STORED
         except IncompleteResponseError as exc:
             # Paid, but not an answer: kept for inspection as a step keeps it, and the run fails with
             # the step's own sentence instead of paying for the same request again.
+            paid = exc.response.provenance
             kept = keep_rejected(path, exc.response.text, exc.response.provenance, str(exc))
-            self.cut_off[key] = {"request": request.fingerprint_text(), "reason": str(exc), "kept": str(kept)}
-            outcome = CUT_OFF
+            outcome = self._asked(key, request, str(exc), kept=str(kept))
         except StoredResponseConflict:
             pass  # another answer was stored meanwhile (ours is kept in _rejected/); the run sees it
-        except Exception:  # noqa: BLE001 - the run asks again and reports the failure in its own words
+        except StorageFull as exc:  # paid, but nowhere to store it: nothing more is asked, here or by the runs
+            outcome = self._asked(key, request, str(exc), stops_run=True)
+            self.stopped = self.stopped or str(exc)
+            self._stop.set()
+        except LLMError as exc:
+            # The call had its whole retry budget here: its run fails it in these words, asking nothing.
+            refused = isinstance(exc, APIRefusedError)
+            outcome = self._asked(key, request, str(exc), stops_run=refused)
+            if refused:
+                self.stopped = self.stopped or str(exc)
             self._stop.set()  # the next calls would most likely fail the same way
+        except Exception:  # noqa: BLE001 - the run asks again and reports the failure in its own words
+            self._stop.set()
         finally:
             if self._guard is not None:  # only now that its answer is stored does the call stop counting as in flight
-                self._guard.settle(key)
+                self._guard.settle(key, paid)
             self._heartbeat.release(claim)
             self._free.release()
             self._pending[key].set_result(outcome)
+
+    def _asked(self, key: str, request: LLMRequest, reason: str, kept: str | None = None, stops_run: bool = False) -> str:
+        """Record a request asked without a usable answer, for its run (ResponseConfig.asked_earlier)."""
+        self.asked_earlier[key] = {"request": request.fingerprint_text(), "reason": reason, "kept": kept, "stops_run": stops_run}
+        return ASKED
 
     def _admitted(self, key: str, request: LLMRequest) -> bool:
         """Whether the spending cap, if any, admits this call (its worst case is then reserved). A

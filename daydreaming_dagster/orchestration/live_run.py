@@ -92,19 +92,25 @@ def run_live(
         return 2
     finally:
         runner.close()
-    failed = False
-    for report in reports:
-        if report.failures:
-            failed = True
-            for key, error in list(report.failures.items())[:20]:
-                print(f"{report.name} {key}: {error}", file=sys.stderr)
+    # The summary and the money first; what went wrong last, so a failed run ends with its sentence.
     print(", ".join(r.summary() for r in reports))
     if comparison := costs.report():
         print(comparison)
+    sys.stdout.flush()
+    failures = [(report.name, key, error) for report in reports for key, error in report.failures.items()]
+    for name, key, error in failures[:20]:
+        print(f"{name} {key}: {error}", file=sys.stderr)
+    if len(failures) > 20:
+        print(f"... and {len(failures) - 20} more failed partitions (the Dagster UI shows each).", file=sys.stderr)
+    stopped = next((r.stopped for r in reports if r.stopped), None)
+    if stopped:
+        print(f"{stopped.rstrip('.')}; so nothing more was asked, and a rerun once that is fixed reuses "
+              "every answer stored.", file=sys.stderr)
+        return 1
     if any(r.cap_reached for r in reports):
         print(costs.cap_stop_sentence(), file=sys.stderr)
         return 3
-    if not failed:
+    if not failures:
         print(f"results: {settings.output_root / '5_results'}")
         print(f"report: {settings.output_root / '5_results' / 'report.html'} (open it in a browser)")
-    return 1 if failed else 0
+    return 1 if failures else 0

@@ -99,6 +99,9 @@ class Runner:
         self._warm = threading.Thread(target=_warm_up, name="warm-up", daemon=True)
         self._warming: list = []  # the workers' warm_worker tasks
         self.head_start = head_start  # the generation calls made before this runner started (head_start.py)
+        # Partitions asked without an answer in this command (by the head start or by a failed batch),
+        # keyed by partition: ResponseConfig.asked_earlier's entries, so no request is asked twice.
+        self.asked_earlier: dict[str, dict] = head_start.asked_earlier if head_start else {}
 
     def close(self) -> None:
         """Wait for the runs in flight (their answers are paid for: they store them), then stop."""
@@ -221,16 +224,18 @@ class Runner:
         deferred = {k: f for k, f in (deferred or {}).items() if k in wanted}
         schedule = Schedule(order, [k for k in gen_keys if k not in deferred], [tuple(reversed(k.split("|", 1))) for k in pair_keys], self.materialized("generation_response"))
         limits = self._limits()
-        cut_off = self.head_start.cut_off if self.head_start else {}
+        asked = self.asked_earlier
 
         def run_of(job: str, batch: Batch) -> tuple[str, Batch, dict]:
-            # A generation whose head-start answer was cut off fails in its run without a second call.
-            earlier = {k: cut_off[k] for k in batch.keys if k in cut_off} if job == GENERATION else None
+            # A partition asked without an answer earlier in this command (by the head start, or in a
+            # batch that failed and is run again one by one) fails in its run without a second call.
+            earlier = {k: asked[k] for k in batch.keys if k in asked}
             return job, batch, partition_run_config(job, self.replace_changed, self.parallel_calls, self.max_cost_usd, earlier)
 
         submit, slots = self._submitter(limits, run_of)
         reports = {job: (r, len(k)) for job, k, r in ((GENERATION, gen_keys, gen_report), (EVALUATION, pair_keys, pair_report)) if r}
-        stream = Stream(schedule, reports, submit, limits, self.progress, slots, self._warm_once, deferred)
+        refused = (lambda: self.head_start.stopped) if self.head_start else None
+        stream = Stream(schedule, reports, submit, limits, self.progress, slots, self._warm_once, deferred, refused, asked)
         if not gen_keys:
             stream.generations_finished()
         stream.run()
@@ -308,18 +313,20 @@ class Runner:
         if not self.replace_changed:
             reports += self.refresh_prompts("generation_prompts", "generation_prompt", generation_changes, generation_keys, order)
         pairs = self._todo(EVALUATION, pair_keys, self.materialized("evaluation_response"), evaluation_changes.keys())
-        if generation.cap_reached:
-            self.progress("evaluation: not started: the spending cap was reached")
+        if generation.cap_reached or generation.stopped:
+            self.progress(f"evaluation: not started: {'the spending cap was reached' if generation.cap_reached else generation.stopped}")
         else:
             # The generations the head start is still answering run once their answers are stored.
             deferred = self.head_start.take_over(generations[0], self.progress) if together and self.head_start else None
             self.stream(order, generations if together else None, pairs, deferred)
             reports.append(pairs[1])
-            if not self.replace_changed and not generation.cap_reached:
+            if not self.replace_changed and not generation.cap_reached and not pairs[1].stopped:
                 reports += self.refresh_prompts("evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_keys, order)
         if self._pool is not None:
             self._pool.stop()  # the workers exit while the results build
-        if results_current(self.instance):
+        if any(r.stopped for r in reports):
+            self.progress("results: not built: the run was stopped")  # (a full disk, or an API that refuses every call)
+        elif results_current(self.instance):
             self.progress("results: up to date (nothing they read has changed since they were built)")
             reports.append(StageReport("results", total=1, skipped=1))
         else:

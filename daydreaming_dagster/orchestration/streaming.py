@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 from .batches import Batch, batch_size
-from .head_start import CUT_OFF
+from .head_start import ASKED
 from .schedule import EVALUATION, GENERATION, Schedule
 
 # How often the stream looks at the queued calls while no run ends (seconds).
@@ -36,6 +36,9 @@ class StageReport:
     seconds: float = 0.0
     cap_reached: bool = False  # the spending cap stopped the stage; what it did not run is left undone
     left: int = 0  # partitions left to another run that was materializing them
+    # Why no call of the command can succeed any more (the API refuses every call, or the disk is
+    # full): the sentence that stopped it.
+    stopped: str | None = None
 
     def summary(self) -> str:
         left = f", {self.left} left to another run" if self.left else ""
@@ -86,6 +89,8 @@ class Stream:
         call_slots=None,
         on_generations_done: Callable[[], None] | None = None,
         deferred: dict[str, Future] | None = None,
+        stops_run: Callable[[], str | None] | None = None,
+        asked: dict[str, dict] | None = None,
     ) -> None:
         self.schedule = schedule
         self.stages = {job: _Stage(report, todo) for job, (report, todo) in reports.items()}
@@ -99,6 +104,13 @@ class Stream:
         self.deferred = dict(deferred or {})
         self._in_flight: dict[Future, tuple[str, Batch]] = {}
         self.capped = False  # the spending cap refused a call: no batch starts any more
+        # Why no call can succeed any more, once a batch (or `stops_run()`: the head start) found it:
+        # no batch starts then.
+        self.stops_run: Callable[[], str | None] = stops_run or (lambda: None)
+        self.refusal: str | None = None
+        # Partitions asked without an answer in this command (worker.BatchOutcome.asked), shared with
+        # whoever builds the runs' config: their runs fail them without asking again.
+        self.asked = asked if asked is not None else {}
 
     def run(self) -> None:
         while True:
@@ -116,11 +128,25 @@ class Stream:
         for key, future in list(self.deferred.items()):
             if future.done():
                 del self.deferred[key]
-                # A cut-off answer's run fails (see head_start.py): alone, so no other partition fails with it.
-                self.schedule.add_generation(key, alone=future.result() == CUT_OFF)
+                # A run told its request was asked without an answer fails (see head_start.py): alone,
+                # so no other partition fails with it.
+                self.schedule.add_generation(key, alone=future.result() == ASKED)
+
+    def _refused(self) -> bool:
+        """Whether no call can succeed any more (a batch or the head start found it)."""
+        if self.refusal is None and (found := self.stops_run()):
+            self._refuse(found)
+        return self.refusal is not None
+
+    def _refuse(self, sentence: str) -> None:
+        if self.refusal is None:
+            self.refusal = sentence
+            self.progress(f"stopping: {sentence}")
+        for stage in self.stages.values():
+            stage.report.stopped = stage.report.stopped or sentence
 
     def _start_ready(self) -> None:
-        while len(self._in_flight) < self.limits.runs and not self.capped:
+        while len(self._in_flight) < self.limits.runs and not self.capped and not self._refused():
             if self.call_slots is not None and self.call_slots.unstarted >= self.limits.queued:
                 return
             free = self.limits.runs - len(self._in_flight)
@@ -139,8 +165,11 @@ class Stream:
             outcome = future.result()
             ran, success, error = tuple(outcome.keys), outcome.success, outcome.error
             left, capped, calls = dict(outcome.left), outcome.cap_reached, outcome.calls
+            refused = outcome.stops_run
+            self.asked.update(outcome.asked)
         except Exception as exc:  # noqa: BLE001 - a worker that died: the batch failed
             ran, success, error, left, capped, calls = batch.keys, False, f"{type(exc).__name__}: {exc}", {}, False, 0
+            refused = False
         if self.call_slots is not None:
             self.call_slots.add_unstarted(calls - len(batch.keys))  # the partitions that made no call
         if self.on_generations_done is not None and self._generations_done(job):
@@ -154,6 +183,9 @@ class Stream:
         if capped:
             stage.report.cap_reached, self.capped = True, True
             self.progress(f"{name}: stopped: {error}")
+            return
+        if refused:
+            self._refuse(error or "a run stopped the command")
             return
         if success:
             stage.report.succeeded += len(ran)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from ..assets.budget import CAP_REACHED
+from ..assets.responding import ASKED_EARLIER, STOPS_RUN
 from ..compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from ..llm.slots import counting_calls, share_call_slots
 from ..settings import Settings
@@ -31,8 +32,12 @@ class BatchOutcome:
     success: bool
     error: str | None = None
     cap_reached: bool = False  # the spending cap refused a call: nothing more should start
+    stops_run: bool = False  # no call can succeed any more (responding.STOPS_RUN): nothing more should start
     left: dict[str, str] = field(default_factory=dict)
     calls: int = 0  # LLM calls the runs started (the other partitions reused a stored answer, or made none)
+    # Partitions whose call was made and failed (key -> ResponseConfig.asked_earlier's entry): a run
+    # of them later in the same command is told, and fails them without asking again.
+    asked: dict[str, dict] = field(default_factory=dict)
 
 
 def failure_text(result: dg.ExecuteInProcessResult) -> str:
@@ -45,16 +50,26 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
             return data.user_failure_data.description
         if data.error:
             cause = data.error.cause or data.error
-            return (cause.message or data.error.message).strip().splitlines()[0]
+            line = (cause.message or data.error.message).strip().splitlines()[0]
+            named, _, sentence = line.partition(": ")
+            # The project's own errors are one sentence already: without Dagster's "Class: " before it.
+            if cause.cls_name in SENTENCE_ERRORS and named.rsplit(".", 1)[-1] == cause.cls_name and sentence:
+                return sentence
+            return line
     return "the run failed (see the run's logs in the Dagster UI)"
 
 
-def cap_reached(result: dg.ExecuteInProcessResult) -> bool:
-    """Whether a step failed because the spending cap refused a call (see assets/budget.py)."""
+# Errors whose text is one sentence meant for the user, as it is.
+SENTENCE_ERRORS = frozenset({"StorageFull", "StorageRefused", "ExperimentError"})
+
+
+def failed_with(result: dg.ExecuteInProcessResult, flag: str) -> bool:
+    """Whether a step failed with `flag` in its failure's metadata: CAP_REACHED (the spending cap
+    refused a call, assets/budget.py) or STOPS_RUN (assets/responding.py)."""
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             data = event.step_failure_data.user_failure_data
-            if data is not None and CAP_REACHED in (data.metadata or {}):
+            if data is not None and flag in (data.metadata or {}):
                 return True
     return False
 
@@ -90,15 +105,25 @@ def warm_worker() -> None:
         _WORKER["defs"].resolve_job_def(job_name)
 
 
-def held_elsewhere(result: dg.ExecuteInProcessResult) -> dict[str, str]:
-    """The partitions a failed run's steps left to another live run that held their claims (see
-    assets/responding.py): partition key -> that run's owner."""
-    held = {}
+def failed_with_error(result: dg.ExecuteInProcessResult, cls_name: str) -> bool:
+    """Whether a step failed with an exception of this class (e.g. StorageFull from a write)."""
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE" and event.step_failure_data.error is not None:
+            error = event.step_failure_data.error
+            if cls_name in (error.cls_name, getattr(error.cause, "cls_name", None)):
+                return True
+    return False
+
+
+def failure_metadata(result: dg.ExecuteInProcessResult, name: str) -> dict:
+    """A dict-valued metadata entry of a failed run's step failures, merged (see assets/responding.py):
+    "held_elsewhere" (partition key -> the live run that holds its claim) or ASKED_EARLIER."""
+    merged = {}
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE" and event.step_failure_data.user_failure_data:
-            value = event.step_failure_data.user_failure_data.metadata.get("held_elsewhere")
-            held.update(getattr(value, "value", None) or {})
-    return held
+            value = event.step_failure_data.user_failure_data.metadata.get(name)
+            merged.update(getattr(value, "value", None) or {})
+    return merged
 
 
 # Jobs that render materialized prompts again on purpose, for answers gone out of date (changes.py).
@@ -116,9 +141,9 @@ def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | N
     if replacing or job_name in PROMPT_REFRESH_JOBS:
         tags[RERUN_TAG] = "true"  # materialized partitions are re-run on purpose
     pieces = [batch.keys] if batch else [None]
-    ran, left, errors, capped = [], {}, [], False
+    ran, left, errors, capped, refused, asked = [], {}, [], False, False, {}
     with counting_calls() as calls:
-        while pieces and not capped:
+        while pieces and not (capped or refused):
             keys = pieces.pop(0)
             try:
                 result = _execute_piece(job, keys, run_config, tags)
@@ -131,14 +156,16 @@ def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | N
                     left.update(taken)
                     pieces[:0] = _free_pieces(keys, taken)
                 continue
-            held = held_elsewhere(result)
+            held = failure_metadata(result, "held_elsewhere")
             left.update(held)
+            asked.update(failure_metadata(result, ASKED_EARLIER))
             piece = keys or (job_name,)
             ran += [k for k in piece if k not in held]
             if not result.success and any(k not in held for k in piece):
                 errors.append(failure_text(result))
-                capped = cap_reached(result)
-    return BatchOutcome(tuple(ran), not errors, errors[0] if errors else None, capped, left, calls.started)
+                capped = failed_with(result, CAP_REACHED)
+                refused = failed_with(result, STOPS_RUN) or failed_with_error(result, "StorageFull")
+    return BatchOutcome(tuple(ran), not errors, errors[0] if errors else None, capped, refused, left, calls.started, asked)
 
 
 def _execute_piece(job, keys: tuple[str, ...] | None, run_config: dict, tags: dict) -> dg.ExecuteInProcessResult:
@@ -170,13 +197,13 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def partition_run_config(
-    job_name: str, replace_changed: bool, parallel_calls: int, max_cost_usd: float | None = None, asked_incomplete: dict | None = None
+    job_name: str, replace_changed: bool, parallel_calls: int, max_cost_usd: float | None = None, asked_earlier: dict | None = None
 ) -> dict:
-    """The run config of a response job's batch (`asked_incomplete`: see `ResponseConfig`)."""
+    """The run config of a response job's batch (`asked_earlier`: see `ResponseConfig`)."""
     asset = "generation_response" if job_name == "generation" else "evaluation_response"
     config = {"parallel_calls": parallel_calls, **({"replace_changed": True} if replace_changed else {})}
     if max_cost_usd is not None:
         config["max_cost_usd"] = float(max_cost_usd)
-    if asked_incomplete:
-        config["asked_incomplete"] = asked_incomplete
+    if asked_earlier:
+        config["asked_earlier"] = asked_earlier
     return {**QUIET, "ops": {asset: {"config": config}}}

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .files import claimed
+from .roots import space_for
 
 DEFAULT_LEASE_S = 60.0
 DEFAULT_RENEW_S = 15.0
@@ -78,10 +79,15 @@ class LocalClaimFiles:
     acts where nothing is. Claims are not fsynced: after a power cut their owners are gone too."""
 
     def create(self, path: Path, data: bytes) -> str | None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "xb") as f:
-            f.write(data)
+        with space_for(path, len(data)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(tmp, "xb") as f:
+                    f.write(data)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         try:
             os.link(tmp, path)
         except FileExistsError:

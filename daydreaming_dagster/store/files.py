@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .layout import temp_path
-from .roots import StorageRefused, is_remote
+from .roots import StorageRefused, is_remote, space_for
 
 try:
     import fcntl
@@ -125,7 +125,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.write_bytes(data)
         return
     path = Path(path)
-    with claimed(path) as fd:
+    with space_for(path, len(data)), claimed(path) as fd:
         fill(fd, data)
         os.replace(temp_path(path), path)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .files import lock_fd
-from .roots import data_path, is_remote
+from .roots import data_path, is_remote, space_for
 
 FOLDER = ".spend"
 # One line per call admitted under a cap, its worst case: lets a check that just counted everything
@@ -86,13 +86,20 @@ def reserve(root: Path, worst_usd: float | None, model_id: str, what: str) -> Re
         path.write_bytes(json.dumps(record).encode("utf-8"))  # a fresh uuid: no one else writes it
         _log_admission(root, worst_usd)
         return Reservation(path=path, **record)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        os.write(fd, json.dumps(record).encode("utf-8"))
-    finally:
-        os.close(fd)
+    with space_for(path, 256):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            os.write(fd, json.dumps(record).encode("utf-8"))
+        finally:
+            os.close(fd)
     _log_admission(root, worst_usd)
     return Reservation(path=path, **record)
+
+
+def record_excess(root: Path, usd: float) -> None:
+    """An answer cost `usd` more than the worst case it was admitted at: a line of the admissions log
+    as well (hold `spending_lock`), so a bound built from the log stays an upper bound."""
+    _log_admission(root, usd)
 
 
 def _log_admission(root: Path, worst_usd: float | None) -> None:

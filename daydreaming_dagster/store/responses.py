@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .files import atomic_write_bytes, claimed, fill, fsync_folder
 from .layout import REJECTED, SIDECAR_SUFFIX, SUPERSEDED, sidecar_path, temp_path
-from .roots import data_path, is_remote
+from .roots import data_path, is_remote, space_for
 
 # The fields that must match for a stored response to count as the answer to the current request.
 # `replicate` is absent (None) for replicate 1, in requests and in sidecars written before it existed.
@@ -65,7 +65,7 @@ def write_response_once(path: Path, text: str, provenance: dict) -> bool:
     data = text.encode("utf-8")
     record = {**provenance, **content_digest(data)}
     side = sidecar_path(path)
-    with claimed(path) as text_fd:
+    with space_for(path, len(data) + len(_sidecar_bytes(record))), claimed(path) as text_fd:
         if path.exists():
             return settle_existing(path, path.read_text(encoding="utf-8"), text, provenance)
         with claimed(side) as side_fd:

@@ -11,7 +11,11 @@ local path costs one isinstance check and nothing else."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path, PurePath
 from urllib.parse import unquote, urlsplit
 
@@ -26,6 +30,40 @@ _NOT_YET = {
 class StorageRefused(ValueError):
     """The data root's storage cannot keep the write-once guarantee (or cannot be used at all);
     raised before any LLM call, with one sentence."""
+
+
+class StorageFull(OSError):
+    """The disk (or quota) holding a file to write is full: str() is one sentence naming the file,
+    the space it needed and the space left. An OSError, so a caller that retries passing faults
+    still sees one."""
+
+    def __str__(self) -> str:
+        return f"{self.strerror}."
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+@contextlib.contextmanager
+def space_for(path, needed: int = 0) -> Iterator[None]:
+    """Turn "no space left on device" (or "disk quota exceeded") while writing `path` into StorageFull."""
+    try:
+        yield
+    except StorageFull:
+        raise
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        try:
+            free = f"{shutil.disk_usage(Path(path).parent if Path(path).parent.exists() else '/').free:,} bytes free"
+        except OSError:
+            free = "free space unknown"
+        what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is used up"
+        raise StorageFull(
+            exc.errno,
+            f"{what} where {path} is written ({needed:,} bytes needed, {free}); free some space and run again: "
+            "every answer already stored is kept and reused, and only calls whose answers were not stored are asked again",
+        ) from None
 
 
 def is_remote(path) -> bool:
