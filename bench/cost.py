@@ -103,7 +103,7 @@ def ledger_at_scale(generations: int, methods: int) -> None:
     per process), a check when nothing changed, and one admission (lock, reservations, check, reserve)."""
     import json
 
-    from daydreaming_dagster.assets.budget import SpendingGuard
+    from daydreaming_dagster.calls.guard import SpendingGuard
     from daydreaming_dagster.llm.requests import LLMRequest
     from daydreaming_dagster.store.layout import sidecar_path, text_path
     from daydreaming_dagster.store.spend import PaidLedger

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from daydreaming_dagster.analysis.budget import price_table
-from daydreaming_dagster.assets.budget import SpendingCapReached, SpendingGuard
+from daydreaming_dagster.calls.guard import SpendingCapReached, SpendingGuard
 from daydreaming_dagster.llm.requests import LLMRequest
 from daydreaming_dagster.store.layout import text_path
 from daydreaming_dagster.store.responses import write_response_once

@@ -1,5 +1,5 @@
 """What an output root has paid (store/spend.py), the calls in flight (store/reservations.py) and the
-guard that admits a call under the spending cap (assets/budget.py), on real files and processes."""
+guard that admits a call under the spending cap (calls/guard.py), on real files and processes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daydreaming_dagster.assets import budget
-from daydreaming_dagster.assets.budget import SpendingCapReached, SpendingGuard
+from daydreaming_dagster.calls import guard as budget
+from daydreaming_dagster.calls.guard import SpendingCapReached, SpendingGuard
 from daydreaming_dagster.llm.requests import LLMRequest
 from daydreaming_dagster.store.layout import text_path
 from daydreaming_dagster.store.reservations import in_flight, release, reserve
@@ -159,7 +159,7 @@ def test_the_guard_refuses_what_it_cannot_bound(tmp_path):
 
 ANOTHER_PROCESS = """
 import sys
-from daydreaming_dagster.assets.budget import SpendingGuard
+from daydreaming_dagster.calls.guard import SpendingGuard
 from daydreaming_dagster.llm.requests import LLMRequest
 from daydreaming_dagster.store.layout import text_path
 from daydreaming_dagster.store.responses import write_response_once

@@ -26,6 +26,7 @@ from daydreaming_dagster.store.responses import (
     read_provenance,
     write_response_once,
 )
+from daydreaming_dagster.store.roots import StorageFull
 
 PROVENANCE = {
     "backend": "openai",
@@ -144,7 +145,7 @@ def test_a_fault_at_the_rename_leaves_no_response_and_no_temp_file(tmp_path, mon
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageFull, match=f"the disk is full where {path} is written"):
         write_response_once(path, "x" * 100_000, PROVENANCE)
 
     assert files_under(tmp_path) == []  # no text, no orphan sidecar, no temp file

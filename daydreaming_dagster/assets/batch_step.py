@@ -16,6 +16,8 @@ import dagster as dg
 
 from ..analysis.budget import price_table
 from ..analysis.usage import model_prices
+from ..calls.claiming import Call
+from ..calls.guard import effective_cap
 from ..experiment.batch_choice import choose
 from ..experiment.errors import ExperimentError
 from ..experiment.loaders import load_models
@@ -25,8 +27,6 @@ from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from .batch_submit import BatchRefused, Submitter
-from .budget import step_cap
-from .claiming import Ask
 
 BATCH_TAG = "daydream/batch"
 
@@ -40,10 +40,10 @@ def submit_from_step(
     context: dg.AssetExecutionContext,
     llm: LLMClientResource,
     responses: ResponseStore,
-    asks: Sequence[Ask],
+    calls: Sequence[Call],
     run_cap: float | None,
 ) -> dg.Failure:
-    """Submit the asks to provider batches; the Failure that ends the step (one sentence)."""
+    """Submit the calls to provider batches; the Failure that ends the step (one sentence)."""
     asset_name = context.asset_key.path[-1]
     if llm.backend != "openai":
         return dg.Failure(description=f"the {llm.backend} backend has no batch API; run without the {BATCH_TAG} tag.")
@@ -51,18 +51,18 @@ def submit_from_step(
     backend = OpenAIBatchBackend(llm.api_key, llm.base_url)
     try:
         models = load_models(experiment_config.raw_dir)
-        choice = choose(models, True, {a.request.model_id for a in asks})
+        choice = choose(models, True, {a.request.model_id for a in calls})
         prices = price_table(model_prices(models))
         backend.check_ready()
-        submitter = Submitter(backend, responses, choice, prices, step_cap(experiment_config, run_cap, llm), context.log.info)
-        records = submitter.submit(asset_name, asks)
+        submitter = Submitter(backend, responses, choice, prices, effective_cap(run_cap, experiment_config.max_cost_usd, llm.backend == "offline"), context.log.info)
+        records = submitter.submit(asset_name, calls)
     except (ExperimentError, LLMError, BatchRefused) as exc:
         return dg.Failure(description=str(exc))
     finally:
         backend.close()
     submitted = sum(len(r["items"]) for r in records)
     ids = ", ".join(r["batch_id"] for r in records) or "none"
-    left = len(asks) - submitted
+    left = len(calls) - submitted
     others = f"; {left} were already held by another run or batch" if left else ""
     return dg.Failure(
         description=f"{submitted} {asset_name} partition(s) were submitted to provider batch(es) {ids} at the batch "

@@ -11,7 +11,7 @@ the provider's limits; for each file, in this order:
 3. the file is uploaded and the batch created, with that submission id in the batch's metadata;
 4. the record becomes "submitted" with the batch id, and every claim is extended to the batch's
    completion window with the batch id in it: a live run leaves these partitions to the batch
-   (assets/claiming.py), a second submit skips them.
+   (calls/claiming.py), a second submit skips them.
 
 A SIGKILL between 2 and 4 leaves an "intended" record and claims with a short lease: the next
 `daydream run --batch` (or the sensor) asks the provider for a batch carrying that id
@@ -28,6 +28,8 @@ import pandas as pd
 
 from ..analysis.budget import HOW_TO_RAISE, Price, unknown_spend_sentence, unpriced_sentence, worst_case_usd
 from ..analysis.estimate import usd
+from ..calls.claiming import Call
+from ..calls.guard import spent_usd
 from ..experiment.batch_choice import BatchChoice
 from ..experiment.ids import pair_key_str
 from ..experiment.prompts import evaluation_prompts, generation_prompts
@@ -42,8 +44,6 @@ from ..store.reservations import in_flight, release_batch, reserve_batch, spendi
 from ..store.responses import StoredResponseConflict
 from ..store.spend import paid_tallies
 from ..store.tables import read_table
-from .budget import spent_usd
-from .claiming import Ask
 
 # A batch claim outlives OpenAI's 24 h completion window, so a batch that is never collected
 # (its ledger lost with a machine) frees its partitions for a live run a day later.
@@ -55,7 +55,7 @@ class BatchRefused(Exception):
     """Nothing of this submission was uploaded; str() is one sentence saying why."""
 
 
-def generation_asks(config: ExperimentConfig, keys: Sequence[str]) -> list[Ask]:
+def generation_asks(config: ExperimentConfig, keys: Sequence[str]) -> list[Call]:
     """The request of each generation task in `keys`, as generation_response builds it."""
     root = Path(config.output_root)
     tasks = read_table(table_path(root, "generation_tasks")).drop_duplicates("generation_task_id")
@@ -63,10 +63,10 @@ def generation_asks(config: ExperimentConfig, keys: Sequence[str]) -> list[Ask]:
     prompts = generation_prompts(
         rows, read_table(table_path(root, "content_combinations")), read_table(table_path(root, "generation_templates"))
     )
-    return [Ask(key, key, config.generation_request(rows[key], prompts[key].text)) for key in keys if key in rows]
+    return [Call(key, key, config.generation_request(rows[key], prompts[key].text)) for key in keys if key in rows]
 
 
-def evaluation_asks(config: ExperimentConfig, pairs: pd.DataFrame) -> list[Ask]:
+def evaluation_asks(config: ExperimentConfig, pairs: pd.DataFrame) -> list[Call]:
     """The request of each pair (rows of evaluation_tasks) whose generation answer is stored, as
     evaluation_response builds it."""
     root = Path(config.output_root)
@@ -80,7 +80,7 @@ def evaluation_asks(config: ExperimentConfig, pairs: pd.DataFrame) -> list[Ask]:
             rows[pair_key_str(g, row["evaluation_task_id"])] = row
     prompts = evaluation_prompts(rows, read_table(table_path(root, "evaluation_templates")), texts)
     return [
-        Ask(key, {"generation_tasks": row["generation_task_id"], "evaluation_tasks": row["evaluation_task_id"]},
+        Call(key, {"generation_tasks": row["generation_task_id"], "evaluation_tasks": row["evaluation_task_id"]},
             config.evaluation_request(row, prompts[key].text))
         for key, row in rows.items()
     ]
@@ -134,10 +134,10 @@ class Submitter:
         # uses to batch the evaluations of these generations once they are answered.
         self.then_evaluate: dict | None = None
 
-    def submit(self, asset: str, asks: Sequence[Ask]) -> list[dict]:
+    def submit(self, asset: str, asks: Sequence[Call]) -> list[dict]:
         """Submit every ask not stored, not held and not in an open batch; the new ledger records."""
         held = self.ledger.held_keys(asset)
-        by_model: dict[tuple[str, str], list[Ask]] = {}
+        by_model: dict[tuple[str, str], list[Call]] = {}
         for ask in asks:
             if ask.key in held or ask.request.model_id not in self.choice.batched:
                 continue
@@ -166,7 +166,7 @@ class Submitter:
                     raise
         return records
 
-    def _claim(self, asset: str, asks: list[Ask]) -> list[tuple[Ask, Claim]]:
+    def _claim(self, asset: str, asks: list[Call]) -> list[tuple[Call, Claim]]:
         owner = Owner.here("batch submission")
         mine = []
         for ask in asks:
@@ -184,7 +184,7 @@ class Submitter:
         for claim in claims:
             self.short.release(claim)
 
-    def _submit_file(self, asset: str, model_id: str, model: str, part: list[tuple[Ask, Claim]], data: bytes) -> dict:
+    def _submit_file(self, asset: str, model_id: str, model: str, part: list[tuple[Call, Claim]], data: bytes) -> dict:
         sid = submission_id(data)
         factor = self.choice.factor(model_id)
         try:

@@ -9,6 +9,7 @@ import warnings
 import dagster as dg
 import pandas as pd
 
+from ..calls.guard import SpendingGuard
 from ..experiment.errors import invalid_pair_message
 from ..experiment.prompts import CODE_VERSION as PROMPT_CODE_VERSION
 from ..experiment.prompts import evaluation_prompts
@@ -16,7 +17,6 @@ from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from ..store.layout import table_path, text_path
-from .budget import SpendingGuard
 from .common import (
     PartitionText,
     by_partition,
@@ -26,7 +26,7 @@ from .common import (
     prompt_metadata,
 )
 from .partitions import evaluation_pairs_partitions
-from .responding import LLM_POOL, Ask, PartitionResponse, ResponseConfig, respond
+from .responding import LLM_POOL, Call, PartitionResponse, ResponseConfig, respond
 
 GROUP = "llm_evaluation"
 
@@ -136,10 +136,10 @@ def evaluation_response(
     pairs = pairs_of(context)
     rows = evaluation_rows(evaluation_tasks, pairs, experiment_config)
     prompts = by_partition(context, evaluation_prompt, next(iter(pairs)))
-    asks = [
-        Ask(key=key, parts=pair, request=experiment_config.evaluation_request(rows[key], prompts[key]))
+    calls = [
+        Call(key=key, parts=pair, request=experiment_config.evaluation_request(rows[key], prompts[key]))
         for key, pair in pairs.items()
     ]
     with experiment_errors_as_failures():
-        guard = SpendingGuard.for_step(experiment_config, config.max_cost_usd, llm)
-    return respond(context, llm, responses, asks, config, guard)
+        guard = SpendingGuard.for_run(experiment_config, config.max_cost_usd, llm.backend == "offline")
+    return respond(context, llm, responses, calls, config, guard)

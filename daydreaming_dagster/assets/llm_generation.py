@@ -6,13 +6,13 @@ Both assets run for one partition or, batched, for a range of partitions in one 
 import dagster as dg
 import pandas as pd
 
+from ..calls.guard import SpendingGuard
 from ..experiment.prompts import CODE_VERSION as PROMPT_CODE_VERSION
 from ..experiment.prompts import generation_prompts
 from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
 from ..store.layout import text_path
-from .budget import SpendingGuard
 from .common import (
     PartitionText,
     by_partition,
@@ -23,7 +23,7 @@ from .common import (
     task_rows,
 )
 from .partitions import generation_tasks_partitions
-from .responding import LLM_POOL, Ask, PartitionResponse, ResponseConfig, respond
+from .responding import LLM_POOL, Call, PartitionResponse, ResponseConfig, respond
 
 GROUP = "llm_generation"
 
@@ -90,10 +90,10 @@ def generation_response(
     keys = [str(k) for k in context.partition_keys]
     prompts = by_partition(context, generation_prompt, keys[0])
     tasks = task_rows(generation_tasks, "generation_task_id", keys, "generation_tasks")
-    asks = [
-        Ask(key=key, parts=key, request=experiment_config.generation_request(task, prompts[key]))
+    calls = [
+        Call(key=key, parts=key, request=experiment_config.generation_request(task, prompts[key]))
         for key, task in tasks.items()
     ]
     with experiment_errors_as_failures():
-        guard = SpendingGuard.for_step(experiment_config, config.max_cost_usd, llm)
-    return respond(context, llm, responses, asks, config, guard)
+        guard = SpendingGuard.for_run(experiment_config, config.max_cost_usd, llm.backend == "offline")
+    return respond(context, llm, responses, calls, config, guard)

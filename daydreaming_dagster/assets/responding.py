@@ -1,31 +1,37 @@
-"""The one path every response asset takes to its answers: reuse a matching stored one, or pay once.
+"""The step of a response asset: its partitions' paid calls through the engine (calls/engine.py),
+and what Dagster records of them.
 
-A step covers one partition or a range of them. For a range, the calls run concurrently (up to
-`parallel_calls`), and each answer is stored the moment it arrives, so a step that fails half-way
-(or a process that is killed) loses nothing that was paid for: the next run of those partitions
-finds the answers and reuses them. Every call is claimed first (see claiming.py): a partition whose
-call another live run has claimed is waited for and its answer reused, never paid for twice."""
+A step covers one partition or a range of them. The engine reuses stored answers, claims, admits
+under the cap, calls (up to `parallel_calls` at once for a range), stores each answer the moment it
+arrives and releases; this module turns its outcomes into the step's output (every partition's
+answer, with its own metadata) or one failure sentence, whose metadata tells `daydream run` what
+to do next (CAP_REACHED, STOPS_RUN, ASKED_EARLIER, held_elsewhere)."""
 
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 
-from ..llm.requests import APIRefusedError, IncompleteResponseError, LLMError, LLMResponse
+from ..calls.claiming import Call
+from ..calls.engine import Engine, Kind, Outcome
+from ..calls.guard import SpendingGuard
+from ..llm.requests import LLMError, LLMResponse
 from ..resources.llm import LLMClientResource
 from ..resources.responses import ResponseStore
-from ..store.responses import StoredResponseConflict, content_digest
-from ..store.roots import StorageFull
+from ..store.claims import Owner
+from ..store.responses import content_digest
 from .batch_step import batch_requested, submit_from_step
-from .budget import CAP_REACHED, SpendingCapReached, SpendingGuard
-from .claiming import Ask, StepClaims, held_message
 from .common import partition_output, per_partition_type, text_preview
 
-__all__ = ["STOPS_RUN", "ASKED_EARLIER", "LLM_POOL", "Ask", "AskedEarlier", "PartitionResponse", "ResponseConfig", "respond"]
+__all__ = [
+    "ASKED_EARLIER", "CAP_REACHED", "LLM_POOL", "STOPS_RUN", "AskedEarlier", "Call", "PartitionResponse",
+    "ResponseConfig", "respond",
+]  # fmt: skip
 
 LLM_POOL = "llm_api"
+# Metadata key of a step failure caused by the cap: `daydream run` then stops instead of retrying.
+CAP_REACHED = "daydream/spending_cap_reached"
 # Metadata key of a step failure after which no call of the command can succeed (the API refuses
 # every call: a refused key, an account that cannot pay, an API that does not answer; or the disk is
 # full, so no answer could be stored): `daydream run` then starts nothing more.
@@ -79,35 +85,25 @@ def respond(
     context: dg.AssetExecutionContext,
     llm: LLMClientResource,
     responses: ResponseStore,
-    asks: Sequence[Ask],
+    calls: Sequence[Call],
     config: ResponseConfig,
     guard: SpendingGuard | None = None,
 ) -> dg.Output:
-    """Every ask's answer (stored or new) as the step's output; fails after storing what arrived
-    when any ask got no usable answer. With a spending `guard`, each call starts only if its worst
-    case fits under the cap, and counts as in flight until its answer is stored."""
+    """Every call's answer (stored or new) as the step's output; fails after storing what arrived
+    when any call got no usable answer."""
     asset_name = context.asset_key.path[-1]
-    answers: dict[str, LLMResponse] = {}
-    metadata: dict[str, dict] = {}
-    to_call: list[Ask] = []
-    for ask in asks:
-        try:
-            stored = responses.reusable(asset_name, ask.parts, ask.request, config.replace_changed)
-        except StoredResponseConflict as exc:
-            raise dg.Failure(description=str(exc)) from exc
-        if stored is None:
-            to_call.append(ask)
-        else:
-            answers[ask.key] = stored
-            metadata[ask.key] = _response_metadata(stored, responses.path(asset_name, ask.parts), reused=True)
-    if answers:
-        context.log.info(f"reusing {len(answers)} stored response(s); no LLM call for them")
+    engine = Engine(responses, asset_name, llm, Owner.here(context.run.run_id), context.log, guard)
     failures: dict[str, dg.Failure] = {}
-    for ask in list(to_call):
-        earlier = config.asked_earlier.get(ask.key)
-        if earlier is not None and earlier.request == ask.request.fingerprint_text():
-            failures[ask.key] = _asked_earlier(earlier)
-            to_call.remove(ask)
+    outcomes: dict[str, Outcome] = {}
+    to_call = []
+    for call in calls:
+        earlier = config.asked_earlier.get(call.key)
+        if (decided := engine.reused(call, config.replace_changed)) is not None:
+            outcomes[call.key] = decided
+        elif earlier is not None and earlier.request == call.request.fingerprint_text():
+            failures[call.key] = _asked_earlier(earlier)
+        else:
+            to_call.append(call)
     if to_call and batch_requested(context, config.batch):  # a UI backfill in batch mode: see batch_step.py
         raise submit_from_step(context, llm, responses, to_call, config.max_cost_usd)
     if to_call:
@@ -115,202 +111,72 @@ def respond(
             llm.check_ready()
         except LLMError as exc:
             raise dg.Failure(description=str(exc)) from exc
-        unbounded = guard and guard.unbounded(a.request for a in to_call)
+        unbounded = guard and guard.unbounded(c.request for c in to_call)
         if unbounded:
             raise dg.Failure(description=unbounded, metadata={CAP_REACHED: True})
+        outcomes.update(engine.run(to_call, config.replace_changed, config.parallel_calls))
 
-    with StepClaims(context, responses, asset_name, config.replace_changed) as claims:
-        pending, waiting, stopped = to_call, [], False
-        asked: dict[str, dict] = {}  # ResponseConfig.asked_earlier's entries for the runs that follow
-        try:
-            while (pending or waiting) and not stopped:
-                mine, theirs = claims.take(pending)
-                waiting += theirs
-                for ask, outcome in _complete_all(llm, mine, config.parallel_calls, guard):
-                    try:
-                        if isinstance(outcome, LLMResponse):
-                            try:
-                                metadata[ask.key] = _keep(context, responses, asset_name, ask, outcome, config)
-                                answers[ask.key] = outcome
-                            except StoredResponseConflict as exc:
-                                failures[ask.key] = dg.Failure(description=str(exc))
-                            except StorageFull as exc:  # no answer can be stored: nothing more is asked
-                                failures[ask.key] = dg.Failure(description=str(exc), metadata={STOPS_RUN: True})
-                                stopped = True
-                        else:
-                            failures[ask.key] = _failure(responses, asset_name, ask, outcome)
-                            if isinstance(outcome, LLMError):  # asked with its whole retry budget
-                                asked[ask.key] = _asked_entry(ask, failures[ask.key], outcome)
-                            stopped = stopped or _stops_the_batch(outcome)
-                    finally:
-                        if guard:  # only now that its answer is stored does the call stop counting as in flight
-                            guard.settle(ask.key, _paid_provenance(outcome))
-                        claims.release(ask)
-                if stopped:
-                    claims.leave(waiting)  # another run answers them; this step asks nothing more
-                else:
-                    pending, waiting = claims.wait(waiting)
-        finally:
-            if guard:
-                guard.settle_all()
-    parts_of = {ask.key: ask.parts for ask in to_call}
-    for key, stored in claims.found.items():
-        answers[key] = stored
-        metadata[key] = _response_metadata(stored, responses.path(asset_name, parts_of[key]), reused=True)
-    if claims.found:
-        context.log.info(f"reusing {len(claims.found)} response(s) that another run paid for meanwhile")
-    failures.update({key: dg.Failure(description=text) for key, text in claims.conflicts.items()})
-    for key, owner in claims.held.items():
-        failures[key] = dg.Failure(description=held_message(asset_name, key, owner, responses.claim_wait_s))
-
+    answers: dict[str, LLMResponse] = {}
+    metadata: dict[str, dict] = {}
+    asked: dict[str, dict] = {}  # ResponseConfig.asked_earlier's entries for the runs that follow
+    held: dict[str, str] = {}
+    for key, outcome in outcomes.items():
+        path = responses.path(asset_name, outcome.call.parts)
+        if outcome.kind in (Kind.REUSED, Kind.PAID):
+            answers[key] = outcome.response
+            metadata[key] = _response_metadata(outcome.response, path, reused=outcome.kind == Kind.REUSED)
+            if outcome.superseded is not None:
+                metadata[key]["superseded_path"] = dg.MetadataValue.path(str(outcome.superseded))
+            continue
+        if outcome.kind == Kind.NOT_ASKED:
+            continue
+        if outcome.kind == Kind.HELD:
+            held[key] = outcome.owner
+        failures[key] = _failure(outcome)
+        if outcome.asked and outcome.kind == Kind.FAILED:
+            asked[key] = _asked_entry(outcome)
+    reused = sum(o.kind == Kind.REUSED for o in outcomes.values())
+    if reused:
+        context.log.info(f"reusing {reused} stored response(s); no LLM call for them")
     if failures:
-        not_asked = len(asks) - len(answers) - len(failures)
-        raise _summary_failure(asset_name, failures, claims.held, len(answers), not_asked, asked)
+        not_asked = len(calls) - len(answers) - len(failures)
+        raise _summary_failure(asset_name, failures, held, len(answers), not_asked, asked)
     # Each answer's data version is the digest of its text: what is built from it (an evaluation
     # prompt quoting a generation) goes stale in Dagster only when the answer itself changes.
-    versions = {a.key: content_digest(answers[a.key].text.encode("utf-8"))["response_sha256"] for a in asks}
-    return partition_output(context, {a.key: answers[a.key] for a in asks}, metadata, versions)
+    versions = {c.key: content_digest(answers[c.key].text.encode("utf-8"))["response_sha256"] for c in calls}
+    return partition_output(context, {c.key: answers[c.key] for c in calls}, metadata, versions)
 
 
-def _complete_all(llm: LLMClientResource, asks: list[Ask], parallel: int, guard: SpendingGuard | None = None):
-    """Yield (ask, LLMResponse | LLMError | SpendingCapReached) as answers arrive. After a permanent
-    error (not just one bad answer), or a call the spending cap refused, no new call starts: the
-    next ones would fail the same way, or be paid for nothing. A call the cap keeps out only while
-    other calls are in flight waits for them."""
-    if len(asks) <= 1 or parallel <= 1:
-        for ask in asks:
-            outcome = _admit(guard, ask, wait=True) or _call(llm, ask)
-            yield ask, outcome
-            if _stops_the_batch(outcome):
-                return
-        return
-    pending = iter(asks)
-    stop = False
-    waiting: list[Ask] = []  # an ask the cap admits once one of this step's calls is paid for
-    refused: list[tuple[Ask, SpendingCapReached]] = []
-    with ThreadPoolExecutor(max_workers=min(parallel, len(asks)), thread_name_prefix="llm") as pool:
-        in_flight: dict[Future, Ask] = {}
-
-        def fill() -> None:
-            nonlocal stop
-            while not stop and len(in_flight) < parallel:
-                ask = waiting.pop() if waiting else next(pending, None)
-                if ask is None:
-                    return
-                refusal = _admit(guard, ask, wait=not in_flight)
-                if refusal is not None and refusal.temporary and in_flight:
-                    waiting.append(ask)
-                    return
-                if refusal is not None:
-                    refused.append((ask, refusal))
-                    stop = True
-                    return
-                in_flight[pool.submit(_call, llm, ask)] = ask
-
-        fill()
-        while in_flight or refused:
-            while refused:
-                yield refused.pop()
-            if not in_flight:
-                break
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                ask = in_flight.pop(future)
-                outcome = future.result()
-                stop = stop or _stops_the_batch(outcome)
-                yield ask, outcome  # the caller stores the answer and ends its reservation
-            fill()
-
-
-def _admit(guard: SpendingGuard | None, ask: Ask, wait: bool) -> SpendingCapReached | None:
-    """None when the call may start (its worst case is reserved), else the cap's refusal. With
-    `wait`, a call kept out only by calls in flight in other processes waits for them."""
-    if guard is None:
-        return None
-    try:
-        if wait:
-            guard.admit_when_room(ask.key, ask.request)
-        else:
-            guard.admit(ask.key, ask.request)
-    except SpendingCapReached as refusal:
-        return refusal
-    return None
-
-
-def _call(llm: LLMClientResource, ask: Ask) -> LLMResponse | Exception:
-    # Any exception comes back as a value: raising here would abandon answers still in flight.
-    try:
-        return llm.complete(ask.request)
-    except Exception as exc:  # noqa: BLE001
-        return exc
-
-
-def _stops_the_batch(outcome: LLMResponse | Exception) -> bool:
-    return isinstance(outcome, Exception) and not isinstance(outcome, IncompleteResponseError)
-
-
-def _keep(
-    context: dg.AssetExecutionContext,
-    responses: ResponseStore,
-    asset_name: str,
-    ask: Ask,
-    response: LLMResponse,
-    config: ResponseConfig,
-) -> dict:
-    """Store a new answer at once (the IO manager later finds it already there) and describe it."""
-    metadata = _response_metadata(response, responses.path(asset_name, ask.parts), reused=False)
-    # Only now that the new answer is here does a changed response make way for it.
-    superseded = responses.supersede(asset_name, ask.parts) if config.replace_changed else None
-    if superseded is not None:
-        context.log.info(f"{ask.key}: moved the previous response to {superseded}")
-        metadata["superseded_path"] = dg.MetadataValue.path(str(superseded))
-    responses.keep(asset_name, ask.parts, response)
-    return metadata
-
-
-def _paid_provenance(outcome: LLMResponse | Exception) -> dict | None:
-    """What a call that was answered says it cost (an answer kept aside was paid for too)."""
-    if isinstance(outcome, LLMResponse):
-        return outcome.provenance
-    if isinstance(outcome, IncompleteResponseError):
-        return outcome.response.provenance
-    return None
-
-
-def _failure(responses: ResponseStore, asset_name: str, ask: Ask, error: Exception) -> dg.Failure:
-    if isinstance(error, SpendingCapReached):
-        return dg.Failure(description=str(error), metadata={CAP_REACHED: True})
-    if isinstance(error, IncompleteResponseError):
-        return _incomplete(str(error), str(responses.keep_rejected(asset_name, ask.parts, error.response, str(error))))
-    if isinstance(error, APIRefusedError):
-        return dg.Failure(description=str(error), metadata={STOPS_RUN: True})
-    if isinstance(error, LLMError):
-        return dg.Failure(description=str(error))
-    return dg.Failure(description=f"{ask.request.model_id}: the call failed unexpectedly: {type(error).__name__}: {error}")
+def _failure(outcome: Outcome) -> dg.Failure:
+    """The failure of one partition's outcome, with what the runner needs in its metadata."""
+    metadata = {}
+    if outcome.cap_reached:
+        metadata[CAP_REACHED] = True
+    if outcome.stops_run:
+        metadata[STOPS_RUN] = True
+    if outcome.kept is not None:
+        metadata["rejected_path"] = dg.MetadataValue.path(outcome.kept)
+    return dg.Failure(description=outcome.reason, metadata=metadata)
 
 
 def _asked_earlier(earlier: AskedEarlier) -> dg.Failure:
     if earlier.kept is not None:
-        return _incomplete(earlier.reason, earlier.kept)
+        return dg.Failure(
+            description=f"{earlier.reason} It is not stored as the response; it is kept for inspection at "
+            f"{earlier.kept}, and re-running the partition asks the model again.",
+            metadata={"rejected_path": dg.MetadataValue.path(earlier.kept)},
+        )
     return dg.Failure(description=earlier.reason, metadata={STOPS_RUN: True} if earlier.stops_run else {})
 
 
-def _incomplete(reason: str, kept: str) -> dg.Failure:
-    return dg.Failure(
-        description=f"{reason} It is not stored as the response; it is kept for inspection at {kept}, "
-        "and re-running the partition asks the model again.",
-        metadata={"rejected_path": dg.MetadataValue.path(kept)},
-    )
-
-
-def _asked_entry(ask: Ask, failure: dg.Failure, error: LLMError) -> dict:
+def _asked_entry(outcome: Outcome) -> dict:
     """What a later run of this partition in the same command is told (ResponseConfig.asked_earlier)."""
-    kept = failure.metadata.get("rejected_path")
+    reason = str(outcome.error) if outcome.error is not None else outcome.reason
     return {
-        "request": ask.request.fingerprint_text(),
-        "reason": str(error),
-        "kept": kept.value if kept is not None else None,
-        "stops_run": isinstance(error, APIRefusedError),
+        "request": outcome.call.request.fingerprint_text(),
+        "reason": reason,
+        "kept": outcome.kept,
+        "stops_run": outcome.stops_run,
     }
 
 

@@ -21,6 +21,7 @@ from ..analysis.budget import price_table
 from ..analysis.estimate import usd
 from ..analysis.usage import model_prices
 from ..assets.batch_submit import BatchRefused, Submitter, evaluation_asks, generation_asks
+from ..calls.guard import effective_cap
 from ..experiment.batch_choice import BatchChoice, choose
 from ..experiment.errors import ExperimentError
 from ..experiment.loaders import load_models
@@ -104,7 +105,7 @@ def run_batch(args: argparse.Namespace, settings: Settings, pool=None) -> int:
             print(refusal, file=sys.stderr)
             return 2
         store = ResponseStore.at(str(settings.output_root))
-        cap = args.max_cost if args.max_cost is not None else config.max_cost_usd
+        cap = effective_cap(args.max_cost, config.max_cost_usd)
         submitter = Submitter(backend, store, choice, prices, cap, print_progress)
         if not args.wait:
             submitter.then_evaluate = {"judges": sorted(choice.batched), "discounts": choice.discounts}

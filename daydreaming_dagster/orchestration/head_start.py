@@ -13,7 +13,7 @@ generation is still materialized by a Dagster run, which finds its answer stored
 materialization's metadata says `asked_by`), so the instance records every partition, each stays
 re-runnable alone, and nothing is paid twice.
 
-Under a spending cap each call is admitted by the step's own guard (assets/budget.py: the worst
+Under a spending cap each call is admitted by the step's own guard (calls/guard.py: the worst
 case reserved in files every process sees, settled once the answer is stored); the first refusal
 stops the head start, and the runs meet the cap themselves. It stands aside (no call) whenever a
 step could decide differently: offline, batch mode, `--replace-changed`, a cap with a model that
@@ -86,14 +86,13 @@ def _read_experiment(settings: Settings) -> tuple[ExperimentSettings, list[tuple
 
 def spending_guard(config: ExperimentSettings, run_cap: float | None, requests, judges: set[str]):
     """The guard admitting each call under the cap (`run_cap`, else the experiment's), as a step's
-    guard does (assets/budget.py): None without a cap; False when a model the run calls has no
+    guard does (calls/guard.py): None without a cap; False when a model the run calls has no
     price (the command then refuses the cap before any call)."""
-    cap = run_cap if run_cap is not None else config.max_cost_usd
-    if cap is None:
-        return None
-    from ..assets.budget import SpendingGuard
+    from ..calls.guard import SpendingGuard
 
-    guard = SpendingGuard.for_experiment(cap, config)
+    guard = SpendingGuard.for_run(config, run_cap)
+    if guard is None:
+        return None
     return False if judges - set(guard.prices) or guard.unbounded(r for _, r in requests) else guard
 
 

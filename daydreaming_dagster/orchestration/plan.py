@@ -16,8 +16,8 @@ import pandas as pd
 from ..analysis.budget import price_table
 from ..analysis.estimate import basis_lines, estimate, estimate_rows, text_table, totals, usd
 from ..analysis.usage import model_prices
-from ..assets.budget import spent_usd
 from ..assets.estimates import StageCalls, evaluation_calls, generation_calls, stored_samples
+from ..calls.guard import spent_usd
 from ..experiment.batch_choice import BatchChoice, batch_prices, choose
 from ..experiment.loaders import load_concepts, load_models, load_templates
 from ..experiment.tasks import build_content_combinations, build_evaluation_tasks, build_generation_tasks

@@ -12,6 +12,7 @@ import pandas as pd
 from ..analysis.budget import price_table, tokens_cost, unpriced_sentence
 from ..analysis.estimate import span, text_table, tokens, usd
 from ..analysis.usage import model_prices
+from ..calls.guard import effective_cap
 from ..experiment.batch_choice import batch_prices
 from ..experiment.errors import ExperimentError
 from ..resources.config import ExperimentConfig
@@ -53,8 +54,7 @@ class RunCosts:
             self.plan = make_plan(self.config, self.instance, batch=self.batch)
         except ExperimentError:
             return None
-        if not self.settings.offline:
-            self.cap = self.run_cap if self.run_cap is not None else self.config.max_cost_usd
+        self.cap = effective_cap(self.run_cap, self.config.max_cost_usd, self.settings.offline)
         if self.cap is not None:
             unpriced = self.plan.models_to_call() - set(price_table(model_prices(self.plan.llm_models)))
             if unpriced:

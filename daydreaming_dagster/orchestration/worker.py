@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from ..assets.budget import CAP_REACHED
-from ..assets.responding import ASKED_EARLIER, STOPS_RUN
+from ..assets.responding import ASKED_EARLIER, CAP_REACHED, STOPS_RUN
 from ..compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from ..llm.slots import counting_calls, share_call_slots
 from ..settings import Settings
@@ -65,7 +64,7 @@ SENTENCE_ERRORS = frozenset({"StorageFull", "StorageRefused", "ExperimentError"}
 
 def failed_with(result: dg.ExecuteInProcessResult, flag: str) -> bool:
     """Whether a step failed with `flag` in its failure's metadata: CAP_REACHED (the spending cap
-    refused a call, assets/budget.py) or STOPS_RUN (assets/responding.py)."""
+    refused a call, calls/guard.py) or STOPS_RUN (assets/responding.py)."""
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             data = event.step_failure_data.user_failure_data

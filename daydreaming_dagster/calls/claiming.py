@@ -1,29 +1,37 @@
-"""The claims one response step holds on its paid calls (see store/claims.py), as `respond` uses them.
+"""The claims the engine holds on its paid calls (see store/claims.py) for one asker (a response
+step, the head start, a batch submission).
 
-A step claims every partition it has to call for before calling; one whose claim another live
-run holds is not called but waited for, and its answer reused when it is stored (one a provider
-batch holds is not waited for: it is left to the batch, see assets/batch_submit.py). Claims are
-renewed while the calls are in flight, released as each answer is stored or its call fails, and
-all released when the step ends, however it ends."""
+The engine claims every call it has to make before making it; one whose claim another live asker
+holds is not made but waited for, and its answer reused when it is stored (one a provider batch
+holds is not waited for: it is left to the batch, see calls/batches.py). Claims are renewed while
+the calls are in flight, released as each answer is stored or its call fails, and all released when
+the asker is done, however it ends."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import dagster as dg
+from typing import Protocol
 
 from ..llm.requests import LLMRequest, LLMResponse
-from ..resources.responses import ResponseStore
 from ..store.claims import Claim, Held, Owner
 from ..store.heartbeat import Heartbeat
 from ..store.responses import StoredResponseConflict
 
 
+class Log(Protocol):
+    """Where the engine says what it does (a Dagster step's log, or a line on stderr)."""
+
+    def info(self, message: str) -> None: ...
+
+    def warning(self, message: str) -> None: ...
+
+
 @dataclass(frozen=True)
-class Ask:
-    """One partition's request: its partition key, its storage parts, and what to ask which model."""
+class Call:
+    """One partition's paid call: its partition key, where its answer is stored (the archive's
+    parts of the partition), and what to ask which model."""
 
     key: str
     parts: dict[str, str] | str
@@ -47,22 +55,20 @@ def held_message(asset_name: str, key: str, owner: str, waited_s: float) -> str:
     )
 
 
-class StepClaims:
-    """The claims of one response step. A context manager: leaving it releases every claim left.
+class CallClaims:
+    """The claims of one asker on one asset. A context manager: leaving it releases every claim left.
 
     After `take` and `wait`, `found` holds the answers that another run stored meanwhile (reused,
     not paid), `conflicts` the partitions whose stored response belongs to another request, and
     `held` the partitions another live run still held after the wait bound (with its owner)."""
 
-    def __init__(
-        self, context: dg.AssetExecutionContext, responses: ResponseStore, asset_name: str, replace_changed: bool
-    ) -> None:
-        self.context = context
-        self.responses = responses
+    def __init__(self, archive, asset_name: str, owner: Owner, replace_changed: bool, log: Log) -> None:
+        self.log = log
+        self.responses = archive
         self.asset_name = asset_name
         self.replace_changed = replace_changed
-        self.claims = responses.claims()
-        self.owner = Owner.here(context.run.run_id)
+        self.claims = archive.claims()
+        self.owner = owner
         self.heartbeat = Heartbeat(self.claims, on_lost=self._lost)
         self.found: dict[str, LLMResponse] = {}
         self.conflicts: dict[str, str] = {}
@@ -70,13 +76,13 @@ class StepClaims:
         self._mine: dict[str, Claim] = {}
         self._deadlines: dict[str, float] = {}
 
-    def __enter__(self) -> StepClaims:
+    def __enter__(self) -> CallClaims:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.heartbeat.close()
 
-    def _stored(self, ask: Ask) -> bool:
+    def _stored(self, ask: Call) -> bool:
         """Whether the answer is stored now (then it is in `found`); a conflict goes to `conflicts`."""
         try:
             stored = self.responses.reusable(self.asset_name, ask.parts, ask.request, self.replace_changed)
@@ -88,7 +94,7 @@ class StepClaims:
         self.found[ask.key] = stored
         return True
 
-    def take(self, asks: Sequence[Ask]) -> tuple[list[Ask], list[Ask]]:
+    def take(self, asks: Sequence[Call]) -> tuple[list[Call], list[Call]]:
         """Claim each ask: (those to call now, those another live run holds)."""
         mine, theirs = [], []
         for ask in asks:
@@ -109,20 +115,20 @@ class StepClaims:
             mine.append(ask)
         return mine, theirs
 
-    def release(self, ask: Ask) -> None:
+    def release(self, ask: Call) -> None:
         """Release the claim on `ask` (its answer is stored, or its call failed)."""
         claim = self._mine.pop(ask.key, None)
         if claim is not None:
             self.heartbeat.release(claim)
 
-    def leave(self, asks: Sequence[Ask]) -> None:
+    def leave(self, asks: Sequence[Call]) -> None:
         """Leave these asks to the other runs that hold them (this step stopped asking): `held`."""
         for ask in asks:
             holder = self.claims.holder(self.responses.claim_path(self.asset_name, ask.parts))
             if not self._stored(ask):
                 self.held[ask.key] = holder.owner if holder else "a run that just let it go"
 
-    def wait(self, asks: Sequence[Ask]) -> tuple[list[Ask], list[Ask]]:
+    def wait(self, asks: Sequence[Call]) -> tuple[list[Call], list[Call]]:
         """Wait while other live runs hold these asks, until one is let go or none is left. Returns
         (the asks whose claim was let go, or ran out, without a stored answer: to be taken again;
         the asks still held, to wait for again). The others end in `found`, `conflicts` or (after
@@ -143,12 +149,12 @@ class StepClaims:
             self._deadlines[ask.key] = now + times.wait_s
         if new:  # said once per partition, not again each time another claim is let go
             first = self.claims.holder(self.responses.claim_path(self.asset_name, new[0].parts))
-            self.context.log.info(
+            self.log.info(
                 f"{len(new)} {self.asset_name} partition(s) are being asked of the model by another run "
                 f"(first: {new[0].key} by {first.owner if first else 'a run that just finished'}); "
                 f"waiting up to {times.wait_s:g} s to reuse the answers instead of paying again"
             )
-        free: list[Ask] = []
+        free: list[Call] = []
         while waiting:
             for key, ask in list(waiting.items()):
                 if self._stored(ask):
@@ -164,19 +170,19 @@ class StepClaims:
                 break
             time.sleep(times.poll_s)
         if free:
-            self.context.log.info(
+            self.log.info(
                 f"{len(free)} {self.asset_name} partition(s) were let go by their other run without a stored "
                 f"answer (first: {free[0].key}); claiming them"
             )
         return free, list(waiting.values())
 
-    def _log_takeover(self, ask: Ask, claim: Claim) -> None:
+    def _log_takeover(self, ask: Call, claim: Claim) -> None:
         earlier = self.responses.provenance(self.asset_name, ask.parts) is not None
-        self.context.log.warning(claim.takeover_sentence(ask.key, earlier_answer_stored=earlier))
+        self.log.warning(claim.takeover_sentence(ask.key, earlier_answer_stored=earlier))
 
     def _lost(self, claim: Claim) -> None:
         now = self.claims.holder(claim.path)
-        self.context.log.warning(
+        self.log.warning(
             f"the claim at {claim.path} ran out before it was renewed and "
             f"{now.owner if now else 'another run'} took it over; if this call's answer arrives first it is "
             "stored, otherwise it is kept in _rejected/"

@@ -1,11 +1,11 @@
-"""The spending cap as the response assets apply it before each LLM call.
+"""The spending cap, applied before each paid call.
 
-The cap is `max_cost_usd` of the experiment (1_raw/experiment.toml), or of the run's config of the
-response asset, which overrides it (`daydream run --max-cost`). It bounds everything paid under
-the output root: a call starts only if the spent total (the stored answers' provenance, see
-store/spend.py), the calls in flight in every process at their worst case (store/reservations.py)
-and this call's worst case together stay within it. The offline backend pays nothing and is never
-capped."""
+The cap is `max_cost_usd` of the experiment (1_raw/experiment.toml), unless the run names one of its
+own (`daydream run --max-cost`, or the response asset's run config), which overrides it: that rule
+is `effective_cap`, the only place it is written. It bounds everything paid under the output root:
+a call starts only if the spent total (the stored answers' provenance, see store/spend.py), the
+calls in flight in every process at their worst case (store/reservations.py) and this call's worst
+case together stay within it. The offline backend pays nothing and is never capped."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..analysis.budget import (
     answer_cost,
@@ -41,13 +40,6 @@ from ..store.reservations import (
 from ..store.roots import data_path
 from ..store.spend import Tally, paid_tallies
 
-if TYPE_CHECKING:  # this module imports no Dagster: `daydream run`'s head start admits its calls with it
-    from ..resources.config import ExperimentConfig
-    from ..resources.llm import LLMClientResource
-
-# Metadata key of a step failure caused by the cap: `daydream run` then stops instead of retrying.
-CAP_REACHED = "daydream/spending_cap_reached"
-
 
 class SpendingCapReached(Exception):
     """A call was not started because of the spending cap; str() is one sentence. `temporary`: it
@@ -58,11 +50,12 @@ class SpendingCapReached(Exception):
         self.temporary = temporary
 
 
-def step_cap(experiment_config: ExperimentConfig, run_cap: float | None, llm: LLMClientResource) -> float | None:
-    """The cap of this step: the run's, else the experiment's; None offline or without a cap."""
-    if llm.backend == "offline":
+def effective_cap(run_cap: float | None, experiment_cap: float | None, offline: bool = False) -> float | None:
+    """The cap that applies: the run's own when it names one, else the experiment's; None offline
+    (nothing is paid) or when neither sets one."""
+    if offline:
         return None
-    return run_cap if run_cap is not None else experiment_config.max_cost_usd
+    return run_cap if run_cap is not None else experiment_cap
 
 
 def spent_usd(tallies: dict[tuple[str, str, str], Tally], prices) -> tuple[float, list[str]]:
@@ -128,13 +121,11 @@ class SpendingGuard:
         self._count_key = (self.root.resolve(), tuple(sorted(prices.items())))
 
     @classmethod
-    def for_step(
-        cls, experiment_config: ExperimentConfig, run_cap: float | None, llm: LLMClientResource
-    ) -> "SpendingGuard | None":
-        """The guard of a response step, or None when no cap applies. Raises ExperimentError for an
-        unreadable llm_models.csv."""
-        cap = step_cap(experiment_config, run_cap, llm)
-        return None if cap is None else cls.for_experiment(cap, experiment_config)
+    def for_run(cls, experiment, run_cap: float | None, offline: bool = False) -> "SpendingGuard | None":
+        """The guard of a run with `run_cap` (None: the experiment's cap), or None when no cap
+        applies. Raises ExperimentError for an unreadable llm_models.csv."""
+        cap = effective_cap(run_cap, experiment.max_cost_usd, offline)
+        return None if cap is None else cls.for_experiment(cap, experiment)
 
     @classmethod
     def for_experiment(cls, cap_usd: float, experiment) -> "SpendingGuard":
