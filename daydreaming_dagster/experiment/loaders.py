@@ -1,29 +1,23 @@
-"""Reading an experiment folder (`<data_root>/1_raw`) into validated tables, and rendering prompts.
+"""Reading an experiment folder (`<data_root>/1_raw`) into validated tables.
 
 Pure functions: no Dagster import. Every problem is raised as an ExperimentError whose message
-is one sentence naming the file, the row or the column at fault."""
+is one sentence naming the file, the row or the column at fault. Templates are checked (and
+rendered) by templates.py."""
 
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-import jinja2
-import jinja2.meta
 import pandas as pd
 
 from .errors import ExperimentError
 from .ids import check_safe_id
+from .templates import TemplateKind, check_template
 
-TemplateKind = Literal["generation", "evaluation"]
 DESCRIPTION_LEVELS = ("sentence", "paragraph", "article")
-# The one variable each kind of template may use; anything else is a typo caught before any LLM call.
-TEMPLATE_VARIABLES: dict[str, set[str]] = {"generation": {"concepts"}, "evaluation": {"response"}}
 TEMPLATE_COLUMNS = ["template_id", "template_name", "description", "active"]
 MODEL_COLUMNS = ["id", "model", "provider", "display_name", "for_generation", "for_evaluation"]
 CONCEPT_COLUMNS = ["concept_id", "name", "active"]
@@ -31,18 +25,6 @@ CONCEPTS_TABLE = "concepts/concepts_metadata.csv"
 
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
-
-_JINJA = jinja2.Environment(
-    undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
-)
-
-
-@dataclass(frozen=True)
-class Concept:
-    """What a generation template sees for each concept of a combination."""
-
-    name: str
-    content: str
 
 
 def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
@@ -147,7 +129,7 @@ def _concept_content(row: pd.Series | dict, level: str) -> tuple[str, str]:
 def load_templates(raw_dir: Path, kind: TemplateKind) -> pd.DataFrame:
     """The `<kind>_templates.csv` table with each template's Jinja text in a `text` column.
 
-    Every template (active or not) must exist, parse, and use only the variable its kind provides."""
+    Every template (active or not) must exist and pass templates.check_template."""
     path = raw_dir / f"{kind}_templates.csv"
     df = read_csv(path, TEMPLATE_COLUMNS)
     _check_ids(df, "template_id", path)
@@ -185,20 +167,6 @@ def _score_scale_columns(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return df
 
 
-def check_template(text: str, kind: TemplateKind, where: str) -> None:
-    """Fail if the template does not parse or uses a variable its kind does not provide."""
-    try:
-        ast = _JINJA.parse(text)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ExperimentError(f"{where} is not a valid Jinja template: {exc.message} (line {exc.lineno}).") from exc
-    unknown = sorted(jinja2.meta.find_undeclared_variables(ast) - TEMPLATE_VARIABLES[kind])
-    if unknown:
-        allowed = ", ".join(sorted(TEMPLATE_VARIABLES[kind]))
-        raise ExperimentError(
-            f"{where} uses the undefined variable(s) {', '.join(unknown)}; {kind} templates see only {allowed}."
-        )
-
-
 def load_models(raw_dir: Path) -> pd.DataFrame:
     """The model table; `model` is the name sent to the API, the flags say who generates and who judges."""
     path = raw_dir / "llm_models.csv"
@@ -221,31 +189,3 @@ def load_settings(raw_dir: Path) -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ExperimentError(f"{path} is not valid TOML: {exc}.") from exc
-
-
-def render_generation_prompt(template_text: str, concepts: list[Concept]) -> str:
-    return _render(template_text, concepts=concepts)
-
-
-def render_evaluation_prompt(template_text: str, response: str) -> str:
-    return _render(template_text, response=response)
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(template_text: str) -> jinja2.Template:
-    # Compiling costs ~100x a render; an experiment has a handful of templates rendered many times.
-    return _JINJA.from_string(template_text)
-
-
-def _render(template_text: str, **variables) -> str:
-    try:
-        return _compiled(template_text).render(**variables)
-    except jinja2.UndefinedError as exc:
-        raise ExperimentError(f"template rendering failed: {exc.message}.") from exc
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(template_text: str) -> jinja2.Template:
-    # Compiling costs far more than rendering, and a batch (or the out-of-date check of a whole
-    # experiment) renders one template for many tasks.
-    return _JINJA.from_string(template_text)
