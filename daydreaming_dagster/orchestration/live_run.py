@@ -85,13 +85,16 @@ def run_live(
         runner.close()
         print(refusal, file=sys.stderr)
         return 2
+    invalid = None
     try:
         reports = runner.run()
     except ExperimentError as exc:  # the experiment config, found invalid when the code location loads
-        print(str(exc), file=sys.stderr)
-        return 2
+        invalid = str(exc)
     finally:
         runner.close()
+    if invalid:
+        print(invalid, file=sys.stderr)  # after what closing the runner prints: the sentence ends the output
+        return 2
     failed = False
     for report in reports:
         if report.failures:
@@ -101,6 +104,10 @@ def run_live(
     print(", ".join(r.summary() for r in reports))
     if comparison := costs.report():
         print(comparison)
+    if invalid := next((r.refusal for r in reports if r.refusal), None):
+        # An invalid experiment, found inside a run (a table, a template): its sentence ends the output.
+        print(invalid, file=sys.stderr)
+        return 2
     if any(r.cap_reached for r in reports):
         print(costs.cap_stop_sentence(), file=sys.stderr)
         return 3

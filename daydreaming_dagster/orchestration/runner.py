@@ -156,6 +156,7 @@ class Runner:
             report.succeeded = 1
         else:
             report.failures[job_name] = outcome.error or ""
+            report.refusal = outcome.error if outcome.refused else None
         return report
 
     def _in_progress(self, other: str) -> bool:

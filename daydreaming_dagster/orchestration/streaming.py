@@ -36,6 +36,7 @@ class StageReport:
     seconds: float = 0.0
     cap_reached: bool = False  # the spending cap stopped the stage; what it did not run is left undone
     left: int = 0  # partitions left to another run that was materializing them
+    refusal: str | None = None  # the sentence of an invalid experiment a run of the stage failed on
 
     def summary(self) -> str:
         left = f", {self.left} left to another run" if self.left else ""
@@ -138,9 +139,10 @@ class Stream:
         try:
             outcome = future.result()
             ran, success, error = tuple(outcome.keys), outcome.success, outcome.error
-            left, capped, calls = dict(outcome.left), outcome.cap_reached, outcome.calls
+            left, capped, calls, refused = dict(outcome.left), outcome.cap_reached, outcome.calls, outcome.refused
         except Exception as exc:  # noqa: BLE001 - a worker that died: the batch failed
             ran, success, error, left, capped, calls = batch.keys, False, f"{type(exc).__name__}: {exc}", {}, False, 0
+            refused = False
         if self.call_slots is not None:
             self.call_slots.add_unstarted(calls - len(batch.keys))  # the partitions that made no call
         if self.on_generations_done is not None and self._generations_done(job):
@@ -166,6 +168,8 @@ class Stream:
             return
         elif ran:
             stage.report.failures[ran[0]] = error or ""
+            if refused:
+                stage.report.refusal = stage.report.refusal or error
             self.progress(f"{name}: FAILED {ran[0]}: {error}")
         self._count(stage, job, len(ran) + len(left))
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from ..assets.budget import CAP_REACHED
+from ..assets.common import EXPERIMENT_REFUSED
 from ..compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from ..llm.slots import counting_calls, share_call_slots
 from ..settings import Settings
@@ -33,6 +34,7 @@ class BatchOutcome:
     cap_reached: bool = False  # the spending cap refused a call: nothing more should start
     left: dict[str, str] = field(default_factory=dict)
     calls: int = 0  # LLM calls the runs started (the other partitions reused a stored answer, or made none)
+    refused: bool = False  # the run failed on an invalid experiment (an ExperimentError): `error` is its sentence
 
 
 def failure_text(result: dg.ExecuteInProcessResult) -> str:
@@ -56,6 +58,16 @@ def cap_reached(result: dg.ExecuteInProcessResult) -> bool:
             data = event.step_failure_data.user_failure_data
             if data is not None and CAP_REACHED in (data.metadata or {}):
                 return True
+    return False
+
+
+def experiment_refused(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether the run's first step failure, the one `failure_text` words, is an invalid
+    experiment's (an ExperimentError, see assets/common.py)."""
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data.user_failure_data
+            return data is not None and EXPERIMENT_REFUSED in (data.metadata or {})
     return False
 
 
@@ -116,7 +128,7 @@ def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | N
     if replacing or job_name in PROMPT_REFRESH_JOBS:
         tags[RERUN_TAG] = "true"  # materialized partitions are re-run on purpose
     pieces = [batch.keys] if batch else [None]
-    ran, left, errors, capped = [], {}, [], False
+    ran, left, errors, capped, refused = [], {}, [], False, False
     with counting_calls() as calls:
         while pieces and not capped:
             keys = pieces.pop(0)
@@ -138,7 +150,9 @@ def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | N
             if not result.success and any(k not in held for k in piece):
                 errors.append(failure_text(result))
                 capped = cap_reached(result)
-    return BatchOutcome(tuple(ran), not errors, errors[0] if errors else None, capped, left, calls.started)
+                if len(errors) == 1:  # the error the outcome reports
+                    refused = experiment_refused(result)
+    return BatchOutcome(tuple(ran), not errors, errors[0] if errors else None, capped, left, calls.started, refused)
 
 
 def _execute_piece(job, keys: tuple[str, ...] | None, run_config: dict, tags: dict) -> dg.ExecuteInProcessResult:
