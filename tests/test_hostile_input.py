@@ -270,6 +270,11 @@ def test_a_20_mb_description_is_refused(root: Path):
     assert sentence_of(load_concepts, root / "1_raw").startswith(f"{path} is 20,000,000 bytes, more than the limit")
 
 
+def test_windows_line_ends_are_read_as_newlines(root: Path):
+    (root / "1_raw" / "concepts" / "descriptions-paragraph" / "alpha.txt").write_bytes(b"one\r\ntwo\rthree")
+    assert load_concepts(root / "1_raw").loc[0, "description_paragraph"] == "one\ntwo\nthree"
+
+
 def test_files_on_object_storage_are_read_through_the_same_helper(s3, tmp_path: Path):
     url = s3.upload(write_experiment(tmp_path / "data"), "hostile")
     raw = S3Path.from_url(url) / "1_raw"

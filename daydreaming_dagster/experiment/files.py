@@ -19,7 +19,8 @@ MAX_SETTINGS_BYTES = 64_000  # experiment.toml
 
 def read_text(path: Path, limit: int) -> str:
     """The UTF-8 text of the file at `path` (a local Path or an object-store path), refused when it
-    is missing, larger than `limit` bytes or not UTF-8."""
+    is missing, larger than `limit` bytes or not UTF-8; line ends read as '\\n', as Path.read_text
+    reads them (a '\\r\\n' in a description would not survive the CSV tables it is copied into)."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -30,7 +31,7 @@ def read_text(path: Path, limit: int) -> str:
         data = handle.read(limit + 1)  # a file that grew since its stat is still read only so far
     if len(data) > limit:
         raise _too_large(path, len(data), limit)
-    return decode(data, path)
+    return decode(data, path).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def decode(data: bytes, path: Path | str) -> str:
