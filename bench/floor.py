@@ -24,18 +24,21 @@ import openai  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daydreaming_dagster.experiment.loaders import (  # noqa: E402
-    Concept,
     load_concepts,
     load_models,
     load_settings,
     load_templates,
-    render_evaluation_prompt,
-    render_generation_prompt,
 )
+from daydreaming_dagster.experiment.prompts import template_label  # noqa: E402
 from daydreaming_dagster.experiment.tasks import (  # noqa: E402
     build_content_combinations,
     build_evaluation_tasks,
     build_generation_tasks,
+)
+from daydreaming_dagster.experiment.templates import (  # noqa: E402
+    Concept,
+    render_evaluation_prompt,
+    render_generation_prompt,
 )
 
 # ExperimentConfig's defaults (resources/config.py); whole_command.py checks that the floor and
@@ -62,6 +65,7 @@ def requests_of(data_root: Path) -> tuple[list[dict], dict[str, list[dict]]]:
             "prompt": render_generation_prompt(
                 gen_templates[t.generation_template_id],
                 [Concept(name=r.name, content=r.content) for r in members[t.combo_id].itertuples()],
+                template_label("generation", t.generation_template_id),
             ),
             "temperature": settings["generation_temperature"],
             "max_tokens": settings["generation_max_tokens"],
@@ -72,6 +76,7 @@ def requests_of(data_root: Path) -> tuple[list[dict], dict[str, list[dict]]]:
     for p in pairs.itertuples():
         judges.setdefault(p.generation_task_id, []).append(
             {"model": p.evaluation_model, "template": eval_templates[p.evaluation_template_id],
+             "where": template_label("evaluation", p.evaluation_template_id),
              "temperature": settings["evaluation_temperature"], "max_tokens": settings["evaluation_max_tokens"]}
         )
     return generations, judges
@@ -94,7 +99,7 @@ async def run(base_url: str, concurrency: int, generations: list[dict], judges: 
 
     async def judge(generation: dict, answer: str) -> None:
         await asyncio.gather(*(
-            call(j["model"], render_evaluation_prompt(j["template"], answer), j["temperature"], j["max_tokens"])
+            call(j["model"], render_evaluation_prompt(j["template"], answer, j["where"]), j["temperature"], j["max_tokens"])
             for j in judges.get(generation["id"], [])
         ))
 

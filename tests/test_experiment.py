@@ -9,15 +9,13 @@ import pytest
 
 from daydreaming_dagster.experiment.errors import ExperimentError
 from daydreaming_dagster.experiment.loaders import (
-    Concept,
     concept_content,
     load_concepts,
     load_models,
     load_templates,
-    render_evaluation_prompt,
-    render_generation_prompt,
 )
 from daydreaming_dagster.experiment.tasks import build_content_combinations
+from daydreaming_dagster.experiment.templates import Concept, render_evaluation_prompt, render_generation_prompt
 from daydreaming_dagster.resources.config import ExperimentConfig
 from tests.experiment_factory import EVALUATION_TEMPLATE, GENERATION_TEMPLATE
 
@@ -339,16 +337,18 @@ def test_generation_template_sees_concepts_with_name_and_content():
     prompt = render_generation_prompt(
         GENERATION_TEMPLATE,
         [Concept(name="Alpha", content="About alpha."), Concept(name="Beta", content="About beta.")],
+        "1_raw/generation_templates/gen-a.txt",
     )
     assert prompt == "Combine these ideas into one new idea.\n- Alpha: About alpha.\n- Beta: About beta.\n"
 
 
-def test_rendering_an_unknown_attribute_fails_clearly():
-    with pytest.raises(ExperimentError, match="template rendering failed"):
-        render_generation_prompt("{% for c in concepts %}{{ c.summary }}{% endfor %}", [Concept("A", "a")])
+def test_rendering_an_unknown_attribute_fails_clearly_naming_the_template():
+    where = "1_raw/generation_templates/gen-a.txt"
+    with pytest.raises(ExperimentError, match=re.escape(f"{where} failed to render: ") + ".*summary"):
+        render_generation_prompt("{% for c in concepts %}{{ c.summary }}{% endfor %}", [Concept("A", "a")], where)
 
 
 def test_evaluation_template_sees_the_response_verbatim():
     response = "An idea with {{ braces }} and a trailing newline\n"
-    prompt = render_evaluation_prompt(EVALUATION_TEMPLATE, response)
+    prompt = render_evaluation_prompt(EVALUATION_TEMPLATE, response, "1_raw/evaluation_templates/judge-a.txt")
     assert prompt == f"Rate this idea from 0 to 10 and end with SCORE: <n>.\n\n{response}\n"

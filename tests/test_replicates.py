@@ -101,16 +101,16 @@ def test_the_fingerprint_of_replicate_one_is_todays_and_later_replicates_differ_
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("evaluation_replicates = 0", "invalid evaluation_replicates: Input should be greater than or equal to 1"),
-        ("generation_replicates = 101", "invalid generation_replicates: Input should be less than or equal to 100"),
-        ('evaluation_replicates = "three"', "invalid evaluation_replicates: Input should be a valid integer"),
+        ("evaluation_replicates = 0", "has an invalid evaluation_replicates: Input should be greater than or equal to 1"),
+        ("generation_replicates = 101", "has an invalid generation_replicates: Input should be less than or equal to 100"),
+        ('evaluation_replicates = "three"', 'sets evaluation_replicates = "three", a string; evaluation_replicates must be'),
     ],
 )
 def test_a_bad_replicate_count_fails_naming_the_file_and_the_setting(tmp_path: Path, line: str, message: str):
     root = write_experiment(tmp_path / "data", settings=line + "\n")
     with pytest.raises(ExperimentError) as info:
         ExperimentConfig.for_experiment(str(root), str(root))
-    assert str(info.value).startswith(f"{root / '1_raw' / 'experiment.toml'} has an {message}")
+    assert str(info.value).startswith(f"{root / '1_raw' / 'experiment.toml'} {message}")
 
 
 def test_offline_replicates_sample_again_and_a_judge_stays_near_its_first_verdict():

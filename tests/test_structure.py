@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,10 +134,11 @@ ALLOWED = {
     "store": {"store"},
     "analysis": {"analysis", "experiment"},
     "report": {"report", "analysis", "experiment"},
+    "calls": {"calls", "experiment", "llm", "store", "analysis"},
     "resources": {"resources", "experiment", "llm", "store", "settings"},
-    "assets": {"assets", "experiment", "llm", "store", "analysis", "report", "resources"},
+    "assets": {"assets", "experiment", "llm", "store", "analysis", "report", "resources", "calls"},
 }
-NO_DAGSTER = {"experiment", "llm", "store", "analysis", "report"}
+NO_DAGSTER = {"experiment", "llm", "store", "analysis", "report", "calls"}
 
 
 def _imports(path: Path) -> tuple[set[str], bool]:
@@ -165,6 +167,29 @@ def test_layers_import_only_downwards(layer: str):
         assert packages <= ALLOWED[layer], f"{path.name} imports {sorted(packages - ALLOWED[layer])}"
         if layer in NO_DAGSTER:
             assert not dagster, f"{path.name} imports dagster; the {layer} layer is pure"
+
+
+@pytest.mark.security
+def test_templates_render_only_in_the_sandbox_without_loader_or_globals():
+    """Experiment folders are shared: a change to the template code must not drop the sandbox."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from daydreaming_dagster.experiment import loaders, templates
+
+    environment = templates.ENVIRONMENT
+    assert isinstance(environment, ImmutableSandboxedEnvironment)
+    assert environment.loader is None
+    assert dict(environment.globals) == {}
+    assert {"*", "**"} <= environment.intercepted_binops
+    assert templates._compiled("{{ response }}").environment is environment
+    assert loaders.check_template is templates.check_template
+    # No other module builds a Jinja environment (or imports jinja2) to render with.
+    importers = sorted(
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if re.search(r"^\s*(import jinja2|from jinja2)", path.read_text(encoding="utf-8"), re.MULTILINE)
+    )
+    assert importers == ["experiment/templates.py"]
 
 
 def test_importing_the_package_reads_no_environment():

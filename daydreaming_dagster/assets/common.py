@@ -29,13 +29,17 @@ BACKFILL_PARTITIONS_PER_RUN = 128
 BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_PARTITIONS_PER_RUN)
 
 
+# Marks a Failure raised for an ExperimentError: `daydream run` ends with its sentence (worker.py).
+EXPERIMENT_REFUSED = "daydream/experiment_refused"
+
+
 @contextlib.contextmanager
 def experiment_errors_as_failures() -> Iterator[None]:
     """Show an ExperimentError as a Dagster Failure whose description is its one sentence."""
     try:
         yield
     except ExperimentError as exc:
-        raise dg.Failure(description=str(exc)) from exc
+        raise dg.Failure(description=str(exc), metadata={EXPERIMENT_REFUSED: True}) from exc
 
 
 def md_preview(df: pd.DataFrame, columns: list[str] | None = None, rows: int = PREVIEW_ROWS) -> dg.MetadataValue:

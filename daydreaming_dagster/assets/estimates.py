@@ -20,7 +20,8 @@ import pandas as pd
 from ..analysis.estimate import estimate, estimate_rows, totals, usd
 from ..analysis.usage import model_prices
 from ..experiment.ids import pair_key_str
-from ..experiment.loaders import Concept, render_evaluation_prompt, render_generation_prompt
+from ..experiment.prompts import template_label
+from ..experiment.templates import Concept, render_evaluation_prompt, render_generation_prompt
 from ..llm.requests import LLMRequest
 from ..resources.config import ExperimentConfig
 from ..resources.responses import ResponseStore
@@ -76,7 +77,7 @@ def generation_calls(
         if key in materialized:
             continue
         out.partitions += 1
-        prompt = render_generation_prompt(texts[template], concepts_of[combo])
+        prompt = render_generation_prompt(texts[template], concepts_of[combo], template_label("generation", template))
         request = LLMRequest(
             model_id, model, prompt, config.generation_temperature, config.generation_max_tokens, int(replicate)
         )
@@ -118,7 +119,7 @@ def evaluation_calls(
         call = {"stage": "evaluation", "model_id": judge_id, "max_tokens": config.evaluation_max_tokens}
         if answers[g] is None:
             if template not in shapes:
-                empty = render_evaluation_prompt(texts[template], _SLOT)
+                empty = render_evaluation_prompt(texts[template], _SLOT, template_label("evaluation", template))
                 shapes[template] = (len(empty) - empty.count(_SLOT) * len(_SLOT), empty.count(_SLOT))
             base, repeats = shapes[template]
             out.waiting += 1
@@ -128,7 +129,7 @@ def evaluation_calls(
             )
             continue
         if (g, template) not in prompts:
-            prompts[(g, template)] = render_evaluation_prompt(texts[template], answers[g])
+            prompts[(g, template)] = render_evaluation_prompt(texts[template], answers[g], template_label("evaluation", template))
         prompt = prompts[(g, template)]
         request = LLMRequest(
             judge_id, judge, prompt, config.evaluation_temperature, config.evaluation_max_tokens, int(replicate)

@@ -8,15 +8,29 @@ from collections.abc import Iterable
 
 from .errors import ExperimentError
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Matched whole (fullmatch): `$` would also match before a trailing newline.
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Joins the parts of a composite id; parts may contain single '_' but this separator is reserved.
 SEP = "__"
+# The longest id, in characters. Ids are joined into composite ids (`<combo>__<template>__<model>__r2`,
+# ~160 characters at most) and then into file names such as `.<id>.claim.json.writing.tmp`, and a
+# file name may have at most 255 bytes.
+MAX_ID_CHARS = 64
 
 
 def check_safe_id(value: object, what: str) -> str:
     """Return `value` as a str if it is a safe id, else raise naming `what` and the bad value."""
     text = "" if value is None else str(value)
-    if not SAFE_ID.match(text) or ".." in text or SEP in text:
+    if len(text) > MAX_ID_CHARS:
+        raise ExperimentError(
+            f"{what} has an id of {len(text)} characters ({text[:24]!r}...); ids may have at most "
+            f"{MAX_ID_CHARS} characters."
+        )
+    if text != text.strip():
+        raise ExperimentError(
+            f"{what} has the id {text!r}, which begins or ends with a space or line break; remove it."
+        )
+    if not SAFE_ID.fullmatch(text) or ".." in text or SEP in text:
         raise ExperimentError(
             f"{what} has the unsafe id {text!r}; ids may contain only letters, digits, '-', '_' "
             f"and '.', must start with a letter or digit, and must not contain '..' or '{SEP}'."

@@ -1,29 +1,24 @@
-"""Reading an experiment folder (`<data_root>/1_raw`) into validated tables, and rendering prompts.
+"""Reading an experiment folder (`<data_root>/1_raw`) into validated tables.
 
 Pure functions: no Dagster import. Every problem is raised as an ExperimentError whose message
-is one sentence naming the file, the row or the column at fault."""
+is one sentence naming the file, the row or the column at fault. Every file is read through
+files.read_text (size limits, UTF-8); templates are checked by templates.check_template."""
 
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-import jinja2
-import jinja2.meta
 import pandas as pd
 
 from .errors import ExperimentError
+from .files import MAX_SETTINGS_BYTES, MAX_TABLE_BYTES, MAX_TEXT_BYTES, read_text
 from .ids import check_safe_id
+from .templates import TemplateKind, check_template
 
-TemplateKind = Literal["generation", "evaluation"]
 DESCRIPTION_LEVELS = ("sentence", "paragraph", "article")
-# The one variable each kind of template may use; anything else is a typo caught before any LLM call.
-TEMPLATE_VARIABLES: dict[str, set[str]] = {"generation": {"concepts"}, "evaluation": {"response"}}
 TEMPLATE_COLUMNS = ["template_id", "template_name", "description", "active"]
 MODEL_COLUMNS = ["id", "model", "provider", "display_name", "for_generation", "for_evaluation"]
 CONCEPT_COLUMNS = ["concept_id", "name", "active"]
@@ -32,53 +27,43 @@ CONCEPTS_TABLE = "concepts/concepts_metadata.csv"
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
 
-_JINJA = jinja2.Environment(
-    undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
-)
 
-
-@dataclass(frozen=True)
-class Concept:
-    """What a generation template sees for each concept of a combination."""
-
-    name: str
-    content: str
-
-
-def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
-    """Read a CSV as strings, failing clearly on a missing file, a parse error or a missing column."""
+def read_csv(path: Path, required: list[str], rows: str) -> pd.DataFrame:
+    """Read a CSV table as strings, failing clearly on a missing or oversized file, text that is not
+    UTF-8, a parse error, a missing column or no row at all (`rows` names what a row is)."""
     if not path.is_file():
         raise ExperimentError(f"{path} is missing.")
-    _check_field_counts(path)
+    # Read once, as text: a local path and an object-store path (store/object_paths.py) alike.
+    text = read_text(path, MAX_TABLE_BYTES).removeprefix("\ufeff")  # the mark spreadsheets put first
+    _check_field_counts(text, path)
     try:
-        # An object-store path (store/objects.py) is read whole: pandas takes bytes, not its name.
-        source = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
-        df = pd.read_csv(source, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExperimentError(f"{path} is not a valid CSV file: {first_line}.") from exc
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ExperimentError(f"{path} lacks the column(s) {', '.join(missing)}.")
+    if df.empty:
+        raise ExperimentError(f"{path} lists no {rows}; add at least one row.")
     return df
 
 
-def _check_field_counts(path: Path) -> None:
+def _check_field_counts(text: str, path: Path) -> None:
     """Every row has as many fields as the header: pandas would shift or pad a ragged row silently."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = csv.reader(handle, skipinitialspace=True)
-            header = next(rows, None)
-            if header is None:
-                raise ExperimentError(f"{path} is empty; it needs a header row.")
-            for row in rows:
-                if row and len(row) != len(header):
-                    raise ExperimentError(
-                        f"{path} is not a valid CSV file: line {rows.line_num} has {len(row)} fields "
-                        f"but the header has {len(header)}."
-                    )
-    except (csv.Error, UnicodeDecodeError) as exc:
+        rows = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+        header = next(rows, None)
+        if header is None:
+            raise ExperimentError(f"{path} is empty; it needs a header row.")
+        for row in rows:
+            if row and len(row) != len(header):
+                raise ExperimentError(
+                    f"{path} is not a valid CSV file: line {rows.line_num} has {len(row)} fields "
+                    f"but the header has {len(header)}."
+                )
+    except csv.Error as exc:
         raise ExperimentError(f"{path} is not a valid CSV file: {exc}.") from exc
 
 
@@ -107,7 +92,7 @@ def _check_ids(df: pd.DataFrame, column: str, path: Path) -> None:
 def load_concepts(raw_dir: Path) -> pd.DataFrame:
     """Concepts with one description column per level (None where the file is absent)."""
     path = raw_dir / CONCEPTS_TABLE
-    df = read_csv(path, CONCEPT_COLUMNS)
+    df = read_csv(path, CONCEPT_COLUMNS, "concepts")
     _check_ids(df, "concept_id", path)
     df["active"] = _bool_column(df, "active", path)
     for level in DESCRIPTION_LEVELS:
@@ -119,7 +104,7 @@ def load_concepts(raw_dir: Path) -> pd.DataFrame:
 
 
 def _read_optional(path: Path) -> str | None:
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+    return read_text(path, MAX_TEXT_BYTES).strip() if path.is_file() else None
 
 
 def concept_content(row: pd.Series | dict, level: str) -> str:
@@ -147,9 +132,9 @@ def _concept_content(row: pd.Series | dict, level: str) -> tuple[str, str]:
 def load_templates(raw_dir: Path, kind: TemplateKind) -> pd.DataFrame:
     """The `<kind>_templates.csv` table with each template's Jinja text in a `text` column.
 
-    Every template (active or not) must exist, parse, and use only the variable its kind provides."""
+    Every template (active or not) must exist and pass templates.check_template."""
     path = raw_dir / f"{kind}_templates.csv"
-    df = read_csv(path, TEMPLATE_COLUMNS)
+    df = read_csv(path, TEMPLATE_COLUMNS, f"{kind} templates")
     _check_ids(df, "template_id", path)
     df["active"] = _bool_column(df, "active", path)
     texts = []
@@ -159,7 +144,7 @@ def load_templates(raw_dir: Path, kind: TemplateKind) -> pd.DataFrame:
             raise ExperimentError(
                 f"{kind} template {template_id!r} is listed in {path.name} but {template_path} is missing."
             )
-        text = template_path.read_text(encoding="utf-8")
+        text = read_text(template_path, MAX_TEXT_BYTES)
         check_template(text, kind, str(template_path))
         texts.append(text)
     df["text"] = texts
@@ -185,24 +170,10 @@ def _score_scale_columns(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return df
 
 
-def check_template(text: str, kind: TemplateKind, where: str) -> None:
-    """Fail if the template does not parse or uses a variable its kind does not provide."""
-    try:
-        ast = _JINJA.parse(text)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ExperimentError(f"{where} is not a valid Jinja template: {exc.message} (line {exc.lineno}).") from exc
-    unknown = sorted(jinja2.meta.find_undeclared_variables(ast) - TEMPLATE_VARIABLES[kind])
-    if unknown:
-        allowed = ", ".join(sorted(TEMPLATE_VARIABLES[kind]))
-        raise ExperimentError(
-            f"{where} uses the undefined variable(s) {', '.join(unknown)}; {kind} templates see only {allowed}."
-        )
-
-
 def load_models(raw_dir: Path) -> pd.DataFrame:
     """The model table; `model` is the name sent to the API, the flags say who generates and who judges."""
     path = raw_dir / "llm_models.csv"
-    df = read_csv(path, MODEL_COLUMNS)
+    df = read_csv(path, MODEL_COLUMNS, "models")
     _check_ids(df, "id", path)
     empty = df.loc[df["model"].str.strip() == "", "id"].tolist()
     if empty:
@@ -218,34 +189,6 @@ def load_settings(raw_dir: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_text(path, MAX_SETTINGS_BYTES))
     except tomllib.TOMLDecodeError as exc:
         raise ExperimentError(f"{path} is not valid TOML: {exc}.") from exc
-
-
-def render_generation_prompt(template_text: str, concepts: list[Concept]) -> str:
-    return _render(template_text, concepts=concepts)
-
-
-def render_evaluation_prompt(template_text: str, response: str) -> str:
-    return _render(template_text, response=response)
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(template_text: str) -> jinja2.Template:
-    # Compiling costs ~100x a render; an experiment has a handful of templates rendered many times.
-    return _JINJA.from_string(template_text)
-
-
-def _render(template_text: str, **variables) -> str:
-    try:
-        return _compiled(template_text).render(**variables)
-    except jinja2.UndefinedError as exc:
-        raise ExperimentError(f"template rendering failed: {exc.message}.") from exc
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(template_text: str) -> jinja2.Template:
-    # Compiling costs far more than rendering, and a batch (or the out-of-date check of a whole
-    # experiment) renders one template for many tasks.
-    return _JINJA.from_string(template_text)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import loaders
+from . import templates as jinja_templates
 from .errors import ExperimentError
-from .loaders import CONCEPTS_TABLE, Concept, render_evaluation_prompt, render_generation_prompt
+from .loaders import CONCEPTS_TABLE
+from .templates import Concept, render_evaluation_prompt, render_generation_prompt
 
 # The source label of the generation answer an evaluation prompt quotes: GENERATION_ANSWER + its id.
 GENERATION_ANSWER = "generation_response/"
@@ -43,6 +44,11 @@ class Prompt:
 def template_file(kind: str, template_id: str) -> str:
     """Where a template's text lives, relative to `1_raw` (as loaders.load_templates reads it)."""
     return f"{kind}_templates/{template_id}.txt"
+
+
+def template_label(kind: str, template_id: str) -> str:
+    """How a sentence about a template names its file: `1_raw/<kind>_templates/<id>.txt`."""
+    return f"1_raw/{template_file(kind, template_id)}"
 
 
 def _template_texts(templates: pd.DataFrame, kind: str) -> dict[str, str]:
@@ -84,7 +90,8 @@ def generation_prompts(
             source = _content_source(member)
             if source != CONCEPTS_TABLE:  # a concept without descriptions shows its name, counted above
                 sources[source] = digest(concept.content)
-        prompts[key] = Prompt(render_generation_prompt(template, concepts), sources)
+        where = template_label("generation", template_id)
+        prompts[key] = Prompt(render_generation_prompt(template, concepts, where), sources)
     return prompts
 
 
@@ -110,19 +117,27 @@ def evaluation_prompts(
             template_file("evaluation", template_id): digest(template),
             GENERATION_ANSWER + generation: digest(answer),
         }
-        prompts[key] = Prompt(render_evaluation_prompt(template, answer), sources)
+        where = template_label("evaluation", template_id)
+        prompts[key] = Prompt(render_evaluation_prompt(template, answer, where), sources)
     return prompts
 
 
 def _code_version() -> str:
-    """A digest of the code that turns tables into prompts: this module and the rendering functions
-    of loaders (with the settings of their Jinja environment). A change to any of them is a new
-    code version of the prompt assets, which Dagster shows as a reason their partitions are stale."""
+    """A digest of the code that turns tables into prompts: this module, the rendering code of
+    templates.py (its sandbox and limits included) and the settings of its Jinja environment. A
+    change to any of them is a new code version of the prompt assets, which Dagster shows as a
+    reason their partitions are stale."""
     parts = [Path(__file__).read_text(encoding="utf-8")]
-    parts += [inspect.getsource(f) for f in (loaders._render, loaders._compiled, Concept)]
-    parts += [inspect.getsource(f) for f in (render_generation_prompt, render_evaluation_prompt)]
-    environment = loaders._JINJA
-    parts.append(repr((environment.undefined.__name__, environment.keep_trailing_newline, environment.autoescape)))
+    rendering = (jinja_templates._BoundedSandbox, jinja_templates._environment, jinja_templates._compiled,
+                 jinja_templates._render, jinja_templates._render_text, Concept,
+                 render_generation_prompt, render_evaluation_prompt)
+    parts += [inspect.getsource(f) for f in rendering]
+    environment = jinja_templates.ENVIRONMENT
+    parts.append(repr((
+        type(environment).__mro__[1].__name__, environment.undefined.__name__, environment.keep_trailing_newline,
+        environment.autoescape, sorted(environment.globals), sorted(environment.filters),
+        jinja_templates.MAX_PROMPT_CHARS, jinja_templates.MAX_REPEAT, jinja_templates.MAX_INT_BITS,
+    )))
     return digest("\n".join(parts))[:16]
 
 

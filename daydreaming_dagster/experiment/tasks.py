@@ -36,7 +36,9 @@ MAX_COMBINATIONS = 100_000
 
 def build_content_combinations(concepts: pd.DataFrame, k: int, level: str) -> pd.DataFrame:
     """Every k-subset of the active concepts, one row per (combination, concept), in a stable order."""
-    active = concepts[concepts["active"]].sort_values("concept_id")
+    # astype(bool): a table read back with no row has an object column, which pandas would take
+    # as a list of column names to select rather than a mask.
+    active = concepts[concepts["active"].astype(bool)].sort_values("concept_id")
     n = len(active)
     if not 1 <= k <= n:
         raise ExperimentError(f"k={k} must be between 1 and the number of active concepts ({n}).")
@@ -69,8 +71,8 @@ def build_generation_tasks(
     """Combinations x active generation templates x generation models x replicates (each replicate
     its own task and its own paid call; replicate 1 keeps the id a task has without replicates)."""
     concept_ids = combos.groupby("combo_id", sort=True)["concept_id"].agg(",".join)
-    active_templates = sorted(templates.loc[templates["active"], "template_id"])
-    generators = models[models["for_generation"]].sort_values("id")
+    active_templates = sorted(templates.loc[templates["active"].astype(bool), "template_id"])
+    generators = models[models["for_generation"].astype(bool)].sort_values("id")
     _require(active_templates, "active generation template")
     _require(list(generators["id"]), "generation model")
     rows = [
@@ -96,8 +98,8 @@ def build_evaluation_tasks(
 ) -> pd.DataFrame:
     """Every generation task x active evaluation templates x judge models x replicates: one row per
     valid pair. A replicate of a method is a method key of its own (see ids.replicate_suffix)."""
-    active_templates = sorted(templates.loc[templates["active"], "template_id"])
-    judges = models[models["for_evaluation"]].sort_values("id")
+    active_templates = sorted(templates.loc[templates["active"].astype(bool), "template_id"])
+    judges = models[models["for_evaluation"].astype(bool)].sort_values("id")
     _require(active_templates, "active evaluation template")
     _require(list(judges["id"]), "evaluation model")
     methods = pd.DataFrame(

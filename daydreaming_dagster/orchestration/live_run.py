@@ -85,13 +85,16 @@ def run_live(
         runner.close()
         print(refusal, file=sys.stderr)
         return 2
+    invalid = None
     try:
         reports = runner.run()
     except ExperimentError as exc:  # the experiment config, found invalid when the code location loads
-        print(str(exc), file=sys.stderr)
-        return 2
+        invalid = str(exc)
     finally:
         runner.close()
+    if invalid:
+        print(invalid, file=sys.stderr)  # after what closing the runner prints: the sentence ends the output
+        return 2
     # The summary and the money first; what went wrong last, so a failed run ends with its sentence.
     print(", ".join(r.summary() for r in reports))
     if comparison := costs.report():
@@ -107,6 +110,10 @@ def run_live(
         print(f"{stopped.rstrip('.')}; so nothing more was asked, and a rerun once that is fixed reuses "
               "every answer stored.", file=sys.stderr)
         return 1
+    if invalid := next((r.invalid for r in reports if r.invalid), None):
+        # An invalid experiment, found inside a run (a table, a template): its sentence ends the output.
+        print(invalid, file=sys.stderr)
+        return 2
     if any(r.cap_reached for r in reports):
         print(costs.cap_stop_sentence(), file=sys.stderr)
         return 3

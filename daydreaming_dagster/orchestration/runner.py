@@ -159,6 +159,7 @@ class Runner:
             report.succeeded = 1
         else:
             report.failures[job_name] = outcome.error or ""
+            report.invalid = outcome.error if outcome.invalid else None
         return report
 
     def _in_progress(self, other: str) -> bool:

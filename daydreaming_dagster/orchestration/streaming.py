@@ -39,6 +39,7 @@ class StageReport:
     # Why no call of the command can succeed any more (the API refuses every call, or the disk is
     # full): the sentence that stopped it.
     stopped: str | None = None
+    invalid: str | None = None  # the sentence of an invalid experiment a run of the stage failed on
 
     def summary(self) -> str:
         left = f", {self.left} left to another run" if self.left else ""
@@ -167,9 +168,10 @@ class Stream:
             left, capped, calls = dict(outcome.left), outcome.cap_reached, outcome.calls
             refused = outcome.stops_run
             self.asked.update(outcome.asked)
+            invalid = outcome.invalid
         except Exception as exc:  # noqa: BLE001 - a worker that died: the batch failed
             ran, success, error, left, capped, calls = batch.keys, False, f"{type(exc).__name__}: {exc}", {}, False, 0
-            refused = False
+            refused, invalid = False, False
         if self.call_slots is not None:
             self.call_slots.add_unstarted(calls - len(batch.keys))  # the partitions that made no call
         if self.on_generations_done is not None and self._generations_done(job):
@@ -198,6 +200,8 @@ class Stream:
             return
         elif ran:
             stage.report.failures[ran[0]] = error or ""
+            if invalid:
+                stage.report.invalid = stage.report.invalid or error
             self.progress(f"{name}: FAILED {ran[0]}: {error}")
         self._count(stage, job, len(ran) + len(left))
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from ..assets.common import EXPERIMENT_REFUSED
 from ..assets.responding import ASKED_EARLIER, CAP_REACHED, STOPS_RUN
 from ..compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from ..llm.slots import counting_calls, share_call_slots
@@ -37,6 +38,7 @@ class BatchOutcome:
     # Partitions whose call was made and failed (key -> ResponseConfig.asked_earlier's entry): a run
     # of them later in the same command is told, and fails them without asking again.
     asked: dict[str, dict] = field(default_factory=dict)
+    invalid: bool = False  # the run failed on an invalid experiment (an ExperimentError): `error` is its sentence
 
 
 def failure_text(result: dg.ExecuteInProcessResult) -> str:
@@ -140,7 +142,7 @@ def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | N
     if replacing or job_name in PROMPT_REFRESH_JOBS:
         tags[RERUN_TAG] = "true"  # materialized partitions are re-run on purpose
     pieces = [batch.keys] if batch else [None]
-    ran, left, errors, capped, refused, asked = [], {}, [], False, False, {}
+    ran, left, errors, capped, refused, asked, invalid = [], {}, [], False, False, {}, False
     with counting_calls() as calls:
         while pieces and not (capped or refused):
             keys = pieces.pop(0)
@@ -164,7 +166,11 @@ def execute(job_name: str, batch: Batch | None, run_config: dict, tags: dict | N
                 errors.append(failure_text(result))
                 capped = failed_with(result, CAP_REACHED)
                 refused = failed_with(result, STOPS_RUN) or failed_with_error(result, "StorageFull")
-    return BatchOutcome(tuple(ran), not errors, errors[0] if errors else None, capped, refused, left, calls.started, asked)
+                if len(errors) == 1:  # the error the outcome reports
+                    invalid = failed_with(result, EXPERIMENT_REFUSED)
+    return BatchOutcome(
+        tuple(ran), not errors, errors[0] if errors else None, capped, refused, left, calls.started, asked, invalid
+    )
 
 
 def _execute_piece(job, keys: tuple[str, ...] | None, run_config: dict, tags: dict) -> dg.ExecuteInProcessResult:

@@ -6,12 +6,15 @@ assets' resource."""
 
 from __future__ import annotations
 
+import json
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
 import pydantic
 from pydantic import Field
+from pydantic.fields import FieldInfo
 
 from ..experiment.errors import ExperimentError
 from ..experiment.loaders import DESCRIPTION_LEVELS, load_settings
@@ -75,22 +78,60 @@ class ExperimentSettings(pydantic.BaseModel):
 
     @classmethod
     def for_experiment(cls, data_root: str, output_root: str) -> "ExperimentSettings":
-        """Defaults overridden by the experiment folder's optional `1_raw/experiment.toml`."""
+        """Defaults overridden by the experiment folder's optional `1_raw/experiment.toml`, whose
+        values must have the settings' own types (see `check_setting_types`)."""
         settings = load_settings(data_path(data_root) / "1_raw")
-        unknown = sorted(set(settings) - set(cls.model_fields) - {"data_root", "output_root"})
+        where = data_path(data_root) / "1_raw" / "experiment.toml"
+        unknown = sorted(set(settings) - set(cls.model_fields))
         if unknown:
-            raise ExperimentError(
-                f"{data_path(data_root) / '1_raw' / 'experiment.toml'} has unknown setting(s) {', '.join(unknown)}."
-            )
+            raise ExperimentError(f"{where} has unknown setting(s) {', '.join(unknown)}.")
+        check_setting_types(settings, cls.model_fields, where)
         if settings.get("description_level", "paragraph") not in DESCRIPTION_LEVELS:
             raise ExperimentError(
-                f"description_level must be one of {', '.join(DESCRIPTION_LEVELS)}, not {settings['description_level']!r}."
+                f"{where} sets description_level to {settings['description_level']!r}; it must be one of "
+                f"{', '.join(DESCRIPTION_LEVELS)}."
             )
         try:
             return cls(data_root=str(data_root), output_root=str(output_root), **settings)
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "setting"
+            raise ExperimentError(f"{where} has an invalid {field}: {first['msg']}.") from exc
+
+
+def check_setting_types(settings: Mapping, fields: Mapping[str, FieldInfo], where) -> None:
+    """Refuse a value of experiment.toml whose TOML type is not its setting's: pydantic's lax mode
+    would take `k = true` as 1 and `k = "2"` as 2. An int must be an int (not a boolean); a float
+    may be written as an int. The roots are not the experiment's to set: the command sets them."""
+    for name, value in settings.items():
+        if name in ROOT_SETTINGS:
             raise ExperimentError(
-                f"{data_path(data_root) / '1_raw' / 'experiment.toml'} has an invalid {field}: {first['msg']}."
-            ) from exc
+                f"{where} sets {name}, which only the command sets (--data-root; the output root follows from it); "
+                "remove it."
+            )
+        expected = _setting_type(fields[name].annotation)
+        accepted = (int, float) if expected is float else (expected,)
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ExperimentError(
+                f"{where} sets {name} = {_toml(value)}, {_TOML_KIND.get(type(value), 'a ' + type(value).__name__)}; "
+                f"{name} must be {_TOML_KIND[expected]}."
+            )
+
+
+# The settings the command gives (`daydream --data-root`, Settings.output_root), never the experiment.
+ROOT_SETTINGS = ("data_root", "output_root")
+_TOML_KIND = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table", list: "an array"}
+
+
+def _setting_type(annotation) -> type:
+    """int, float or str: the type of a setting, without its Optional."""
+    options = [t for t in typing.get_args(annotation) if t is not type(None)] or [annotation]
+    return options[0]
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # TOML's basic strings are JSON's, escapes included
+    return repr(value) if isinstance(value, (int, float)) else f"<{_TOML_KIND.get(type(value), 'value')}>"
