@@ -1,6 +1,7 @@
 """Results: parsed scores, summaries, top generations, judge agreement, the parse-rate check and the heatmap."""
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from daydreaming_dagster.analysis.tables import (
 )
 from daydreaming_dagster.assets.results import parse_rate_per_method
 from daydreaming_dagster.orchestration.worker import QUIET
-from daydreaming_dagster.store.layout import table_path, text_path
+from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path
+from daydreaming_dagster.store.responses import content_digest
 from daydreaming_dagster.store.tables import read_table
 from tests.experiment_factory import write_experiment
 
@@ -361,7 +363,11 @@ def test_results_of_an_offline_run(experiment, instance, monkeypatch):
         run("evaluation", key)
     method, generation = garbled.split("|")
     garbled_path = text_path(out, "evaluation_response", {"generation_tasks": generation, "evaluation_tasks": method})
-    garbled_path.write_text("A thoughtful idea; I would rather not put a number on it.")
+    # The judge's answer as it arrived: its sidecar records this text (an edit by hand would not count).
+    answer = "A thoughtful idea; I would rather not put a number on it."
+    garbled_path.write_text(answer)
+    record = json.loads(sidecar_path(garbled_path).read_text())
+    sidecar_path(garbled_path).write_text(json.dumps({**record, **content_digest(answer.encode())}))
 
     result = run("results")
 
