@@ -348,6 +348,14 @@ def offline_runner(data_root: Path, instance: dg.DagsterInstance):
     return settings.output_root, run
 
 
+def answered_as(path: Path, text: str) -> None:
+    """Make the stored answer at `path` one the model gave as `text`: its sidecar records this text
+    (a text edited by hand, which its sidecar does not record, is left out of the results)."""
+    path.write_text(text)
+    record = json.loads(sidecar_path(path).read_text())
+    sidecar_path(path).write_text(json.dumps({**record, **content_digest(text.encode())}))
+
+
 @pytest.mark.slow
 def test_results_of_an_offline_run(experiment, instance, monkeypatch):
     monkeypatch.delenv("DAYDREAM_OUTPUT_ROOT", raising=False)
@@ -363,11 +371,7 @@ def test_results_of_an_offline_run(experiment, instance, monkeypatch):
         run("evaluation", key)
     method, generation = garbled.split("|")
     garbled_path = text_path(out, "evaluation_response", {"generation_tasks": generation, "evaluation_tasks": method})
-    # The judge's answer as it arrived: its sidecar records this text (an edit by hand would not count).
-    answer = "A thoughtful idea; I would rather not put a number on it."
-    garbled_path.write_text(answer)
-    record = json.loads(sidecar_path(garbled_path).read_text())
-    sidecar_path(garbled_path).write_text(json.dumps({**record, **content_digest(answer.encode())}))
+    answered_as(garbled_path, "A thoughtful idea; I would rather not put a number on it.")
 
     result = run("results")
 
