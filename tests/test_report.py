@@ -27,7 +27,7 @@ from daydreaming_dagster.store.layout import table_path, text_path
 from daydreaming_dagster.store.tables import read_table
 from tests.browser import chromium_path
 from tests.experiment_factory import write_experiment
-from tests.test_results import E1, E2, EXAMPLE, offline_runner
+from tests.test_results import E1, E2, EXAMPLE, answered_as, offline_runner
 
 SCRIPT_ANSWER = 'Bold move. <script>alert(1)</script><img src=x onerror="alert(2)">\n</script>\nSCORE: 7'
 
@@ -146,7 +146,8 @@ def test_the_report_takes_its_inputs_through_dagster(experiment):
 def offline_report(data_root: Path, instance) -> tuple[Path, object, dict]:
     """Run the experiment offline in process (a run per stage, over partition ranges, as `daydream
     run` batches them), tampering with a few stored answers before the results: HTML in a
-    generation, a script in a judge answer, a judge that gives no score, and a pair never judged."""
+    generation, a script in a judge answer, a judge that gives no score, and a pair never judged
+    (each as the model's answer: its sidecar records it)."""
     settings = Settings(data_root=data_root, backend="offline", base_url="http://unused")
     defs = build_definitions(settings)
     out = settings.output_root
@@ -172,8 +173,8 @@ def offline_report(data_root: Path, instance) -> tuple[Path, object, dict]:
     }
     for name, text in (("script", SCRIPT_ANSWER), ("garbled", "A fine idea; no number from me.")):
         method, generation = special[name].split("|")
-        text_path(out, "evaluation_response", {"generation_tasks": generation, "evaluation_tasks": method}).write_text(text)
-    text_path(out, "generation_response", generations[-1]).write_text("<h1>Big</h1> <i>idea</i>")
+        answered_as(text_path(out, "evaluation_response", {"generation_tasks": generation, "evaluation_tasks": method}), text)
+    answered_as(text_path(out, "generation_response", generations[-1]), "<h1>Big</h1> <i>idea</i>")
     return out, run("results"), special
 
 

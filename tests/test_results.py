@@ -1,6 +1,7 @@
 """Results: parsed scores, summaries, top generations, judge agreement, the parse-rate check and the heatmap."""
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from daydreaming_dagster.analysis.tables import (
 )
 from daydreaming_dagster.assets.results import parse_rate_per_method
 from daydreaming_dagster.orchestration.worker import QUIET
-from daydreaming_dagster.store.layout import table_path, text_path
+from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path
+from daydreaming_dagster.store.responses import content_digest
 from daydreaming_dagster.store.tables import read_table
 from tests.experiment_factory import write_experiment
 
@@ -346,6 +348,14 @@ def offline_runner(data_root: Path, instance: dg.DagsterInstance):
     return settings.output_root, run
 
 
+def answered_as(path: Path, text: str) -> None:
+    """Make the stored answer at `path` one the model gave as `text`: its sidecar records this text
+    (a text edited by hand, which its sidecar does not record, is left out of the results)."""
+    path.write_text(text)
+    record = json.loads(sidecar_path(path).read_text())
+    sidecar_path(path).write_text(json.dumps({**record, **content_digest(text.encode())}))
+
+
 @pytest.mark.slow
 def test_results_of_an_offline_run(experiment, instance, monkeypatch):
     monkeypatch.delenv("DAYDREAM_OUTPUT_ROOT", raising=False)
@@ -361,7 +371,7 @@ def test_results_of_an_offline_run(experiment, instance, monkeypatch):
         run("evaluation", key)
     method, generation = garbled.split("|")
     garbled_path = text_path(out, "evaluation_response", {"generation_tasks": generation, "evaluation_tasks": method})
-    garbled_path.write_text("A thoughtful idea; I would rather not put a number on it.")
+    answered_as(garbled_path, "A thoughtful idea; I would rather not put a number on it.")
 
     result = run("results")
 

@@ -6,6 +6,8 @@ failure is counted, never scored."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
@@ -31,6 +33,9 @@ PARSED_SCORE_COLUMNS = [
     "score_line",
 ]
 NO_RESPONSE = "no evaluation response stored"
+# A stored judge answer that does not match its sidecar (edited or cut short) is not read: it is
+# neither scored nor a parse failure (store/responses.py, read_stored).
+UNVERIFIED = "the stored answer does not match its sidecar"
 # A method whose judge answers parse less often than this needs a look (prompt, parser or model).
 MIN_PARSE_RATE_PERCENT = 95
 TOP_N = 20
@@ -58,9 +63,12 @@ def parse_scores(
     evaluation_templates: pd.DataFrame,
     answers: dict[str, str],
     response_path,
+    unverified: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per pair of the evaluation table: the judge's score, or why there is none, and
-    `score_line`, the line of the answer (1-based) the score statement was read from."""
+    `score_line`, the line of the answer (1-based) the score statement was read from. A pair in
+    `unverified` (pair key -> why its stored answer does not match its sidecar) has no score."""
+    unverified = unverified or {}
     scales = evaluation_templates.set_index("template_id")[["score_min", "score_max"]]
     generation_tasks = _with_replicate(generation_tasks, "generation_replicate")
     table = _with_replicate(evaluation_tasks, "evaluation_replicate").merge(
@@ -84,7 +92,7 @@ def parse_scores(
         paths.append(str(response_path(row.generation_task_id, row.evaluation_task_id)))
         if text is None:
             scores.append(None)
-            errors.append(NO_RESPONSE)
+            errors.append(f"{UNVERIFIED} ({unverified[key]})" if key in unverified else NO_RESPONSE)
             lines.append(None)
             continue
         scale = tuple(scales.loc[row.evaluation_template_id]) if row.evaluation_template_id in scales.index else (0.0, 10.0)
@@ -107,9 +115,10 @@ def _with_replicate(table: pd.DataFrame, column: str) -> pd.DataFrame:
 def parse_rates(parsed: pd.DataFrame) -> pd.DataFrame:
     """Per evaluation method: pairs, judge answers stored, answers parsed, and the parse rate.
 
-    The rate is parsed / answered: a pair whose judge has not answered yet is pending, not a
-    parse failure (it is counted in `unanswered`). `parse_rate` is NaN for a method with no answers."""
-    answered = parsed["parse_error"].ne(NO_RESPONSE)
+    The rate is parsed / answered: a pair whose judge has not answered yet, or whose stored answer
+    does not match its sidecar, is not a parse failure (it is counted in `unanswered`).
+    `parse_rate` is NaN for a method with no answers."""
+    answered = ~unanswered(parsed)
     frame = pd.DataFrame(
         {
             "evaluation_task_id": parsed["evaluation_task_id"],
@@ -125,6 +134,12 @@ def parse_rates(parsed: pd.DataFrame) -> pd.DataFrame:
     # Integer comparison, so exactly 95% passes whatever the float rounding.
     out["below_threshold"] = (out["answered"] > 0) & (out["parsed"] * 100 < MIN_PARSE_RATE_PERCENT * out["answered"])
     return out
+
+
+def unanswered(parsed: pd.DataFrame) -> pd.Series:
+    """The pairs with no judge answer to read: none stored, or one that does not match its sidecar."""
+    errors = parsed["parse_error"].astype("string")
+    return errors.eq(NO_RESPONSE).fillna(False) | errors.str.startswith(UNVERIFIED).fillna(False)
 
 
 def parse_rate_markdown(rates: pd.DataFrame) -> str:

@@ -41,7 +41,7 @@ from ..store.batch_ledger import BatchLedger, file_digest, submission_id
 from ..store.claims import Claim, Claims, ClaimTimes, Held, Owner
 from ..store.layout import table_path, text_path
 from ..store.reservations import in_flight, release_batch, reserve_batch, spending_lock
-from ..store.responses import StoredResponseConflict
+from ..store.responses import StoredResponseConflict, read_stored
 from ..store.spend import paid_tallies
 from ..store.tables import read_table
 
@@ -67,15 +67,15 @@ def generation_asks(config: ExperimentConfig, keys: Sequence[str]) -> list[Call]
 
 
 def evaluation_asks(config: ExperimentConfig, pairs: pd.DataFrame) -> list[Call]:
-    """The request of each pair (rows of evaluation_tasks) whose generation answer is stored, as
-    evaluation_response builds it."""
+    """The request of each pair (rows of evaluation_tasks) whose generation answer is stored and
+    matches its sidecar, as evaluation_response builds it."""
     root = Path(config.output_root)
     rows, texts = {}, {}
     for row in pairs.to_dict("records"):
         g = row["generation_task_id"]
         if g not in texts:
-            path = text_path(root, "generation_response", g)
-            texts[g] = path.read_text(encoding="utf-8") if path.is_file() else None
+            stored = read_stored(text_path(root, "generation_response", g))
+            texts[g] = stored.data.decode("utf-8") if stored is not None and stored.mismatch is None else None
         if texts[g] is not None:
             rows[pair_key_str(g, row["evaluation_task_id"])] = row
     prompts = evaluation_prompts(rows, read_table(table_path(root, "evaluation_templates")), texts)

@@ -15,8 +15,9 @@ from ..experiment.prompts import CODE_VERSION as PROMPT_CODE_VERSION
 from ..experiment.prompts import evaluation_prompts
 from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
-from ..resources.responses import ResponseStore
+from ..resources.responses import ResponseStore, mismatch_message
 from ..store.layout import table_path, text_path
+from ..store.responses import verify_stored
 from .common import (
     PartitionText,
     by_partition,
@@ -91,6 +92,9 @@ def evaluation_prompt(
     texts = by_partition(context, generation_response, next(iter(pairs.values()))["generation_tasks"])
     missing = sorted({p["generation_tasks"] for p in pairs.values()} - set(texts))
     if missing:  # a range run loads what exists; a pair whose generation does not exist cannot be judged
+        path = text_path(experiment_config.output_root, "generation_response", missing[0])
+        if (reason := verify_stored(path)) is not None:  # left out: it does not match its sidecar
+            raise dg.Failure(description=mismatch_message("generation_response", missing[0], path, reason))
         raise dg.Failure(
             description=f"generation_response of generation task '{missing[0]}' is not materialized "
             f"({len(missing)} missing in this run); materialize it before its evaluation pairs."

@@ -24,10 +24,12 @@ from ..analysis.tables import (
     top_generations_table,
 )
 from ..analysis.usage import PRICE_COLUMNS, model_prices, usage_table
+from ..experiment.ids import pair_key_str
 from ..resources.config import ExperimentConfig
 from ..resources.responses import ResponseStore
 from ..store.files import atomic_write_bytes
 from ..store.layout import table_path, text_path
+from ..store.responses import unverified
 from ..store.roots import data_path
 from .common import experiment_errors_as_failures, md_preview
 
@@ -69,7 +71,13 @@ def parsed_scores(
             root, "evaluation_response", {"generation_tasks": generation_task_id, "evaluation_tasks": evaluation_task_id}
         )
 
-    df = parse_scores(evaluation_tasks, generation_tasks, evaluation_templates, evaluation_response, response_path)
+    # A stored answer the text IO manager left out does not match its sidecar: say so for its pair.
+    pairs = evaluation_tasks[["generation_task_id", "evaluation_task_id"]].itertuples(index=False)
+    absent = {k: response_path(g, e) for g, e in pairs if (k := pair_key_str(g, e)) not in evaluation_response}
+    mismatched = unverified(absent)
+    df = parse_scores(
+        evaluation_tasks, generation_tasks, evaluation_templates, evaluation_response, response_path, mismatched
+    )
     scored = int(df["score"].notna().sum())
     unanswered = int(df["parse_error"].eq(NO_RESPONSE).sum())
     reasons = df["parse_error"].dropna().value_counts().rename_axis("reason").reset_index(name="pairs")
@@ -78,8 +86,9 @@ def parsed_scores(
         metadata={
             "pairs": len(df),
             "scored": scored,
-            "parse_failures": len(df) - scored - unanswered,
+            "parse_failures": len(df) - scored - unanswered - len(mismatched),
             "unanswered": unanswered,
+            "unverified": len(mismatched),
             "why_unscored": md_preview(reasons),
             "preview": md_preview(df, ["generation_task_id", "evaluation_task_id", "score", "parse_error"]),
         },

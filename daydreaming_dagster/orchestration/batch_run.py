@@ -25,6 +25,7 @@ from ..calls.guard import effective_cap
 from ..experiment.batch_choice import BatchChoice, choose
 from ..experiment.errors import ExperimentError
 from ..experiment.loaders import load_models
+from ..experiment.pairs import valid_pair_keys
 from ..llm.batch_backend import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, OpenAIBatchBackend
 from ..llm.requests import LLMError
 from ..resources.config import ExperimentConfig
@@ -34,6 +35,7 @@ from ..store.batch_ledger import BatchLedger
 from ..store.layout import table_path
 from ..store.tables import read_table
 from .batch_collect import cancel, look
+from .integrity import Unverified
 
 DEFAULT_POLL_S = 30.0
 
@@ -147,7 +149,13 @@ class Rounds:
         self.stages = {}
 
     def run(self, wait: bool) -> list:
-        from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, tables_fingerprint
+        from .freshness import (
+            TABLES_FINGERPRINT_TAG,
+            UNVERIFIED_TAG,
+            results_current,
+            tables_current,
+            tables_fingerprint,
+        )
         from .runner import StageReport
         from .worker import load_worker
 
@@ -160,6 +168,8 @@ class Rounds:
                                              lambda: tables_current(runner.instance, fingerprint)))
             if reports[-1].failures:
                 return reports
+        # Before anything is decided; batch mode never replaces a stored answer, so the set stays.
+        left_out = self.unverified().fingerprint()
         while True:
             seen = look(self.submitter.backend, self.store, runner.progress)
             if self.retry_live:
@@ -171,11 +181,21 @@ class Rounds:
             self.wait_for_one()
         reports += [r for r in self.stages.values()]
         if not self.ledger.open_records():
-            if results_current(runner.instance):
+            if results_current(runner.instance, left_out):
                 reports.append(StageReport("results", total=1, skipped=1))
             else:
-                reports.append(runner.run_single("results", current=lambda: results_current(runner.instance)))
+                reports.append(runner.run_single("results", {UNVERIFIED_TAG: left_out},
+                                                 lambda: results_current(runner.instance, left_out)))
         return reports
+
+    def unverified(self) -> Unverified:
+        """The stored answers that do not match their sidecars (integrity.py), each said in the run's output."""
+        root = Path(self.config.output_root)
+        keys = read_table(table_path(root, "generation_tasks"))["generation_task_id"].tolist()
+        found = Unverified.scan(root, keys, valid_pair_keys(read_table(table_path(root, "evaluation_tasks"))))
+        for line in found.report():
+            self.runner.progress(line)
+        return found
 
     def round(self) -> None:
         runner, root = self.runner, Path(self.config.output_root)

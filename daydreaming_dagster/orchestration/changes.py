@@ -23,7 +23,7 @@ import pandas as pd
 from ..experiment.prompts import GENERATION_ANSWER, Prompt, digest, evaluation_prompts, generation_prompts
 from ..resources.config import ExperimentConfig
 from ..store.layout import table_path, text_path
-from ..store.responses import mismatched_fields, read_provenance
+from ..store.responses import mismatched_fields, read_stored
 from ..store.roots import data_path
 from ..store.tables import read_table
 
@@ -36,7 +36,7 @@ FIELD_CAUSES = {
     "replicate": "experiment.toml",
     "provenance (no sidecar)": "no provenance sidecar",
 }
-EDITED = "the stored answer was edited"
+EDITED = "the stored answer was edited or cut short"
 UNTRACED = "the prompt (rendered before its sources were recorded)"
 JUDGED_ANSWER = "the generation answer they judge"
 RECORDS_PER_QUERY = 500
@@ -91,14 +91,18 @@ def _parts(key: str) -> dict[str, str] | str:
 
 
 def _stored(path: Path) -> tuple[bool, dict | None, bool]:
-    """(an answer is stored, its sidecar, its size is the one the sidecar records)."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+    """(an answer is stored, its sidecar, it matches its sidecar: length and digest, see read_stored)."""
+    stored = read_stored(path)
+    if stored is None:
         return False, None, True
-    provenance = read_provenance(path)
-    recorded = (provenance or {}).get("response_bytes")
-    return True, provenance, recorded is None or recorded == size
+    return True, stored.provenance, stored.mismatch is None
+
+
+def _answer(path: Path) -> str | None:
+    """The generation answer a judge prompt quotes now; None when none is stored, or when it does
+    not match its sidecar (no judge prompt is rendered from it)."""
+    stored = read_stored(path)
+    return None if stored is None or stored.mismatch is not None else stored.data.decode("utf-8")
 
 
 class ChangeCheck:
@@ -138,7 +142,8 @@ class ChangeCheck:
 
     def evaluations(self, generations: Iterable[str] | None = None) -> StageCheck:
         """Every pair (of `generations`, or of all) whose stored judge answer is not the answer to its
-        request now: its prompt quotes the generation answer stored now."""
+        request now: its prompt quotes the generation answer stored now (none is rendered from one
+        that does not match its sidecar: its pairs follow their out-of-date generation)."""
         pairs = self._table("evaluation_tasks")
         if generations is not None:
             pairs = pairs[pairs["generation_task_id"].isin(set(generations))]
@@ -151,8 +156,7 @@ class ChangeCheck:
             if not found[0]:
                 continue
             if generation not in answers:
-                path = text_path(self.root, "generation_response", generation)
-                answers[generation] = path.read_text(encoding="utf-8") if path.is_file() else None
+                answers[generation] = _answer(text_path(self.root, "generation_response", generation))
             if answers[generation] is not None:
                 stored[f"{pair['evaluation_task_id']}|{generation}"] = (pair, *found[1:])
         prompts = evaluation_prompts(

@@ -12,6 +12,10 @@ from ..store.roots import data_path
 
 # The run tag that records what a task_tables run was built from (see tables_fingerprint).
 TABLES_FINGERPRINT_TAG = "daydream/tables_fingerprint"
+# The run tag that records which stored answers a results run found not matching their sidecars
+# (and so left out): a digest of their files (integrity.py), NONE_UNVERIFIED when there were none.
+UNVERIFIED_TAG = "daydream/unverified_answers"
+NONE_UNVERIFIED = "none"
 
 
 def tables_fingerprint(data_root: Path) -> str:
@@ -52,10 +56,14 @@ def tables_current(instance: dg.DagsterInstance, fingerprint: str) -> bool:
     return latest is not None and latest.run_id == run.run_id and _outputs_exist(instance, run.run_id)
 
 
-def results_current(instance: dg.DagsterInstance) -> bool:
-    """The last results run succeeded after every task table and response it reads, and its files exist."""
+def results_current(instance: dg.DagsterInstance, unverified: str = NONE_UNVERIFIED) -> bool:
+    """The last results run succeeded after every task table and response it reads, left out the
+    same stored answers that do not match their sidecars now (`unverified`: their digest, see
+    integrity.py; a run without the tag found none), and its files exist."""
     run = _latest_run(instance, "results")
     if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
+        return False
+    if run.tags.get(UNVERIFIED_TAG, NONE_UNVERIFIED) != unverified:
         return False
     started = instance.get_run_record_by_id(run.run_id).start_time or 0
     for upstream in ("evaluation_tasks", "generation_response", "evaluation_response"):

@@ -20,6 +20,7 @@ from ..assets.estimates import StageCalls, evaluation_calls, generation_calls, s
 from ..calls.guard import spent_usd
 from ..experiment.batch_choice import BatchChoice, batch_prices, choose
 from ..experiment.loaders import load_concepts, load_models, load_templates
+from ..experiment.pairs import valid_pair_keys
 from ..experiment.tasks import build_content_combinations, build_evaluation_tasks, build_generation_tasks
 from ..resources.config import ExperimentConfig
 from ..settings import Settings
@@ -27,6 +28,7 @@ from ..store.roots import data_path
 from ..store.spend import paid_tallies
 from .changes import ChangeCheck, change_report
 from .instance_setup import open_instance
+from .integrity import Unverified
 
 
 @dataclass
@@ -115,7 +117,8 @@ def _out_of_date(
     config = plan.config
     checker = ChangeCheck(data_path(config.output_root), config, instance, tables=t)
     generations, evaluations = checker.generations(), checker.evaluations()
-    plan.changes = change_report(generations, evaluations, t["evaluation_tasks"], replace_changed=False)
+    unverified = Unverified.scan(checker.root, t["generation_tasks"]["generation_task_id"], valid_pair_keys(t["evaluation_tasks"]))
+    plan.changes = unverified.report() + change_report(generations, evaluations, t["evaluation_tasks"], replace_changed=False)
     if not plan.changes:
         return
     tasks, pairs = t["generation_tasks"], t["evaluation_tasks"]

@@ -34,9 +34,10 @@ from ..store.tables import read_table
 from .batch_run import held_by_batches
 from .batches import Batch
 from .changes import ChangeCheck, StageCheck, change_report
-from .freshness import TABLES_FINGERPRINT_TAG, results_current, tables_current, tables_fingerprint
+from .freshness import TABLES_FINGERPRINT_TAG, UNVERIFIED_TAG, results_current, tables_current, tables_fingerprint
 from .head_start import HeadStart
 from .instance_setup import open_instance
+from .integrity import Unverified
 from .overlap import IN_PROGRESS, InProgress
 from .pool import WorkerPool, default_workers, llm_pool_limit, runs_in_flight, start_pool
 from .schedule import EVALUATION, GENERATION, Schedule
@@ -277,8 +278,6 @@ class Runner:
             self._warming = self._pool.for_each_worker(warm_worker)  # the instance exists now: the workers may open it
         fingerprint = tables_fingerprint(self.data_root) if self.data_root else None
         rebuilt = not (fingerprint and tables_current(self.instance, fingerprint))
-        # Answers can have gone out of date only if the experiment, the code or an answer changed.
-        checking = rebuilt or self.replace_changed or not results_current(self.instance)
         if not rebuilt:
             self.progress("task_tables: up to date (experiment and code unchanged since they were built)")
             reports = [StageReport("task_tables", total=1, skipped=1)]
@@ -293,15 +292,21 @@ class Runner:
             ]
             if reports[-1].failures:
                 return reports
+        table, generation_keys = self._table("evaluation_tasks"), self._table("generation_tasks")["generation_task_id"].tolist()
+        pair_keys = valid_pair_keys(table)
+        unverified = Unverified.scan(self.output_root, generation_keys, pair_keys)  # before anything is decided
+        for line in unverified.report(self.replace_changed):
+            self.progress(line)
+        # Answers can have gone out of date only if the experiment, the code or an answer changed.
+        checking = rebuilt or self.replace_changed or bool(unverified) or not results_current(self.instance)
         checker = ChangeCheck(self.output_root, self._config(), self.instance) if checking else None
         generation_changes = checker.generations() if checker else StageCheck("generation")
         evaluation_changes = checker.evaluations() if checker else StageCheck("evaluation")
-        table = self._table("evaluation_tasks")
         for line in change_report(generation_changes, evaluation_changes, table, self.replace_changed):
             self.progress(line)
-        generation_keys = self._table("generation_tasks")["generation_task_id"].tolist()
         order = self.instance.get_dynamic_partitions("generation_tasks")
-        pair_keys = valid_pair_keys(table)
+        # No judge prompt is rendered from a generation answer that does not match its sidecar.
+        kept_pairs = set() if self.replace_changed else unverified.pairs_judging(table)
         generations = self._todo(GENERATION, generation_keys, self.materialized("generation_response"), generation_changes.keys())
         generation = generations[1]
         reports.append(generation)
@@ -313,7 +318,7 @@ class Runner:
                 evaluation_changes = checker.evaluations()
         if not self.replace_changed:
             reports += self.refresh_prompts("generation_prompts", "generation_prompt", generation_changes, generation_keys, order)
-        pairs = self._todo(EVALUATION, pair_keys, self.materialized("evaluation_response"), evaluation_changes.keys())
+        pairs = self._todo(EVALUATION, pair_keys, self.materialized("evaluation_response"), evaluation_changes.keys() | kept_pairs)
         if generation.cap_reached or generation.stopped:
             self.progress(f"evaluation: not started: {'the spending cap was reached' if generation.cap_reached else generation.stopped}")
         else:
@@ -325,15 +330,18 @@ class Runner:
                 reports += self.refresh_prompts("evaluation_prompts", "evaluation_prompt", evaluation_changes, pair_keys, order)
         if self._pool is not None:
             self._pool.stop()  # the workers exit while the results build
+        if unverified and self.replace_changed:  # re-asked: which answers still do not match?
+            unverified = Unverified.scan(self.output_root, generation_keys, pair_keys)
+        left_out = unverified.fingerprint()  # the results record which answers they left out
         if any(r.stopped for r in reports):
             self.progress("results: not built: the run was stopped")  # (a full disk, or an API that refuses every call)
-        elif results_current(self.instance):
+        elif results_current(self.instance, left_out):
             self.progress("results: up to date (nothing they read has changed since they were built)")
             reports.append(StageReport("results", total=1, skipped=1))
         else:
             if self._warm.ident is not None:
                 self._warm.join()
-            reports.append(self.run_single("results", current=lambda: results_current(self.instance)))
+            reports.append(self.run_single("results", {UNVERIFIED_TAG: left_out}, lambda: results_current(self.instance, left_out)))
         return reports
 
 

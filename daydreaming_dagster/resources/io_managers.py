@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,20 @@ import pandas as pd
 from ..llm.requests import LLMResponse
 from ..store.files import atomic_write_bytes, atomic_write_text
 from ..store.layout import table_path, text_path
-from ..store.responses import write_response_once
+from ..store.responses import read_stored, write_response_once
 from ..store.roots import data_path
 from ..store.tables import read_table
+from .responses import mismatch_message
+
+# The paid answers: their text is checked against its sidecar whenever it is loaded.
+RESPONSE_ASSETS = frozenset({"generation_response", "evaluation_response"})
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A stored response that does not match its sidecar, and why."""
+
+    reason: str
 
 
 def partition_parts(context: dg.InputContext | dg.OutputContext) -> dict[str, str] | str | None:
@@ -58,7 +70,9 @@ class TextIOManager(dg.ConfigurableIOManager):
     """One UTF-8 text file per partition under `base_path`; LLM responses are written once, with a sidecar.
 
     Loading several partitions (a downstream asset that reads all of them) returns a dict keyed by
-    partition key holding only the partitions that have a file."""
+    partition key holding only the partitions that have a file. A stored response is handed over
+    only when it matches its sidecar (store/responses.py, read_stored): loading one that does not
+    fails with one sentence; loading several leaves it out."""
 
     base_path: str
 
@@ -94,24 +108,47 @@ class TextIOManager(dg.ConfigurableIOManager):
         name = _asset_name(context)
         if _loads_many(context):
             return self._load_many(context, name)
+        partition = str(context.asset_partition_key) if context.has_asset_partitions else "(none)"
         path = self._path(name, partition_parts(context))
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{name} has no stored text for partition {context.asset_partition_key if context.has_asset_partitions else '(none)'} "
-                f"at {path}; materialize it first."
-            )
-        return path.read_text(encoding="utf-8")
+        text = self._read(name, path)
+        if text is None:
+            raise FileNotFoundError(f"{name} has no stored text for partition {partition} at {path}; materialize it first.")
+        if isinstance(text, Mismatch):
+            raise dg.Failure(description=mismatch_message(name, partition, path, text.reason))
+        return text
 
     def _load_many(self, context: dg.InputContext, name: str) -> dict[str, str]:
+        """The text of every partition that has one; a response that does not match its sidecar is
+        left out (parsed_scores says why for its pair)."""
         partitions_def = context.asset_partitions_def
         multi = isinstance(partitions_def, dg.MultiPartitionsDefinition)
-        found = {}
+        found, unverified = {}, []
         for key in context.asset_partition_keys:
             parts = partitions_def.get_partition_key_from_str(str(key)).keys_by_dimension if multi else str(key)
             path = self._path(name, parts)
-            if path.is_file():
-                found[str(key)] = path.read_text(encoding="utf-8")
+            text = self._read(name, path)
+            if isinstance(text, Mismatch):
+                unverified.append(path)
+            elif text is not None:
+                found[str(key)] = text
+        if unverified:
+            context.log.info(
+                f"{name}: {len(unverified)} stored answer(s) left out because they do not match their sidecars "
+                f"(first {unverified[0]}); re-ask them with `daydream run --replace-changed`, or restore the files."
+            )
         return found
+
+    @staticmethod
+    def _read(name: str, path: Path) -> str | Mismatch | None:
+        """The text at `path` (None: none); a response is checked against its sidecar first."""
+        if name not in RESPONSE_ASSETS:
+            return path.read_text(encoding="utf-8") if path.is_file() else None
+        stored = read_stored(path)
+        if stored is None:
+            return None
+        if stored.mismatch is not None:
+            return Mismatch(stored.mismatch)
+        return stored.data.decode("utf-8")
 
 
 class TableIOManager(dg.ConfigurableIOManager):

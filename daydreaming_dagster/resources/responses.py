@@ -13,11 +13,11 @@ from ..store.layout import claim_path, text_path
 from ..store.responses import (
     StoredResponseConflict,
     archived_provenance,
-    content_digest,
     keep_rejected,
     mismatched_fields,
     move_aside,
     read_provenance,
+    read_stored,
     write_response_once,
 )
 from ..store.roots import claim_backend, data_path
@@ -38,7 +38,7 @@ def conflict_message(asset_name: str, partition: str, path: Path, differing: lis
     if differing == ["provenance (no sidecar)"]:
         what = "a response whose provenance sidecar is missing, so it cannot be matched to this request"
     elif differing == ["content"]:
-        what = "a response whose text no longer matches the digest in its sidecar (edited or damaged)"
+        what = "a response whose text no longer matches the digest in its sidecar or the length it records (edited or cut short)"
     else:
         fields = [_FIELD_WORDS.get(f, f) for f in differing if f != "content"]
         what = f"a response to another {', '.join(fields)}"
@@ -47,6 +47,15 @@ def conflict_message(asset_name: str, partition: str, path: Path, differing: lis
         f"again. To replace it deliberately, re-run with replace_changed: `daydream run --replace-changed`, "
         f'or run config {{"ops": {{"{asset_name}": {{"config": {{"replace_changed": true}}}}}}}}; '
         "the old response then moves to _superseded/ once the new one has arrived."
+    )
+
+
+def mismatch_message(asset_name: str, partition: str, path: Path, reason: str) -> str:
+    """One sentence: a stored answer does not match its sidecar, is not used, and how to go on."""
+    return (
+        f"{asset_name} partition '{partition}': the stored answer {path} does not match its sidecar ({reason}), "
+        "so it is not used; re-ask it with `daydream run --replace-changed` (the old file then moves to "
+        "_superseded/), or restore the file."
     )
 
 
@@ -103,20 +112,18 @@ class ResponseStore(dg.ConfigurableResource):
         """The stored response when it answers exactly this request; None when there is none to reuse.
 
         A stored response for another prompt, model or parameters, or one whose text no longer
-        matches the digest its sidecar records, is never reused or overwritten: without
+        matches its sidecar (length or digest: see read_stored), is never reused or overwritten: without
         `replace_changed` this raises StoredResponseConflict; with it this returns None, and the
         caller moves the old response aside (`supersede`) once the new answer has arrived."""
         path = self.path(asset_name, parts)
-        if not path.is_file():
+        stored = read_stored(path)
+        if stored is None:
             return None
-        data = path.read_bytes()
-        provenance = read_provenance(path)
-        differing = mismatched_fields(provenance, request.fingerprint())
-        recorded = (provenance or {}).get("response_sha256")
-        if recorded and recorded != content_digest(data)["response_sha256"]:
+        differing = mismatched_fields(stored.provenance, request.fingerprint())
+        if stored.mismatch is not None:
             differing.append("content")
         if not differing:
-            return LLMResponse(text=data.decode("utf-8"), provenance=provenance)
+            return LLMResponse(text=stored.data.decode("utf-8"), provenance=stored.provenance)
         if replace_changed:
             return None
         partition = parts if isinstance(parts, str) else "|".join(parts[d] for d in sorted(parts))

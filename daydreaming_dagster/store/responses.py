@@ -7,9 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from .files import atomic_write_bytes, claimed, fill, fsync_folder
 from .layout import REJECTED, SIDECAR_SUFFIX, SUPERSEDED, sidecar_path, temp_path
@@ -32,6 +33,55 @@ def read_provenance(path: Path) -> dict | None:
         return json.loads(side.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, FileNotFoundError):
         return None
+
+
+class StoredText(NamedTuple):
+    """A stored response as read: its bytes, its sidecar, and why they do not match (None: they do)."""
+
+    data: bytes
+    provenance: dict | None
+    mismatch: str | None
+
+
+def read_stored(path: Path) -> StoredText | None:
+    """The response stored at `path` (a local path or an S3Path), checked against its sidecar: the
+    one place a stored answer is verified. None when no response is stored there.
+
+    The text must be as long as the sidecar's `response_bytes` and have its `response_sha256`; a
+    sidecar that records neither (written before they existed), or none at all, has nothing to check
+    against and counts as matching. Text first, then sidecar (the order a replacement moves them in
+    reverse); a mismatch is read once more, so a replacement finishing in between is not taken for one."""
+    for _ in range(2):
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        provenance = read_provenance(path)
+        mismatch = _mismatch(data, provenance)
+        if mismatch is None:
+            break
+    return StoredText(data, provenance, mismatch)
+
+
+def verify_stored(path: Path) -> str | None:
+    """Why the response stored at `path` does not match its sidecar; None when it does, or when none is stored."""
+    stored = read_stored(path)
+    return None if stored is None else stored.mismatch
+
+
+def _mismatch(data: bytes, provenance: dict | None) -> str | None:
+    recorded = (provenance or {}).get("response_bytes")
+    if isinstance(recorded, int) and recorded != len(data):
+        return f"{len(data):,} bytes where its sidecar records {recorded:,}"
+    digest = (provenance or {}).get("response_sha256")
+    if digest and digest != hashlib.sha256(data).hexdigest():
+        return "its sha256 is not the one its sidecar records"
+    return None
+
+
+def unverified(paths: Mapping[str, Path]) -> dict[str, str]:
+    """The keys of `paths` whose stored response does not match its sidecar, with the reason."""
+    return {key: reason for key, path in paths.items() if (reason := verify_stored(path)) is not None}
 
 
 def mismatched_fields(provenance: dict | None, fingerprint: dict) -> list[str]:
