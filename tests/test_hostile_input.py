@@ -333,3 +333,32 @@ def test_daydream_ends_with_the_sentence_for_each_broken_input(root: Path, daydr
     code, _, err = daydream(command, root)
     assert code == 2
     assert last_line(err) == expected, err[-3000:]
+
+
+@pytest.mark.security
+def test_a_description_that_links_outside_the_experiment_folder_is_refused(tmp_path):
+    """A shared folder holding `alpha.txt -> ../../../.env` would send the key file in every prompt."""
+    root = write_experiment(tmp_path / "data")
+    secret = tmp_path / ".env"
+    secret.write_text("OPENROUTER_API_KEY=sk-test-SECRET\n")
+    description = root / "1_raw" / "concepts" / "descriptions-paragraph" / "alpha.txt"
+    description.unlink()
+    description.symlink_to(secret)
+
+    with pytest.raises(ExperimentError) as refused:
+        load_concepts(root / "1_raw")
+
+    assert str(refused.value).startswith(f"{description} is a link to {secret}, outside the experiment folder")
+
+
+@pytest.mark.security
+def test_a_link_inside_the_experiment_folder_is_read(tmp_path):
+    root = write_experiment(tmp_path / "data")
+    raw = root / "1_raw" / "concepts"
+    target = raw / "descriptions-paragraph" / "alpha.txt"
+    (raw / "descriptions-article" / "alpha.txt").unlink()
+    (raw / "descriptions-article" / "alpha.txt").symlink_to(target)
+
+    concepts = load_concepts(root / "1_raw")
+
+    assert concepts.set_index("concept_id").loc["alpha", "description_article"] == target.read_text()
