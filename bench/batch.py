@@ -33,7 +33,7 @@ def run(tmp: Path, server, extra: list[str], poll_s: float) -> dict:
     live0, batch0 = len(server.requests), server.batches.requests_answered
     files0, polls0, created0 = server.batches.files_uploaded, server.batches.polls, server.batches.created
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(data), *extra],
+    out = subprocess.run([sys.executable, "-m", "daydreaming_dagster.runner.cli", "run", "--data-root", str(data), *extra],
                          env=env, capture_output=True, text=True, cwd=tmp)
     wall = time.perf_counter() - started
     if out.returncode != 0:

@@ -5,7 +5,7 @@
    `evaluation_templates/insight-check.txt`; `daydream run` (reports, asks nothing);
    `daydream run --replace-changed` (asks exactly the template's pairs); `daydream run` again.
    LLM requests and wall time of each, and the lines the runner printed about the change.
-2. The out-of-date check alone (orchestration/changes.py) on a synthetic experiment of
+2. The out-of-date check alone (runner/reruns/changes.py) on a synthetic experiment of
    2,016 generations x 6 methods = 12,096 pairs with every answer stored: seconds for the
    generations and for the pairs, with nothing changed and after one template edit.
 
@@ -35,10 +35,10 @@ from daydreaming_dagster.experiment.tasks import (  # noqa: E402
     build_evaluation_tasks,
     build_generation_tasks,
 )
-from daydreaming_dagster.orchestration.changes import ChangeCheck  # noqa: E402
 from daydreaming_dagster.resources.config import ExperimentConfig  # noqa: E402
+from daydreaming_dagster.runner.reruns.changes import ChangeCheck  # noqa: E402
 from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path  # noqa: E402
-from daydreaming_dagster.store.responses import content_digest  # noqa: E402
+from daydreaming_dagster.store.write_once import content_digest  # noqa: E402
 
 EDITED = "insight-check"
 

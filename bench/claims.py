@@ -27,7 +27,7 @@ from common import REPO, fresh_home, machine
 sys.path.insert(0, str(REPO))
 
 from daydreaming_dagster.llm.requests import LLMRequest  # noqa: E402
-from daydreaming_dagster.resources.responses import ResponseStore  # noqa: E402
+from daydreaming_dagster.resources.response_store import ResponseStore  # noqa: E402
 from daydreaming_dagster.store.claims import Claims, Owner  # noqa: E402
 
 PER_PAIR_OVERHEAD_S = 0.016
@@ -70,8 +70,8 @@ def time_gate(tmp: Path, runs: int, repeats: int = 20) -> tuple[float, float]:
     import dagster as dg
 
     from daydreaming_dagster.definitions import build_definitions
-    from daydreaming_dagster.orchestration.overlap import RunsOverlap, check_no_overlap, run_creation_lock
-    from daydreaming_dagster.orchestration.worker_instance import worker_instance
+    from daydreaming_dagster.runner.executor.worker_instance import worker_instance
+    from daydreaming_dagster.runner.reruns.overlap import RunsOverlap, check_no_overlap, run_creation_lock
     from daydreaming_dagster.settings import Settings
 
     instance = worker_instance()  # the instance a runner's workers create their runs with

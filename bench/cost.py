@@ -52,7 +52,7 @@ def paid(server, since: int = 0) -> dict[str, dict]:
 def plan_table(home: Path, data: Path, include_all: bool):
     """The plan's estimate table, computed in a fresh process as `daydream plan` computes it."""
     code = (
-        "import sys; from daydreaming_dagster.orchestration.plan import make_plan;"
+        "import sys; from daydreaming_dagster.runner.plan import make_plan;"
         "from daydreaming_dagster.resources.config import ExperimentConfig; import dagster as dg;"
         f"p = make_plan(ExperimentConfig.for_experiment({str(data)!r}, {str(data)!r}), dg.DagsterInstance.get(), {include_all});"
         "p.table.to_csv(sys.stdout, index=False)"
@@ -87,7 +87,7 @@ def compare(title: str, table: list[dict], made: dict[str, dict], model_names: d
 def timed_plan(home: Path, data: Path, server) -> float:
     env = {**os.environ, "DAGSTER_HOME": str(home), "OPENROUTER_API_KEY": "bench-key", "OPENROUTER_BASE_URL": server.base_url}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "daydreaming_dagster.cli", "plan", "--data-root", str(data)], env=env,
+    subprocess.run([sys.executable, "-m", "daydreaming_dagster.runner.cli", "plan", "--data-root", str(data)], env=env,
                    check=True, capture_output=True, cwd=home.parent)
     return time.perf_counter() - started
 
@@ -187,7 +187,7 @@ def main() -> None:
                    "OPENROUTER_BASE_URL": server.base_url}
             start = len(server.responses)
             out = subprocess.run(
-                [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(tight), "--max-cost", "0.05",
+                [sys.executable, "-m", "daydreaming_dagster.runner.cli", "run", "--data-root", str(tight), "--max-cost", "0.05",
                  "--concurrency", str(args.concurrency)],
                 env=env, capture_output=True, text=True, cwd=tmp / "tight",
             )

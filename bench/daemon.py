@@ -47,12 +47,12 @@ from tests.process_groups import stop_group  # noqa: E402
 SETUP = """
 import os
 import dagster as dg
-from daydreaming_dagster.orchestration.batches import Batch, key_batches
-from daydreaming_dagster.orchestration.worker import QUIET, execute
+from daydreaming_dagster.runner.executor.ranges import Batch, key_batches
+from daydreaming_dagster.runner.executor.worker import QUIET, execute
 from daydreaming_dagster.experiment.pairs import valid_pair_keys
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.layout import table_path
-from daydreaming_dagster.store.tables import read_table
+from daydreaming_dagster.store.csv_tables import read_table
 
 assert execute("task_tables", None, QUIET).success
 instance = dg.DagsterInstance.get()
@@ -214,9 +214,9 @@ def main() -> None:
 
             from daydreaming_dagster.definitions import defs
             from daydreaming_dagster.experiment.pairs import valid_pair_keys
-            from daydreaming_dagster.orchestration.backfills import submit_pair_backfill
+            from daydreaming_dagster.runner.backfills import submit_pair_backfill
+            from daydreaming_dagster.store.csv_tables import read_table
             from daydreaming_dagster.store.layout import table_path
-            from daydreaming_dagster.store.tables import read_table
 
             instance = dg.DagsterInstance.get()
             keys = valid_pair_keys(read_table(table_path(root, "evaluation_tasks")))

@@ -49,7 +49,7 @@ def daydream_run(
     cpu0 = busy_cpu_seconds()
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(data_root), "--concurrency", str(concurrency), *extra],
+        [sys.executable, "-m", "daydreaming_dagster.runner.cli", "run", "--data-root", str(data_root), "--concurrency", str(concurrency), *extra],
         env=env, capture_output=True, text=True, cwd=tmp,
     )
     wall = time.perf_counter() - started

@@ -55,7 +55,7 @@ def upload(endpoint: str, bucket: str, raw: Path) -> None:
 
 
 def timed(root: str, home: Path, env: dict) -> float:
-    argv = [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--offline", "--data-root", root]
+    argv = [sys.executable, "-m", "daydreaming_dagster.runner.cli", "run", "--offline", "--data-root", root]
     started = time.time()
     out = subprocess.run(argv, env={**os.environ, **env, "DAGSTER_HOME": str(home)}, capture_output=True, text=True)
     wall = time.time() - started

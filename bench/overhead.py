@@ -31,7 +31,7 @@ def daydream_run(env: dict, workers: int | None) -> dict:
     cpu0, t0 = busy_cpu_seconds(), time.perf_counter()
     extra = ["--workers", str(workers)] if workers else []
     out = subprocess.run(
-        [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--offline", *extra],
+        [sys.executable, "-m", "daydreaming_dagster.runner.cli", "run", "--offline", *extra],
         env={**os.environ, **env}, capture_output=True, text=True, cwd=env["BENCH_CWD"],
     )
     wall, cpu = time.perf_counter() - t0, busy_cpu_seconds() - cpu0
@@ -49,7 +49,7 @@ import os, time, resource
 import dagster as dg
 from daydreaming_dagster.definitions import build_definitions, ALL_ASSETS
 from daydreaming_dagster.settings import Settings
-from daydreaming_dagster.store.tables import read_table
+from daydreaming_dagster.store.csv_tables import read_table
 from daydreaming_dagster.store.layout import table_path
 settings = Settings.from_env()
 defs = build_definitions(settings)
@@ -78,9 +78,9 @@ SUBMIT = """
 import dagster as dg
 from daydreaming_dagster.definitions import defs as load_defs
 defs = load_defs()
-from daydreaming_dagster.orchestration.backfills import submit_pair_backfill
+from daydreaming_dagster.runner.backfills import submit_pair_backfill
 from daydreaming_dagster.experiment.pairs import valid_pair_keys
-from daydreaming_dagster.store.tables import read_table
+from daydreaming_dagster.store.csv_tables import read_table
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.layout import table_path
 import os

@@ -67,7 +67,7 @@ def main() -> None:
             }
             if not args.fresh:  # measure the overlap of the runs, not the creation of the instance
                 subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get()"], env=env, check=True)
-            command = [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(root)]
+            command = [sys.executable, "-m", "daydreaming_dagster.runner.cli", "run", "--data-root", str(root)]
             command += ["--concurrency", str(args.concurrency)]
             started = time.perf_counter()
             runners = [

@@ -77,7 +77,7 @@ def one_run(tmp: Path, label: str, round_no: int, server: LocalPostgres, root: P
     extra = ["--workers", str(workers)] if workers else []
     pg0, t0 = server_cpu(server), time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--offline", *extra],
+        [sys.executable, "-m", "daydreaming_dagster.runner.cli", "run", "--offline", *extra],
         env=env, capture_output=True, text=True, cwd=tmp,
     )  # fmt: skip
     wall = time.perf_counter() - t0

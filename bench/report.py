@@ -57,7 +57,7 @@ def sample_report(tmp: Path) -> Path:
     shutil.copytree(REPO / "data" / "1_raw", tmp / "data" / "1_raw")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAYDREAM_", "DAGSTER_"))}
     env["DAGSTER_HOME"] = str(fresh_home(tmp / "home"))
-    command = [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--offline", "--data-root", str(tmp / "data")]
+    command = [sys.executable, "-m", "daydreaming_dagster.runner.cli", "run", "--offline", "--data-root", str(tmp / "data")]
     subprocess.run(command, cwd=tmp, env=env, check=True, capture_output=True)
     return tmp / "data" / "offline" / "5_results" / "report.html"
 

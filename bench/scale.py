@@ -30,7 +30,7 @@ settings = Settings.from_env()
 defs = build_definitions(settings)
 instance = dg.DagsterInstance.get()
 quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-from daydreaming_dagster.store.tables import read_table
+from daydreaming_dagster.store.csv_tables import read_table
 from daydreaming_dagster.store.layout import table_path
 """
 
@@ -72,7 +72,7 @@ RESULT = {"op_s": time.perf_counter() - t, "run_requests": len(tick.run_requests
 """,
     "submit valid-pairs backfill": PRELUDE
     + """
-from daydreaming_dagster.orchestration.backfills import submit_pair_backfill
+from daydreaming_dagster.runner.backfills import submit_pair_backfill
 from daydreaming_dagster.experiment.pairs import valid_pair_keys
 keys = valid_pair_keys(read_table(table_path(settings.output_root, "evaluation_tasks")))
 t = time.perf_counter()

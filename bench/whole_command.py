@@ -103,7 +103,7 @@ def daydream(server: FakeOpenAIServer, tmp: Path, experiment: Path, concurrency:
         env["PYTHONPATH"] = str(code)
     if not head_start:
         env["DAYDREAM_HEAD_START"] = "off"
-    argv = [sys.executable, "-m", "daydreaming_dagster.cli", "run", "--data-root", str(data), "--concurrency", str(concurrency)]
+    argv = [sys.executable, "-m", "daydreaming_dagster.runner.cli", "run", "--data-root", str(data), "--concurrency", str(concurrency)]
     argv += ["--max-cost", str(max_cost)] if max_cost is not None else []
     r = timed(server, argv, env, tmp)
     r["stages"] = {m.group(1): float(m.group(2)) for m in re.finditer(r"(\w+): \d+ ran, \d+ skipped, \d+ failed in ([\d.]+) s", r["stdout"])}

@@ -49,7 +49,7 @@ WHY = {
     "dagster-postgres's DagsterPostgresStorage",
     "ConfigurableClass": "and, like it, configured from dagster.yaml",
     "CachingDynamicPartitionsLoader": "bench/scale.py times a sensor tick the way the code server evaluates it; "
-    "the overlap check (orchestration/overlap.py) reads each key list once through it",
+    "the overlap check (runner/reruns/overlap.py) reads each key list once through it",
     "PARTITION_NAME_TAG": "`daydream run` leaves to other runs the partitions they are materializing: "
     "a run of one partition names it in this tag",
     "BulkActionStatus": "and a backfill the daemon is working on has this status (REQUESTED)",

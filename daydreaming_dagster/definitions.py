@@ -11,16 +11,16 @@ import os
 
 import dagster as dg
 
-from .assets import core, llm_evaluation, llm_generation, raw_data, reliability, report, results
-from .orchestration.batch_sensor import build_batch_sensor
-from .orchestration.sensors import build_evaluation_sensor
+from .assets import core, llm_evaluation, llm_generation, raw_data, replicates, report, results
+from .assets.batch_sensor import build_batch_sensor
+from .assets.evaluation_sensor import build_evaluation_sensor
 from .resources.config import ExperimentConfig
 from .resources.io_managers import TableIOManager, TextIOManager
 from .resources.llm import LLMClientResource
-from .resources.responses import ResponseStore
+from .resources.response_store import ResponseStore
 from .settings import Settings
 
-ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results, reliability, report]
+ASSET_MODULES = [raw_data, core, llm_generation, llm_evaluation, results, replicates, report]
 ALL_ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 ALL_CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 

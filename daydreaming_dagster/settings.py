@@ -9,6 +9,9 @@ from pathlib import Path
 from .llm.openai_backend import DEFAULT_DEADLINE_S, DEFAULT_TIMEOUT_S
 from .store.roots import data_path
 
+# The package's own folder: its code is part of what the task tables are built from (a change
+# rebuilds them), and the project's instance configuration lies beside it.
+PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 BACKENDS = ("openai", "offline")
 # LLM calls in flight at once from this machine to one API, across every process (runs the daemon

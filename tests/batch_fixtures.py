@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from daydreaming_dagster.cli import INSTANCE_TEMPLATE
+from daydreaming_dagster.runner.cli import INSTANCE_TEMPLATE
 from tests.experiment_factory import write_experiment
 from tests.pipeline import KEY
 from tests.test_cost import PRICES, answer, write_prices

@@ -12,7 +12,7 @@ from daydreaming_dagster.assets import (
     llm_evaluation,
     llm_generation,
     raw_data,
-    reliability,
+    replicates,
     results,
 )
 from daydreaming_dagster.compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -23,11 +23,11 @@ from daydreaming_dagster.resources.io_managers import (
     read_table,
 )
 from daydreaming_dagster.resources.llm import LLMClientResource
-from daydreaming_dagster.resources.responses import ResponseStore
+from daydreaming_dagster.resources.response_store import ResponseStore
 from daydreaming_dagster.store.layout import table_path, text_path
 
 KEY = "sk-or-v1-PAIDTEST-5f0c2b7e9a41d3c8"
-ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, results, reliability])
+ASSETS = dg.load_assets_from_modules([raw_data, core, llm_generation, llm_evaluation, results, replicates])
 TASK_TABLES = dg.AssetSelection.groups(raw_data.GROUP, core.GROUP)
 REPLACE_CHANGED = {"ops": {"generation_response": {"config": {"replace_changed": True}}}}
 

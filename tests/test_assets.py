@@ -18,7 +18,7 @@ from daydreaming_dagster.experiment.loaders import load_models, load_templates
 from daydreaming_dagster.resources.config import ExperimentConfig
 from daydreaming_dagster.resources.io_managers import TableIOManager, TextIOManager
 from daydreaming_dagster.resources.llm import LLMClientResource
-from daydreaming_dagster.resources.responses import ResponseStore
+from daydreaming_dagster.resources.response_store import ResponseStore
 from daydreaming_dagster.settings import Settings
 from tests.memory_io import MemoryIOManager
 

@@ -8,9 +8,9 @@ import pytest
 
 from daydreaming_dagster.definitions import build_definitions
 from daydreaming_dagster.experiment.pairs import valid_pair_keys
-from daydreaming_dagster.orchestration.backfills import check_pairs, submit_pair_backfill
+from daydreaming_dagster.runner.backfills import check_pairs, submit_pair_backfill
 from daydreaming_dagster.settings import Settings
-from daydreaming_dagster.store.tables import read_table
+from daydreaming_dagster.store.csv_tables import read_table
 from tests.experiment_factory import write_experiment
 
 SENSOR = "evaluations_follow_generations"
@@ -149,7 +149,7 @@ def test_stale_keys_are_reported_not_removed(setup, instance):
 
 
 def test_many_pairs_become_one_backfill_request(setup, instance, monkeypatch):
-    import daydreaming_dagster.orchestration.sensors as sensors
+    import daydreaming_dagster.assets.evaluation_sensor as sensors
 
     defs, run, table = setup
     monkeypatch.setattr(sensors, "MAX_RUN_REQUESTS_PER_TICK", 2)

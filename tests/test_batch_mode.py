@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from daydreaming_dagster.cli import main as daydream
+from daydreaming_dagster.runner.cli import main as daydream
 from daydreaming_dagster.store.batch_ledger import BatchLedger
 from daydreaming_dagster.store.layout import table_path
 from tests.batch_fixtures import RUN, batch_asked, materialization_counts, set_batch_columns

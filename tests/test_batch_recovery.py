@@ -12,10 +12,10 @@ import time
 import dagster as dg
 import pytest
 
-from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.llm.batch_backend import jsonl_line
 from daydreaming_dagster.llm.requests import LLMRequest
-from daydreaming_dagster.orchestration.worker import failure_text
+from daydreaming_dagster.runner.cli import main as daydream
+from daydreaming_dagster.runner.executor.worker import failure_text
 from daydreaming_dagster.store.batch_ledger import BatchLedger, file_digest
 from daydreaming_dagster.store.reservations import in_flight
 from tests.batch_fixtures import RUN, batch_asked, materialization_counts

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import dagster as dg
 
+from daydreaming_dagster.assets.batch_sensor import build_batch_sensor
 from daydreaming_dagster.assets.batch_step import BATCH_TAG
-from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from daydreaming_dagster.definitions import build_resources
-from daydreaming_dagster.orchestration.batch_sensor import build_batch_sensor
-from daydreaming_dagster.orchestration.worker import failure_text
+from daydreaming_dagster.runner.cli import main as daydream
+from daydreaming_dagster.runner.executor.worker import failure_text
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.layout import text_path
-from daydreaming_dagster.store.responses import read_provenance
+from daydreaming_dagster.store.write_once import read_provenance
 from tests.batch_fixtures import RUN, batch_asked
 from tests.pipeline import KEY, Pipeline
 

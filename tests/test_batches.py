@@ -17,18 +17,18 @@ import pytest
 from daydreaming_dagster.assets import llm_evaluation, llm_generation
 from daydreaming_dagster.assets.common import BACKFILL_PARTITIONS_PER_RUN
 from daydreaming_dagster.assets.partitions import evaluation_pairs_partitions
-from daydreaming_dagster.cli import INSTANCE_TEMPLATE
-from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.llm import slots as llm_slots
-from daydreaming_dagster.orchestration.batches import (
+from daydreaming_dagster.runner.cli import INSTANCE_TEMPLATE
+from daydreaming_dagster.runner.cli import main as daydream
+from daydreaming_dagster.runner.executor.ranges import (
     Batch,
     batch_size,
     key_batches,
     pair_batches,
 )
-from daydreaming_dagster.orchestration.worker import failure_text
+from daydreaming_dagster.runner.executor.worker import failure_text
 from daydreaming_dagster.store.layout import text_path
-from daydreaming_dagster.store.responses import read_provenance
+from daydreaming_dagster.store.write_once import read_provenance
 from tests.experiment_factory import write_experiment
 from tests.openai_server import status, truncated
 from tests.pipeline import KEY, responses_in

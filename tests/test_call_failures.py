@@ -17,8 +17,8 @@ from daydreaming_dagster.analysis.budget import price_table
 from daydreaming_dagster.calls.guard import SpendingCapReached, SpendingGuard
 from daydreaming_dagster.llm.requests import LLMRequest
 from daydreaming_dagster.store.layout import text_path
-from daydreaming_dagster.store.responses import write_response_once
 from daydreaming_dagster.store.spend import paid_tallies
+from daydreaming_dagster.store.write_once import write_response_once
 from tests import test_overlapping_runs as overlapping
 from tests.experiment_factory import write_experiment
 from tests.openai_server import delay, ok, status

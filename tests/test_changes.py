@@ -9,16 +9,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.compat import CachingStaleStatusResolver, LoadingContextForTest, StaleStatus
 from daydreaming_dagster.definitions import build_definitions
 from daydreaming_dagster.experiment.ids import combo_id, generation_task_id
-from daydreaming_dagster.orchestration.changes import EDITED, JUDGED_ANSWER, ChangeCheck, StageCheck, change_report
-from daydreaming_dagster.orchestration.plan import format_plan, make_plan
 from daydreaming_dagster.resources.config import ExperimentConfig
+from daydreaming_dagster.runner.cli import main as daydream
+from daydreaming_dagster.runner.plan import format_plan, make_plan
+from daydreaming_dagster.runner.reruns.changes import EDITED, JUDGED_ANSWER, ChangeCheck, StageCheck, change_report
 from daydreaming_dagster.settings import Settings
+from daydreaming_dagster.store.csv_tables import read_table
 from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path
-from daydreaming_dagster.store.tables import read_table
 from tests.experiment_factory import write_experiment
 from tests.pipeline import KEY, REPLACE_CHANGED
 

@@ -16,9 +16,10 @@ import dagster as dg
 import pytest
 
 from daydreaming_dagster.llm.requests import LLMRequest
-from daydreaming_dagster.orchestration.worker import failure_text
 from daydreaming_dagster.resources.io_managers import read_table
-from daydreaming_dagster.resources.responses import ResponseStore
+from daydreaming_dagster.resources.response_store import ResponseStore
+from daydreaming_dagster.runner.executor.worker import failure_text
+from daydreaming_dagster.store.archive import Archive
 from daydreaming_dagster.store.claims import (
     Claim,
     Claims,
@@ -29,7 +30,8 @@ from daydreaming_dagster.store.claims import (
 )
 from daydreaming_dagster.store.heartbeat import Heartbeat
 from daydreaming_dagster.store.layout import claim_path, table_path, text_path
-from daydreaming_dagster.store.responses import write_response_once
+from daydreaming_dagster.store.roots import StorageFull
+from daydreaming_dagster.store.write_once import write_response_once
 from tests.openai_server import status, truncated
 from tests.pipeline import REPLACE_CHANGED
 from tests.test_batches import GENERATION, generation_order
@@ -320,9 +322,9 @@ def test_no_claim_leaks_when_a_call_or_the_step_fails(pipeline, openai_server, m
         openai_server.behaviour_for = lambda body: truncated()
     else:  # the disk fills up as the first answer is stored: the step itself raises
         def full(self, *args, **kwargs):
-            raise OSError(28, "No space left on device")
+            raise StorageFull(28, "the disk is full where the answer is written")
 
-        monkeypatch.setattr(ResponseStore, "keep", full)
+        monkeypatch.setattr(Archive, "keep", full)
     result = pipeline.materialize_range(GENERATION, generation_order(pipeline))
 
     assert not result.success
@@ -331,7 +333,7 @@ def test_no_claim_leaks_when_a_call_or_the_step_fails(pipeline, openai_server, m
     assert not any(p.name.endswith(".tmp") for p in pipeline.root.rglob("*"))
     assert len(keys) == 6
     if fault == "exception":
-        assert "No space left on device" in failure_text(result)
+        assert "the disk is full where the answer is written." in failure_text(result)
     assert pipeline.instance.get_materialized_partitions(dg.AssetKey("generation_response")) == set()
 
 

@@ -21,7 +21,7 @@ from daydreaming_dagster.experiment.ids import combo_id, evaluation_task_id, gen
 from tests.experiment_factory import write_experiment
 
 REPO = Path(__file__).resolve().parents[1]
-DAYDREAM = [sys.executable, "-m", "daydreaming_dagster.cli"]
+DAYDREAM = [sys.executable, "-m", "daydreaming_dagster.runner.cli"]
 DAGSTER = [str(Path(sys.executable).with_name("dagster"))]
 TIMEOUT = 600
 
@@ -239,7 +239,7 @@ def test_keys_prints_exactly_the_valid_pairs(after_run: AfterRun):
 
 @pytest.mark.slow
 def test_keys_filters_by_generation_task(offline_run: OfflineRun, monkeypatch, capsys):
-    from daydreaming_dagster import cli
+    from daydreaming_dagster.runner import cli
 
     # `keys` exports its settings into os.environ and reads ./.env: pin both to this test
     monkeypatch.chdir(offline_run.base)

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from daydreaming_dagster.analysis.estimate import usd
-from daydreaming_dagster.cli import INSTANCE_TEMPLATE
-from daydreaming_dagster.cli import main as daydream
-from daydreaming_dagster.orchestration.plan import make_plan
 from daydreaming_dagster.resources.config import ExperimentConfig
+from daydreaming_dagster.runner.cli import INSTANCE_TEMPLATE
+from daydreaming_dagster.runner.cli import main as daydream
+from daydreaming_dagster.runner.plan import make_plan
 from daydreaming_dagster.store.layout import table_path
 from tests.experiment_factory import write_experiment
 from tests.pipeline import KEY, Pipeline

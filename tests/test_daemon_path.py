@@ -18,10 +18,10 @@ import yaml
 from daydreaming_dagster.assets.common import BACKFILL_PARTITIONS_PER_RUN
 from daydreaming_dagster.definitions import build_definitions
 from daydreaming_dagster.experiment.pairs import valid_pair_keys
-from daydreaming_dagster.orchestration.backfills import submit_pair_backfill
+from daydreaming_dagster.runner.backfills import submit_pair_backfill
 from daydreaming_dagster.settings import Settings
+from daydreaming_dagster.store.csv_tables import read_table
 from daydreaming_dagster.store.layout import table_path
-from daydreaming_dagster.store.tables import read_table
 from tests.process_groups import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_a_backfill_run_by_the_daemon_pays_each_pair_once_in_batched_runs(tmp_pa
 
 
 def test_the_sqlite_event_log_remembers_tables_it_has_seen_and_still_sees_new_ones(tmp_path: Path):
-    from daydreaming_dagster.orchestration.sqlite_storage import PooledSqliteEventLogStorage
+    from daydreaming_dagster.instance.sqlite import PooledSqliteEventLogStorage
 
     storage = PooledSqliteEventLogStorage(str(tmp_path))
     assert storage.has_table("dynamic_partitions")

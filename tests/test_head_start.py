@@ -1,4 +1,4 @@
-"""`daydream run`'s head start (orchestration/head_start.py): the generations are asked while the
+"""`daydream run`'s head start (runner/executor/head_start.py): the generations are asked while the
 command loads Dagster, then materialized by Dagster runs that reuse the stored answers. Real
 `daydream run` processes against the real HTTP test server, and the real Dagster asset path for the
 requests it must match."""
@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from daydreaming_dagster.analysis.budget import tokens_cost, worst_case_usd
-from daydreaming_dagster.orchestration.head_start import ASKED_BY, prepared_requests
-from daydreaming_dagster.orchestration.worker import failure_text
 from daydreaming_dagster.resources.io_managers import read_table
+from daydreaming_dagster.runner.executor.head_start import ASKED_BY, prepared_requests
+from daydreaming_dagster.runner.executor.worker import failure_text
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path
-from daydreaming_dagster.store.responses import mismatched_fields
+from daydreaming_dagster.store.write_once import mismatched_fields
 from tests import test_overlapping_runs as overlapping
 from tests.experiment_factory import write_experiment
 from tests.openai_server import truncated
@@ -285,7 +285,7 @@ def test_the_head_start_reads_the_experiment_and_builds_its_spending_guard_witho
     write_prices(data, PRICED)
     code = (
         "import sys\n"
-        "from daydreaming_dagster.orchestration.head_start import _read_experiment, spending_guard\n"
+        "from daydreaming_dagster.runner.executor.head_start import _read_experiment, spending_guard\n"
         "from daydreaming_dagster.settings import Settings\n"
         f"config, requests, judges = _read_experiment(Settings(data_root={str(data)!r}, backend='openai', base_url='http://127.0.0.1:9/v1'))\n"
         "guard = spending_guard(config, 1.0, requests, judges)\n"

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from daydreaming_dagster.cli import main
 from daydreaming_dagster.experiment.errors import ExperimentError
 from daydreaming_dagster.experiment.files import MAX_SETTINGS_BYTES, MAX_TABLE_BYTES, MAX_TEXT_BYTES
 from daydreaming_dagster.experiment.loaders import load_concepts, load_models, load_templates
+from daydreaming_dagster.experiment.settings import ExperimentSettings
 from daydreaming_dagster.experiment.templates import (
     MAX_PROMPT_CHARS,
     Concept,
     render_evaluation_prompt,
     render_generation_prompt,
 )
-from daydreaming_dagster.resources.experiment_settings import ExperimentSettings
+from daydreaming_dagster.runner.cli import main
 from daydreaming_dagster.store.object_paths import S3Path
 from tests.experiment_factory import write_experiment
 from tests.hostile import (
@@ -114,7 +114,7 @@ def test_the_daydream_command_refuses_a_hostile_template_in_a_subprocess(root: P
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAYDREAM_", "DAGSTER_", "OPENROUTER_"))}
     env.update(DAGSTER_HOME=str(tmp_path / "dagster_home"), OPENROUTER_API_KEY=SECRET, PYTHONWARNINGS="ignore")
     uv = shutil.which("uv")
-    command = [uv, "run", "--project", str(REPO), "--no-sync", "daydream"] if uv else [sys.executable, "-m", "daydreaming_dagster.cli"]
+    command = [uv, "run", "--project", str(REPO), "--no-sync", "daydream"] if uv else [sys.executable, "-m", "daydreaming_dagster.runner.cli"]
     proc = subprocess.run(
         [*command, "run", "--offline", "--data-root", str(root)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,

@@ -19,9 +19,14 @@ from daydreaming_dagster.store.claims import Claim, Claims, ClaimTimes, Held, Ow
 from daydreaming_dagster.store.layout import claim_path, sidecar_path, text_path
 from daydreaming_dagster.store.object_archive import ObjectClaims
 from daydreaming_dagster.store.object_paths import S3Path
-from daydreaming_dagster.store.responses import StoredResponseConflict, move_aside, read_provenance, write_response_once
 from daydreaming_dagster.store.roots import StorageRefused, data_path
 from daydreaming_dagster.store.spend import paid_tallies
+from daydreaming_dagster.store.write_once import (
+    StoredResponseConflict,
+    move_aside,
+    read_provenance,
+    write_response_once,
+)
 from tests.experiment_factory import write_experiment
 from tests.pipeline import KEY, REPLACE_CHANGED, Pipeline
 from tests.s3_server import SECRET_KEY
@@ -61,7 +66,7 @@ def test_an_unusable_data_root_is_refused_in_one_sentence(url, words):
 
 
 def test_daydream_refuses_a_gs_root_in_one_sentence_before_doing_anything(tmp_path, monkeypatch, capsys):
-    from daydreaming_dagster.cli import main
+    from daydreaming_dagster.runner.cli import main
 
     for name in ("DAYDREAM_DATA_ROOT", "DAYDREAM_BACKEND", "DAGSTER_HOME"):  # restored after the test
         monkeypatch.setenv(name, str(tmp_path / "unused"))
@@ -245,7 +250,7 @@ def test_the_pipeline_on_s3_stores_the_same_files_resumes_free_and_replaces_deli
 
 
 def test_a_table_on_s3_is_read_again_only_when_its_etag_changed(s3):
-    from daydreaming_dagster.store.tables import read_table
+    from daydreaming_dagster.store.csv_tables import read_table
 
     path = S3Path(s3.bucket, "exp/2_tasks/t.csv")
     path.write_text("combo_id,n\nc1,1\n")

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daydreaming_dagster import cli
-from daydreaming_dagster.orchestration.offline_instance import OfflineInstanceError, prepare_offline_home
+from daydreaming_dagster.runner import cli
+from daydreaming_dagster.instance.offline_home import OfflineInstanceError, prepare_offline_home
 
 REPO = Path(__file__).resolve().parents[1]
 PG_EXAMPLE = REPO / "deploy" / "dagster.postgres.yaml"
-POOLED = ("daydreaming_dagster.orchestration.postgres_storage", "PooledPostgresStorage")
+POOLED = ("daydreaming_dagster.instance.postgres", "PooledPostgresStorage")
 STOCK_PG = {
     "storage": {"postgres": {"postgres_db": {"hostname": "db", "username": "u", "password": {"env": "PW"}, "db_name": "x"}}},
     "run_queue": {"max_concurrent_runs": 3},

@@ -16,14 +16,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from daydreaming_dagster.cli import INSTANCE_TEMPLATE
-from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.definitions import build_definitions
-from daydreaming_dagster.orchestration.backfills import submit_pair_backfill
-from daydreaming_dagster.orchestration.batches import Batch
-from daydreaming_dagster.orchestration.instance_setup import BrokenInstanceError, open_instance
-from daydreaming_dagster.orchestration.overlap import HOST_TAG, PID_TAG, InProgress
-from daydreaming_dagster.orchestration.worker import QUIET, execute, partition_run_config
+from daydreaming_dagster.instance.opening import BrokenInstanceError, open_instance
+from daydreaming_dagster.runner.backfills import submit_pair_backfill
+from daydreaming_dagster.runner.cli import INSTANCE_TEMPLATE
+from daydreaming_dagster.runner.cli import main as daydream
+from daydreaming_dagster.runner.executor.ranges import Batch
+from daydreaming_dagster.runner.executor.worker import QUIET, execute, partition_run_config
+from daydreaming_dagster.runner.reruns.overlap import HOST_TAG, PID_TAG, InProgress
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.claims import Claims, ClaimTimes, Owner
 from daydreaming_dagster.store.layout import claim_path, text_path

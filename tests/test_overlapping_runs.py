@@ -20,8 +20,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from daydreaming_dagster.cli import INSTANCE_TEMPLATE
-from daydreaming_dagster.orchestration.head_start import OWNER_RUN as HEAD_START_RUN
+from daydreaming_dagster.runner.cli import INSTANCE_TEMPLATE
+from daydreaming_dagster.runner.executor.head_start import OWNER_RUN as HEAD_START_RUN
 from daydreaming_dagster.store.layout import sidecar_path
 from tests.experiment_factory import write_experiment
 from tests.openai_server import delay
@@ -164,7 +164,7 @@ def test_two_runners_on_one_instance_pay_once_and_materialize_each_partition_onc
         counts = materialization_counts(home, asset)
         assert len(counts) == partitions and set(counts.values()) == {1}, (asset, counts)
     assert any("left to another run" in d.stderr + d.stdout for d in done), [explain(d) for d in done]
-    # Both runners' head starts raced for the generations (orchestration/head_start.py): one of them asked each.
+    # Both runners' head starts raced for the generations (runner/executor/head_start.py): one of them asked each.
     sidecars = list((data / "3_generation" / "generation_response").glob("*.json"))
     assert len(sidecars) == 6 and all("asked_by" in json.loads(p.read_text()) for p in sidecars)
     assert leftovers(data) == []
@@ -254,7 +254,7 @@ def test_a_runner_killed_while_calls_are_in_flight_resumes_paying_at_most_once_m
     in_flight = {key for key in asked_before_kill if key[0] == "test/gen-model-2"}
     assert len(in_flight) == 3 and len(list(folder.glob("*.txt"))) == 3
     assert len(list(folder.glob(".*.claim.json"))) == 3  # the dead runner's claims are still there
-    # They are its head start's (orchestration/head_start.py): it was killed halfway through its calls.
+    # They are its head start's (runner/executor/head_start.py): it was killed halfway through its calls.
     assert {json.loads(c.read_text())["run_id"] for c in folder.glob(".*.claim.json")} == {HEAD_START_RUN}
 
     openai_server.behaviour_for = None

@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 
 from daydreaming_dagster.analysis.usage import model_prices, usage_table
-from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.llm.requests import LLMRequest
-from daydreaming_dagster.orchestration.worker import failure_text
 from daydreaming_dagster.resources.io_managers import (
     read_table,
 )
-from daydreaming_dagster.resources.responses import ResponseStore
+from daydreaming_dagster.resources.response_store import ResponseStore
+from daydreaming_dagster.runner.cli import main as daydream
+from daydreaming_dagster.runner.executor.worker import failure_text
 from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path
-from daydreaming_dagster.store.responses import StoredResponseConflict, read_provenance, write_response_once
+from daydreaming_dagster.store.write_once import StoredResponseConflict, read_provenance, write_response_once
 from tests.experiment_factory import write_experiment
 from tests.openai_server import (
     drop,

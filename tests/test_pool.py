@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daydreaming_dagster.orchestration import forkserver
-from daydreaming_dagster.orchestration.pool import WorkerPool
+from daydreaming_dagster.runner.executor import forkserver
+from daydreaming_dagster.runner.executor.pool import WorkerPool
 
 NOTHING = "tests.test_pool:start_nothing"
 

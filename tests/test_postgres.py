@@ -19,7 +19,7 @@ import yaml
 from daydreaming_dagster.definitions import build_definitions
 from daydreaming_dagster.experiment.pairs import valid_pair_keys
 from daydreaming_dagster.settings import Settings
-from daydreaming_dagster.store.tables import read_table
+from daydreaming_dagster.store.csv_tables import read_table
 from tests.experiment_factory import write_experiment
 from tests.postgres import LocalPostgres
 from tests.test_automation import tick
@@ -68,7 +68,7 @@ def pg_instance(postgres: LocalPostgres, tmp_path: Path, monkeypatch):
 
 def with_schema_and_driver(url: str, schema: str | None) -> str:
     pytest.importorskip("dagster_postgres", reason="the postgres extra is not installed (`uv sync --extra postgres`)")
-    from daydreaming_dagster.orchestration.postgres_storage import with_schema_and_driver
+    from daydreaming_dagster.instance.postgres import with_schema_and_driver
 
     return with_schema_and_driver(url, schema)
 

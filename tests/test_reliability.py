@@ -16,7 +16,7 @@ import pytest
 from daydreaming_dagster.analysis.reliability import judge_reliability, replicate_scores, variance_components
 from daydreaming_dagster.analysis.tables import judge_agreement_table
 from daydreaming_dagster.experiment.ids import evaluation_task_id
-from daydreaming_dagster.store.tables import read_table
+from daydreaming_dagster.store.csv_tables import read_table
 from tests.experiment_factory import write_experiment
 from tests.pipeline import KEY, Pipeline
 

@@ -26,10 +26,10 @@ from daydreaming_dagster.experiment.tasks import (
 )
 from daydreaming_dagster.llm.offline import JUDGE_NOISE, OfflineBackend, _offline_text
 from daydreaming_dagster.llm.requests import LLMRequest
-from daydreaming_dagster.orchestration.plan import make_plan
 from daydreaming_dagster.resources.config import ExperimentConfig
+from daydreaming_dagster.runner.plan import make_plan
 from daydreaming_dagster.store.layout import text_path
-from daydreaming_dagster.store.responses import mismatched_fields, read_provenance
+from daydreaming_dagster.store.write_once import mismatched_fields, read_provenance
 from tests.experiment_factory import write_experiment
 from tests.pipeline import KEY, Pipeline
 

@@ -18,13 +18,13 @@ from playwright.sync_api import expect
 from daydreaming_dagster.assets.report import report_path
 from daydreaming_dagster.compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from daydreaming_dagster.definitions import build_definitions
-from daydreaming_dagster.orchestration.worker import QUIET
 from daydreaming_dagster.report import payload as payload_module
 from daydreaming_dagster.report.page import render_page, script_json
 from daydreaming_dagster.report.payload import ReportTables, ReportTexts, build_payload
+from daydreaming_dagster.runner.executor.worker import QUIET
 from daydreaming_dagster.settings import Settings
+from daydreaming_dagster.store.csv_tables import read_table
 from daydreaming_dagster.store.layout import table_path, text_path
-from daydreaming_dagster.store.tables import read_table
 from tests.browser import chromium_path
 from tests.experiment_factory import write_experiment
 from tests.test_results import E1, E2, EXAMPLE, answered_as, offline_runner

@@ -24,10 +24,10 @@ from daydreaming_dagster.analysis.tables import (
     top_generations_table,
 )
 from daydreaming_dagster.assets.results import parse_rate_per_method
-from daydreaming_dagster.orchestration.worker import QUIET
+from daydreaming_dagster.runner.executor.worker import QUIET
+from daydreaming_dagster.store.csv_tables import read_table
 from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path
-from daydreaming_dagster.store.responses import content_digest
-from daydreaming_dagster.store.tables import read_table
+from daydreaming_dagster.store.write_once import content_digest
 from tests.experiment_factory import write_experiment
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -435,7 +435,7 @@ def test_results_of_a_single_evaluation_pair(tmp_path, instance, monkeypatch):
 
 
 def test_score_command_prints_score_or_reason(tmp_path, capsys):
-    from daydreaming_dagster.cli import main
+    from daydreaming_dagster.runner.cli import main
 
     (tmp_path / "good.txt").write_text("Nice.\nSCORE: 7.5")
     (tmp_path / "vague.txt").write_text("Nice, but no number.")

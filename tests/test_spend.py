@@ -16,8 +16,8 @@ from daydreaming_dagster.calls.guard import SpendingCapReached, SpendingGuard
 from daydreaming_dagster.llm.requests import LLMRequest
 from daydreaming_dagster.store.layout import text_path
 from daydreaming_dagster.store.reservations import in_flight, release, reserve
-from daydreaming_dagster.store.responses import keep_rejected, move_aside, write_response_once
 from daydreaming_dagster.store.spend import PaidLedger, paid_tallies
+from daydreaming_dagster.store.write_once import keep_rejected, move_aside, write_response_once
 
 
 def provenance(model_id: str, prompt: int, completion: int, cost: float | None = None, chars: int | None = None) -> dict:
@@ -162,7 +162,7 @@ import sys
 from daydreaming_dagster.calls.guard import SpendingGuard
 from daydreaming_dagster.llm.requests import LLMRequest
 from daydreaming_dagster.store.layout import text_path
-from daydreaming_dagster.store.responses import write_response_once
+from daydreaming_dagster.store.write_once import write_response_once
 root, cap, cost = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 guard = SpendingGuard(cap, root, {"gen": (1.0, 2.0)})
 guard.admit("g9", LLMRequest("gen", "x/gen", "p" * 100, 0.0, 100))

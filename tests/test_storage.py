@@ -18,7 +18,8 @@ import pytest
 
 from daydreaming_dagster.store.files import atomic_write_text
 from daydreaming_dagster.store.layout import sidecar_path, temp_path
-from daydreaming_dagster.store.responses import (
+from daydreaming_dagster.store.roots import StorageFull
+from daydreaming_dagster.store.write_once import (
     StoredResponseConflict,
     archived_provenance,
     keep_rejected,
@@ -26,7 +27,6 @@ from daydreaming_dagster.store.responses import (
     read_provenance,
     write_response_once,
 )
-from daydreaming_dagster.store.roots import StorageFull
 
 PROVENANCE = {
     "backend": "openai",
@@ -189,7 +189,7 @@ KILLED_WRITER = textwrap.dedent(
     from pathlib import Path
     from daydreaming_dagster.store.files import atomic_write_text
     from daydreaming_dagster.store.layout import sidecar_path, temp_path
-    from daydreaming_dagster.store.responses import StoredResponseConflict, archived_provenance, keep_rejected, move_aside, read_provenance, write_response_once
+    from daydreaming_dagster.store.write_once import StoredResponseConflict, archived_provenance, keep_rejected, move_aside, read_provenance, write_response_once
 
     real_fsync = os.fsync
     def slow_fsync(fd):  # widen the windows between writing, syncing and renaming

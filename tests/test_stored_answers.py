@@ -14,16 +14,17 @@ import pandas as pd
 import pytest
 
 from daydreaming_dagster.analysis.tables import UNVERIFIED
-from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.llm.requests import LLMRequest
-from daydreaming_dagster.orchestration.changes import EDITED
-from daydreaming_dagster.orchestration.worker import failure_text
-from daydreaming_dagster.resources.responses import ResponseStore, mismatch_message
+from daydreaming_dagster.resources.response_store import ResponseStore
+from daydreaming_dagster.runner.cli import main as daydream
+from daydreaming_dagster.runner.executor.worker import failure_text
+from daydreaming_dagster.runner.reruns.changes import EDITED
+from daydreaming_dagster.store.archive import mismatch_message
+from daydreaming_dagster.store.csv_tables import read_table
 from daydreaming_dagster.store.layout import sidecar_path, table_path, text_path
 from daydreaming_dagster.store.object_paths import S3Path
-from daydreaming_dagster.store.responses import StoredResponseConflict, verify_stored, write_response_once
 from daydreaming_dagster.store.roots import data_path
-from daydreaming_dagster.store.tables import read_table
+from daydreaming_dagster.store.write_once import StoredResponseConflict, verify_stored, write_response_once
 from tests.experiment_factory import write_experiment
 from tests.pipeline import KEY, Pipeline
 

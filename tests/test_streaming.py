@@ -15,13 +15,13 @@ import dagster as dg
 import pytest
 
 from daydreaming_dagster.assets.partitions import evaluation_pairs_partitions
-from daydreaming_dagster.cli import INSTANCE_TEMPLATE
-from daydreaming_dagster.cli import main as daydream
 from daydreaming_dagster.llm.slots import SharedCallSlots
-from daydreaming_dagster.orchestration.batches import Batch
-from daydreaming_dagster.orchestration.schedule import EVALUATION, GENERATION, Schedule
-from daydreaming_dagster.orchestration.streaming import Limits, StageReport, Stream
-from daydreaming_dagster.orchestration.worker import BatchOutcome
+from daydreaming_dagster.runner.cli import INSTANCE_TEMPLATE
+from daydreaming_dagster.runner.cli import main as daydream
+from daydreaming_dagster.runner.executor.ranges import Batch
+from daydreaming_dagster.runner.executor.schedule import EVALUATION, GENERATION, Schedule
+from daydreaming_dagster.runner.executor.streaming import Limits, StageReport, Stream
+from daydreaming_dagster.runner.executor.worker import BatchOutcome
 from tests.experiment_factory import write_experiment
 from tests.openai_server import held_until
 from tests.pipeline import KEY

@@ -8,10 +8,10 @@ import threading
 
 import dagster as dg
 
-from daydreaming_dagster.cli import INSTANCE_TEMPLATE
-from daydreaming_dagster.orchestration import worker
-from daydreaming_dagster.orchestration.batches import Batch
-from daydreaming_dagster.orchestration.worker import QUIET, execute, partition_run_config
+from daydreaming_dagster.runner.executor import worker
+from daydreaming_dagster.runner.cli import INSTANCE_TEMPLATE
+from daydreaming_dagster.runner.executor.ranges import Batch
+from daydreaming_dagster.runner.executor.worker import QUIET, execute, partition_run_config
 from tests.experiment_factory import write_experiment
 
 

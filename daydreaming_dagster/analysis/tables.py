@@ -34,7 +34,7 @@ PARSED_SCORE_COLUMNS = [
 ]
 NO_RESPONSE = "no evaluation response stored"
 # A stored judge answer that does not match its sidecar (edited or cut short) is not read: it is
-# neither scored nor a parse failure (store/responses.py, read_stored).
+# neither scored nor a parse failure (store/write_once.py, read_stored).
 UNVERIFIED = "the stored answer does not match its sidecar"
 # A method whose judge answers parse less often than this needs a look (prompt, parser or model).
 MIN_PARSE_RATE_PERCENT = 95

@@ -16,6 +16,7 @@ import dagster as dg
 
 from ..analysis.budget import price_table
 from ..analysis.usage import model_prices
+from ..calls.batch_submit import BatchRefused, Submitter
 from ..calls.claiming import Call
 from ..calls.guard import effective_cap
 from ..experiment.batch_choice import choose
@@ -25,8 +26,7 @@ from ..llm.batch_backend import OpenAIBatchBackend
 from ..llm.requests import LLMError
 from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
-from ..resources.responses import ResponseStore
-from .batch_submit import BatchRefused, Submitter
+from ..resources.response_store import ResponseStore
 
 BATCH_TAG = "daydream/batch"
 
@@ -54,7 +54,7 @@ def submit_from_step(
         choice = choose(models, True, {a.request.model_id for a in calls})
         prices = price_table(model_prices(models))
         backend.check_ready()
-        submitter = Submitter(backend, responses, choice, prices, effective_cap(run_cap, experiment_config.max_cost_usd, llm.backend == "offline"), context.log.info)
+        submitter = Submitter(backend, responses.archive(), choice, prices, effective_cap(run_cap, experiment_config.max_cost_usd, llm.backend == "offline"), context.log.info)
         records = submitter.submit(asset_name, calls)
     except (ExperimentError, LLMError, BatchRefused) as exc:
         return dg.Failure(description=str(exc))

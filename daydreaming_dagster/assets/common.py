@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..experiment.errors import ExperimentError
 from ..experiment.prompts import Prompt
-from ..store.tables import table_digest
+from ..store.csv_tables import table_digest
 
 PREVIEW_ROWS = 10
 # At most this many partitions go in one run of `daydream run`: its warm workers start a run for
@@ -130,7 +130,7 @@ def partition_output(
     of all its partitions' digests as their data version, and each partition's own digest in its
     metadata (`data_digest`): a partition re-made in a range looks changed to Dagster whenever
     anything in that range changed. `daydream run` re-makes only partitions whose prompt or
-    answer did change (see orchestration/changes.py), so every new version it records is a real
+    answer did change (see runner/reruns/changes.py), so every new version it records is a real
     change."""
     if not context.has_partition_key_range:
         ((key, value),) = values.items()

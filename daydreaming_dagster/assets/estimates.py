@@ -24,10 +24,10 @@ from ..experiment.prompts import template_label
 from ..experiment.templates import Concept, render_evaluation_prompt, render_generation_prompt
 from ..llm.requests import LLMRequest
 from ..resources.config import ExperimentConfig
-from ..resources.responses import ResponseStore
+from ..store.archive import Archive
 from ..store.layout import text_path
-from ..store.responses import read_provenance
 from ..store.roots import data_path
+from ..store.write_once import read_provenance
 
 # Stored answers read per stage and model to calibrate (plenty for a ratio and a mean, and
 # bounded on a large experiment).
@@ -47,11 +47,11 @@ class StageCalls:
     calls: list[dict] = field(default_factory=list)
 
 
-def _store(config: ExperimentConfig) -> ResponseStore:
-    return ResponseStore(base_path=str(config.output_root))
+def _store(config: ExperimentConfig) -> Archive:
+    return Archive(config.output_root)
 
 
-def _reusable(store: ResponseStore, asset: str, parts, request: LLMRequest) -> bool:
+def _reusable(store: Archive, asset: str, parts, request: LLMRequest) -> bool:
     return store.path(asset, parts).is_file() and store.reusable(asset, parts, request, replace_changed=True) is not None
 
 

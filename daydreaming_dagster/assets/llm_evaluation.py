@@ -15,9 +15,10 @@ from ..experiment.prompts import CODE_VERSION as PROMPT_CODE_VERSION
 from ..experiment.prompts import evaluation_prompts
 from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
-from ..resources.responses import ResponseStore, mismatch_message
+from ..resources.response_store import ResponseStore
+from ..store.archive import mismatch_message
 from ..store.layout import table_path, text_path
-from ..store.responses import verify_stored
+from ..store.write_once import verify_stored
 from .common import (
     PartitionText,
     by_partition,

@@ -11,7 +11,7 @@ from ..experiment.prompts import CODE_VERSION as PROMPT_CODE_VERSION
 from ..experiment.prompts import generation_prompts
 from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
-from ..resources.responses import ResponseStore
+from ..resources.response_store import ResponseStore
 from ..store.layout import text_path
 from .common import (
     PartitionText,

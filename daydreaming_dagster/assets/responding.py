@@ -18,9 +18,9 @@ from ..calls.engine import Engine, Kind, Outcome
 from ..calls.guard import SpendingGuard
 from ..llm.requests import LLMError, LLMResponse
 from ..resources.llm import LLMClientResource
-from ..resources.responses import ResponseStore
+from ..resources.response_store import ResponseStore
 from ..store.claims import Owner
-from ..store.responses import content_digest
+from ..store.write_once import content_digest
 from .batch_step import batch_requested, submit_from_step
 from .common import partition_output, per_partition_type, text_preview
 
@@ -43,7 +43,7 @@ PartitionResponse = per_partition_type("PartitionResponse", LLMResponse)
 
 class AskedEarlier(dg.Config):
     """This very request, asked earlier in the same `daydream run` (by its head start, see
-    orchestration/head_start.py) with its whole retry budget, without a usable answer: the answer
+    runner/executor/head_start.py) with its whole retry budget, without a usable answer: the answer
     was cut off (kept under _rejected/), or the call failed. The step fails it as if it had asked,
     so one command asks one request once."""
 
@@ -92,7 +92,8 @@ def respond(
     """Every call's answer (stored or new) as the step's output; fails after storing what arrived
     when any call got no usable answer."""
     asset_name = context.asset_key.path[-1]
-    engine = Engine(responses, asset_name, llm, Owner.here(context.run.run_id), context.log, guard)
+    archive = responses.archive()
+    engine = Engine(archive, asset_name, llm, Owner.here(context.run.run_id), context.log, guard)
     failures: dict[str, dg.Failure] = {}
     outcomes: dict[str, Outcome] = {}
     to_call = []
@@ -121,7 +122,7 @@ def respond(
     asked: dict[str, dict] = {}  # ResponseConfig.asked_earlier's entries for the runs that follow
     held: dict[str, str] = {}
     for key, outcome in outcomes.items():
-        path = responses.path(asset_name, outcome.call.parts)
+        path = archive.path(asset_name, outcome.call.parts)
         if outcome.kind in (Kind.REUSED, Kind.PAID):
             answers[key] = outcome.response
             metadata[key] = _response_metadata(outcome.response, path, reused=outcome.kind == Kind.REUSED)

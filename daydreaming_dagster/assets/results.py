@@ -26,11 +26,11 @@ from ..analysis.tables import (
 from ..analysis.usage import PRICE_COLUMNS, model_prices, usage_table
 from ..experiment.ids import pair_key_str
 from ..resources.config import ExperimentConfig
-from ..resources.responses import ResponseStore
+from ..resources.response_store import ResponseStore
 from ..store.files import atomic_write_bytes
 from ..store.layout import table_path, text_path
-from ..store.responses import unverified
 from ..store.roots import data_path
+from ..store.write_once import unverified
 from .common import experiment_errors_as_failures, md_preview
 
 GROUP = "results"
@@ -268,7 +268,7 @@ def llm_usage(
     calls = [
         {**provenance, "stage": stage, "status": status}
         for stage, (asset_name, partitions) in stages.items()
-        for status, provenance in responses.paid_calls(asset_name, partitions)
+        for status, provenance in responses.archive().paid_calls(asset_name, partitions)
     ]
     df = usage_table(calls, prices)
     priced = df["cost_usd"].notna()

@@ -17,7 +17,7 @@ from typing import Protocol
 from ..llm.requests import LLMRequest, LLMResponse
 from ..store.claims import Claim, Held, Owner
 from ..store.heartbeat import Heartbeat
-from ..store.responses import StoredResponseConflict
+from ..store.write_once import StoredResponseConflict
 
 
 class Log(Protocol):
@@ -41,7 +41,7 @@ class Call:
 def held_message(asset_name: str, key: str, owner: str, waited_s: float) -> str:
     """One sentence: another live run (or a provider batch) is paying for this partition's answer;
     re-run later to reuse it."""
-    if "(run batch " in owner:  # see assets/batch_submit.py: a batch's claim names it as its run
+    if "(run batch " in owner:  # see calls/batch_submit.py: a batch's claim names it as its run
         batch = owner.split("(run batch ", 1)[1].rstrip(")")
         return (
             f"{asset_name} partition '{key}' is in provider batch {batch}, which holds its claim; it is not asked "

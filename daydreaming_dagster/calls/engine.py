@@ -29,8 +29,8 @@ from typing import Protocol
 
 from ..llm.requests import APIRefusedError, IncompleteResponseError, LLMError, LLMRequest, LLMResponse
 from ..store.claims import Owner
-from ..store.responses import StoredResponseConflict
 from ..store.roots import StorageFull
+from ..store.write_once import StoredResponseConflict
 from .claiming import Call, CallClaims, Log, held_message
 from .guard import SpendingCapReached, SpendingGuard
 
@@ -67,7 +67,7 @@ class Outcome:
 
 
 class Engine:
-    """Paid calls of one asker (`owner`) for one response asset of an archive (resources/responses.py's
+    """Paid calls of one asker (`owner`) for one response asset of an archive (resources/response_store.py's
     ResponseStore: paths, reuse, write-once storing, claims), through `client`."""
 
     def __init__(

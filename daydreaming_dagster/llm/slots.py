@@ -3,7 +3,7 @@
 Two kinds. `daydream run` gives its worker processes one set of `SharedCallSlots`
 (`share_call_slots`), so the calls across all of its runs stay within --concurrency; the same
 object tells the runner how many of the partitions it handed out have not started their call yet,
-so it hands out more before a slot would fall idle (see orchestration/streaming.py). Runs the
+so it hands out more before a slot would fall idle (see runner/executor/streaming.py). Runs the
 Dagster daemon launches (UI backfills, the sensor) are separate processes with nothing shared but
 the machine: `FileCallSlots` is a set of slot files in a folder, a call holding an exclusive
 `flock` on one of them while it is in flight. A slot is free again the moment its holder ends,

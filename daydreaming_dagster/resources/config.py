@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .experiment_settings import ExperimentSettings
+from ..experiment.settings import ExperimentSettings
 
 
 class ExperimentConfig(dg.ConfigurableResource, ExperimentSettings):

@@ -10,12 +10,12 @@ import dagster as dg
 import pandas as pd
 
 from ..llm.requests import LLMResponse
+from ..store.archive import mismatch_message
+from ..store.csv_tables import read_table
 from ..store.files import atomic_write_bytes, atomic_write_text
 from ..store.layout import table_path, text_path
-from ..store.responses import read_stored, write_response_once
 from ..store.roots import data_path
-from ..store.tables import read_table
-from .responses import mismatch_message
+from ..store.write_once import read_stored, write_response_once
 
 # The paid answers: their text is checked against its sidecar whenever it is loaded.
 RESPONSE_ASSETS = frozenset({"generation_response", "evaluation_response"})
@@ -71,7 +71,7 @@ class TextIOManager(dg.ConfigurableIOManager):
 
     Loading several partitions (a downstream asset that reads all of them) returns a dict keyed by
     partition key holding only the partitions that have a file. A stored response is handed over
-    only when it matches its sidecar (store/responses.py, read_stored): loading one that does not
+    only when it matches its sidecar (store/write_once.py, read_stored): loading one that does not
     fails with one sentence; loading several leaves it out."""
 
     base_path: str

@@ -52,7 +52,7 @@ def _as_os_error():
 
 def write_object_once(path: S3Path, text: str, provenance: dict, sidecar: bytes) -> bool:
     """responses.write_response_once on S3 (see the module docstring)."""
-    from .responses import StoredResponseConflict, keep_rejected, settle_existing
+    from .write_once import StoredResponseConflict, keep_rejected, settle_existing
 
     store, data = path.store, text.encode("utf-8")
     stored = store.get(path.key)

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..assets.batch_submit import reconcile, request_of
 from ..llm.batch_backend import BatchBackend, BatchState
 from ..llm.requests import LLMError
-from ..resources.responses import ResponseStore
+from ..store.archive import Archive
 from ..store.batch_ledger import BatchLedger
 from ..store.reservations import release_batch
-from ..store.responses import StoredResponseConflict
+from ..store.write_once import StoredResponseConflict
+from .batch_submit import reconcile, request_of
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Collected:
         return done, total
 
 
-def look(backend: BatchBackend, store: ResponseStore, log: Callable[[str], None] = lambda line: None) -> Collected:
+def look(backend: BatchBackend, store: Archive, log: Callable[[str], None] = lambda line: None) -> Collected:
     """Poll every open batch of the output root once; collect those that finished."""
     reconcile(backend, store, log=log)
     ledger = BatchLedger(store.base_path)
@@ -69,7 +69,7 @@ def look(backend: BatchBackend, store: ResponseStore, log: Callable[[str], None]
 
 
 def collect(
-    backend: BatchBackend, store: ResponseStore, record: dict, state: BatchState, out: Collected, log: Callable[[str], None]
+    backend: BatchBackend, store: Archive, record: dict, state: BatchState, out: Collected, log: Callable[[str], None]
 ) -> None:
     """Store a finished batch's answers, note its failures, release its claims and reservation."""
     asset, batch_id = record["asset"], record["batch_id"]
@@ -101,7 +101,7 @@ def collect(
     log(f"batch {batch_id} ({record['model_id']}, {state.status}): {len(results.answers)} answer(s) stored{tail}")
 
 
-def release_claims(store: ResponseStore, record: dict) -> None:
+def release_claims(store: Archive, record: dict) -> None:
     """Delete the claims this batch holds (not one another asker took over after it ran out)."""
     claims = store.claims()
     for item in record["items"].values():
@@ -115,7 +115,7 @@ def release_claims(store: ResponseStore, record: dict) -> None:
             claims.backend.delete(path, found[1])
 
 
-def cancel(backend: BatchBackend, store: ResponseStore, batch_id: str) -> str:
+def cancel(backend: BatchBackend, store: Archive, batch_id: str) -> str:
     """Cancel an open batch (what it already answered is still collected); one line saying what happened."""
     ledger = BatchLedger(store.base_path)
     record = next((r for r in ledger.open_records() if batch_id in (r.get("batch_id"), r["submission"])), None)

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
-from .batches import Batch, batch_size
 from .head_start import ASKED
+from .ranges import Batch, batch_size
 from .schedule import EVALUATION, GENERATION, Schedule
 
 # How often the stream looks at the queued calls while no run ends (seconds).

@@ -1,16 +1,20 @@
-"""The archive of paid responses, as the response assets see it before deciding to call an LLM."""
+"""The archive of paid answers under one output root, by asset and partition: where each answer
+lives, whether a stored one answers a request (and the sentence when it answers another, or no
+longer matches its sidecar), storing a new one write-once, moving one aside when it is replaced on
+purpose, keeping rejected ones, the claims on calls in flight, and every paid answer's provenance for
+accounting. The engine (calls/engine.py) stores through it; the response assets reach it through
+the ResponseStore resource. The file-level work is write_once.py's."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import dagster as dg
-
 from ..llm.requests import LLMRequest, LLMResponse
-from ..store.claims import DEFAULT_LEASE_S, DEFAULT_POLL_S, DEFAULT_RENEW_S, DEFAULT_WAIT_S, Claims, ClaimTimes
-from ..store.layout import claim_path, text_path
-from ..store.responses import (
+from .claims import Claims, ClaimTimes
+from .layout import claim_path, text_path
+from .roots import claim_backend, data_path
+from .write_once import (
     StoredResponseConflict,
     archived_provenance,
     keep_rejected,
@@ -20,7 +24,6 @@ from ..store.responses import (
     read_stored,
     write_response_once,
 )
-from ..store.roots import claim_backend, data_path
 
 # How a fingerprint field reads in a sentence.
 _FIELD_WORDS = {
@@ -59,29 +62,19 @@ def mismatch_message(asset_name: str, partition: str, path: Path, reason: str) -
     )
 
 
-class ResponseStore(dg.ConfigurableResource):
-    """The paid-response archive, as the response assets see it around an LLM call.
+class Archive:
+    """The paid answers under `base_path`, with claims on calls in flight lasting `times`.
 
-    Finds the stored response that answers a request, refuses one that answers another, stores a
-    new answer the moment it arrives (so a step that fails later, or a killed process, loses
-    nothing paid for), moves a stored response aside when asked to replace it, keeps rejected
-    answers, and reads the provenance sidecars (stored, superseded and rejected) for accounting.
-    Shares `base_path` and the layout of `text_path` with TextIOManager, whose write of the
-    step's output then finds the answer already stored.
+    Finds the stored answer that answers a request, refuses one that answers another, stores a new
+    answer the moment it arrives (so a step that fails later, or a killed process, loses nothing
+    paid for), moves a stored answer aside when asked to replace it, keeps rejected answers, and
+    reads the provenance sidecars (stored, superseded and rejected) for accounting. Shares the
+    layout of `text_path` with the text IO manager, whose write of a step's output then finds the
+    answer already stored."""
 
-    Calls are claimed through it (see store/claims.py), so two runs never pay for one response."""
-
-    base_path: str
-    claim_lease_s: float = DEFAULT_LEASE_S
-    """A claim on a call lasts this long unless its owner renews it; a dead owner's claim is taken
-    over after it."""
-    claim_renew_s: float = DEFAULT_RENEW_S
-    """How often the owner of a claim renews it while its call is in flight."""
-    claim_wait_s: float = DEFAULT_WAIT_S
-    """How long a run waits for the answer of a call another live run has claimed, before it fails
-    that partition (a later re-run reuses the answer)."""
-    claim_poll_s: float = DEFAULT_POLL_S
-    """How often a waiting run looks for that answer."""
+    def __init__(self, base_path, times: ClaimTimes | None = None) -> None:
+        self.base_path = str(base_path)
+        self.times = times or ClaimTimes()
 
     def path(self, asset_name: str, parts: dict[str, str] | str) -> Path:
         return text_path(data_path(self.base_path), asset_name, parts)
@@ -90,21 +83,17 @@ class ResponseStore(dg.ConfigurableResource):
         return claim_path(self.path(asset_name, parts))
 
     @classmethod
-    def at(cls, base_path: str) -> ResponseStore:
+    def at(cls, base_path) -> Archive:
         """The archive under `base_path`, with claim times from DAYDREAM_CLAIM_* when they are set."""
-        times = ClaimTimes.from_env()
-        return cls(
-            base_path=base_path,
-            claim_lease_s=times.lease_s,
-            claim_renew_s=times.renew_s,
-            claim_wait_s=times.wait_s,
-            claim_poll_s=times.poll_s,
-        )
+        return cls(base_path, ClaimTimes.from_env())
+
+    @property
+    def claim_wait_s(self) -> float:
+        return self.times.wait_s
 
     def claims(self) -> Claims:
-        """The claims on this archive's calls, with this resource's lease and wait times."""
-        times = ClaimTimes(self.claim_lease_s, self.claim_renew_s, self.claim_wait_s, self.claim_poll_s)
-        return Claims(backend=claim_backend(self.base_path), times=times)
+        """The claims on this archive's calls, with this archive's lease and wait times."""
+        return Claims(backend=claim_backend(self.base_path), times=self.times)
 
     def reusable(
         self, asset_name: str, parts: dict[str, str] | str, request: LLMRequest, replace_changed: bool

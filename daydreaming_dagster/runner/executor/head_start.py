@@ -4,7 +4,7 @@ Loading Dagster, the code location and the worker processes takes seconds of CPU
 Dagster run can call a model; a plain script would have been calling for most of that time. So the
 command starts here, in a thread that imports no Dagster: it reads the experiment with the same
 pure functions the task assets use and builds the very requests the generation_response asset
-sends (resources/experiment_settings.py). As soon as the command has opened the instance (`go`: a
+sends (experiment/settings.py). As soon as the command has opened the instance (`go`: a
 misconfigured instance still fails before any call) it asks every generation in the task table's
 order, within the call slots it shares with the workers' runs, each claimed first and stored
 write-once with its provenance, as a step stores it. The runner's stream runs each generation once
@@ -30,16 +30,16 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from ..llm.requests import APIRefusedError, IncompleteResponseError, LLMError, LLMRequest
-from ..settings import Settings
-from ..store.claims import Claims, ClaimTimes, Held, Owner
-from ..store.heartbeat import Heartbeat
-from ..store.layout import claim_path, text_path
-from ..store.responses import StoredResponseConflict, keep_rejected, write_response_once
-from ..store.roots import StorageFull, claim_backend, is_remote
+from ...llm.requests import APIRefusedError, IncompleteResponseError, LLMError, LLMRequest
+from ...settings import Settings
+from ...store.claims import Claims, ClaimTimes, Held, Owner
+from ...store.heartbeat import Heartbeat
+from ...store.layout import claim_path, text_path
+from ...store.roots import StorageFull, claim_backend, is_remote
+from ...store.write_once import StoredResponseConflict, keep_rejected, write_response_once
 
 if TYPE_CHECKING:  # imported where used: the command's start imports nothing it does not need yet
-    from ..resources.experiment_settings import ExperimentSettings
+    from ...experiment.settings import ExperimentSettings
 
 ASSET = "generation_response"
 ASKED_BY = "daydream run's head start (before its Dagster run, which reused the answer)"
@@ -66,10 +66,10 @@ def prepared_requests(settings: Settings) -> list[tuple[str, LLMRequest]]:
 
 def _read_experiment(settings: Settings) -> tuple[ExperimentSettings, list[tuple[str, LLMRequest]], set[str]]:
     """The experiment's settings, its generation requests (see `prepared_requests`) and its judges."""
-    from ..experiment.loaders import load_concepts, load_models, load_templates
-    from ..experiment.prompts import generation_prompts
-    from ..experiment.tasks import build_content_combinations, build_evaluation_tasks, build_generation_tasks
-    from ..resources.experiment_settings import ExperimentSettings
+    from ...experiment.loaders import load_concepts, load_models, load_templates
+    from ...experiment.prompts import generation_prompts
+    from ...experiment.settings import ExperimentSettings
+    from ...experiment.tasks import build_content_combinations, build_evaluation_tasks, build_generation_tasks
 
     config = ExperimentSettings.for_experiment(str(settings.data_root), str(settings.output_root))
     raw = config.raw_dir
@@ -88,7 +88,7 @@ def spending_guard(config: ExperimentSettings, run_cap: float | None, requests, 
     """The guard admitting each call under the cap (`run_cap`, else the experiment's), as a step's
     guard does (calls/guard.py): None without a cap; False when a model the run calls has no
     price (the command then refuses the cap before any call)."""
-    from ..calls.guard import SpendingGuard
+    from ...calls.guard import SpendingGuard
 
     guard = SpendingGuard.for_run(config, run_cap)
     if guard is None:
@@ -187,7 +187,7 @@ class HeadStart:
 
     def _ask_all(self) -> None:
         try:
-            from ..store.spend import paid_tallies
+            from ...store.spend import paid_tallies
 
             config, requests, judges = _read_experiment(self.settings)
             self._guard = spending_guard(config, self.run_cap, requests, judges)
@@ -298,8 +298,8 @@ class HeadStart:
 
     def _client(self):
         """The backend the generation_response asset would use (resources/llm.py), outside a run."""
-        from ..llm.openai_backend import OpenAIBackend
-        from ..llm.slots import FileCallSlots
+        from ...llm.openai_backend import OpenAIBackend
+        from ...llm.slots import FileCallSlots
 
         settings = self.settings
         return OpenAIBackend(

@@ -1,8 +1,8 @@
-"""The experiment's settings as one typed object: the values in it are the values used and sent.
+"""The experiment's settings as one typed object: the values in it are the values used and sent,
+and the request each task makes with them.
 
-Dagster-free (unlike the rest of this package), so `daydream run` can build the very requests the
-assets send before it loads Dagster (see orchestration/head_start.py); config.py makes it the
-assets' resource."""
+Dagster-free, so `daydream run` can build the very requests the assets send before it loads
+Dagster (see runner/executor/head_start.py); resources/config.py makes it the assets' resource."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pydantic
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
-from ..experiment.errors import ExperimentError
-from ..experiment.loaders import DESCRIPTION_LEVELS, load_settings
 from ..llm.requests import LLMRequest
 from ..store.roots import data_path
+from .errors import ExperimentError
+from .loaders import DESCRIPTION_LEVELS, load_settings
 
 # A replicate is a paid call per task; more than this is almost certainly a typo, not a plan.
 MAX_REPLICATES = 100

@@ -16,18 +16,18 @@ import dagster as dg
 
 from ..analysis.budget import price_table
 from ..analysis.usage import model_prices
-from ..assets.batch_submit import BatchRefused, Submitter, evaluation_asks
+from ..calls.batch_collect import Collected, look
+from ..calls.batch_submit import BatchRefused, Submitter, evaluation_asks
 from ..experiment.batch_choice import BatchChoice
 from ..experiment.loaders import load_models
 from ..llm.batch_backend import OpenAIBatchBackend
 from ..resources.config import ExperimentConfig
 from ..resources.llm import LLMClientResource
-from ..resources.responses import ResponseStore
+from ..store.archive import Archive
 from ..store.batch_ledger import BatchLedger
+from ..store.csv_tables import read_table
 from ..store.layout import table_path
-from ..store.tables import read_table
-from .batch_collect import Collected, look
-from .sensors import pairs_request
+from .evaluation_sensor import pairs_request
 
 GENERATION = [dg.AssetKey("generation_prompt"), dg.AssetKey("generation_response")]
 EVALUATION = [dg.AssetKey("evaluation_prompt"), dg.AssetKey("evaluation_response")]
@@ -43,7 +43,7 @@ def collection_requests(seen: Collected) -> list[dg.RunRequest]:
     return requests + pairs_request(seen.stored.get("evaluation_response", []))
 
 
-def submit_evaluations(seen: Collected, config: ExperimentConfig, store: ResponseStore, backend, log) -> int:
+def submit_evaluations(seen: Collected, config: ExperimentConfig, store: Archive, backend, log) -> int:
     """Batch the evaluation pairs of the generations stored from batches that asked for it (one
     file per judge for all of them); how many requests were submitted."""
     stored, judges, discounts = set(), set(), {}
@@ -75,7 +75,7 @@ def build_batch_sensor() -> dg.SensorDefinition:
     def batches_collect(context: dg.SensorEvaluationContext, llm: LLMClientResource, experiment_config: ExperimentConfig):
         if not BatchLedger(experiment_config.output_root).open_records():
             return dg.SkipReason("no open batch")
-        store = ResponseStore.at(experiment_config.output_root)
+        store = Archive.at(experiment_config.output_root)
         backend = OpenAIBatchBackend(llm.api_key, llm.base_url)
         try:
             seen = look(backend, store, context.log.info)

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..llm.slots import SharedCallSlots
+from ...llm.slots import SharedCallSlots
 from . import forkserver
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 # The SDK too: the code location imports it only where a call is made (see llm/openai_backend.py).
 PRELOAD = ("daydreaming_dagster.definitions", "openai")
-INITIALIZER = "daydreaming_dagster.orchestration.worker:init_worker"
+INITIALIZER = "daydreaming_dagster.runner.executor.worker:init_worker"
 
 
 def default_workers(concurrency: int, offline: bool = False) -> int:
@@ -50,7 +50,7 @@ def runs_in_flight(concurrency: int) -> int:
 def llm_pool_limit(instance: dg.DagsterInstance) -> int | None:
     """How many steps of the LLM pool may run at once across all runs (None: no limit). A response
     step over this limit would wait for a slot, polling once a second or less often."""
-    from ..assets.responding import LLM_POOL
+    from ...assets.responding import LLM_POOL
 
     config = instance.get_concurrency_config().pool_config
     if config.pool_granularity is not None and config.pool_granularity.value == "run":

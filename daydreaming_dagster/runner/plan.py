@@ -22,13 +22,13 @@ from ..experiment.batch_choice import BatchChoice, batch_prices, choose
 from ..experiment.loaders import load_concepts, load_models, load_templates
 from ..experiment.pairs import valid_pair_keys
 from ..experiment.tasks import build_content_combinations, build_evaluation_tasks, build_generation_tasks
+from ..instance.opening import open_instance
 from ..resources.config import ExperimentConfig
 from ..settings import Settings
 from ..store.roots import data_path
 from ..store.spend import paid_tallies
-from .changes import ChangeCheck, change_report
-from .instance_setup import open_instance
-from .integrity import Unverified
+from .reruns.changes import ChangeCheck, change_report
+from .reruns.integrity import Unverified
 
 
 @dataclass

@@ -12,8 +12,8 @@ import heapq
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 
-from ..experiment.ids import pair_key_str
-from .batches import Batch
+from ...experiment.ids import pair_key_str
+from .ranges import Batch
 
 GENERATION = "generation"
 EVALUATION = "evaluation"

@@ -28,22 +28,22 @@ import pandas as pd
 
 from ..analysis.budget import HOW_TO_RAISE, Price, unknown_spend_sentence, unpriced_sentence, worst_case_usd
 from ..analysis.estimate import usd
-from ..calls.claiming import Call
-from ..calls.guard import spent_usd
 from ..experiment.batch_choice import BatchChoice
 from ..experiment.ids import pair_key_str
 from ..experiment.prompts import evaluation_prompts, generation_prompts
+from ..experiment.settings import ExperimentSettings
 from ..llm.batch_backend import BatchBackend, jsonl_line, split_lines
 from ..llm.requests import LLMError, LLMRequest
-from ..resources.config import ExperimentConfig
-from ..resources.responses import ResponseStore
+from ..store.archive import Archive
 from ..store.batch_ledger import BatchLedger, file_digest, submission_id
 from ..store.claims import Claim, Claims, ClaimTimes, Held, Owner
+from ..store.csv_tables import read_table
 from ..store.layout import table_path, text_path
 from ..store.reservations import in_flight, release_batch, reserve_batch, spending_lock
-from ..store.responses import StoredResponseConflict, read_stored
 from ..store.spend import paid_tallies
-from ..store.tables import read_table
+from ..store.write_once import StoredResponseConflict, read_stored
+from .claiming import Call
+from .guard import spent_usd
 
 # A batch claim outlives OpenAI's 24 h completion window, so a batch that is never collected
 # (its ledger lost with a machine) frees its partitions for a live run a day later.
@@ -55,7 +55,7 @@ class BatchRefused(Exception):
     """Nothing of this submission was uploaded; str() is one sentence saying why."""
 
 
-def generation_asks(config: ExperimentConfig, keys: Sequence[str]) -> list[Call]:
+def generation_asks(config: ExperimentSettings, keys: Sequence[str]) -> list[Call]:
     """The request of each generation task in `keys`, as generation_response builds it."""
     root = Path(config.output_root)
     tasks = read_table(table_path(root, "generation_tasks")).drop_duplicates("generation_task_id")
@@ -66,7 +66,7 @@ def generation_asks(config: ExperimentConfig, keys: Sequence[str]) -> list[Call]
     return [Call(key, key, config.generation_request(rows[key], prompts[key].text)) for key in keys if key in rows]
 
 
-def evaluation_asks(config: ExperimentConfig, pairs: pd.DataFrame) -> list[Call]:
+def evaluation_asks(config: ExperimentSettings, pairs: pd.DataFrame) -> list[Call]:
     """The request of each pair (rows of evaluation_tasks) whose generation answer is stored and
     matches its sidecar, as evaluation_response builds it."""
     root = Path(config.output_root)
@@ -101,7 +101,7 @@ def request_of(item: dict) -> LLMRequest:
     return LLMRequest(**item["request"])
 
 
-def long_claims(store: ResponseStore) -> Claims:
+def long_claims(store: Archive) -> Claims:
     short = store.claims().times
     return Claims(times=ClaimTimes(BATCH_LEASE_S, short.renew_s, short.wait_s, short.poll_s))
 
@@ -112,7 +112,7 @@ class Submitter:
     def __init__(
         self,
         backend: BatchBackend,
-        store: ResponseStore,
+        store: Archive,
         choice: BatchChoice,
         prices: dict[str, Price],
         cap_usd: float | None,
@@ -257,7 +257,7 @@ class Submitter:
         return worst
 
 
-def reconcile(backend: BatchBackend, store: ResponseStore, grace_s: float | None = None, log=lambda line: None) -> int:
+def reconcile(backend: BatchBackend, store: Archive, grace_s: float | None = None, log=lambda line: None) -> int:
     """Settle "intended" records older than a claim lease (their submitter died between writing the
     record and recording the batch): adopt the batch the provider has for them, or drop the record.
     Returns how many were adopted."""

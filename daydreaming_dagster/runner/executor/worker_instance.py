@@ -34,9 +34,9 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from ..compat import ConfigurableClassData, InstanceRef, NoOpComputeLogManager
-from .instance_setup import open_instance
-from .overlap import HOST_TAG, RERUN_TAG, check_no_overlap, run_creation_lock
+from ...compat import ConfigurableClassData, InstanceRef, NoOpComputeLogManager
+from ...instance.opening import open_instance
+from ..reruns.overlap import HOST_TAG, RERUN_TAG, check_no_overlap, run_creation_lock
 
 DEFAULT_KEY_TTL_S = 30.0
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from ..assets.common import EXPERIMENT_REFUSED
-from ..assets.responding import ASKED_EARLIER, CAP_REACHED, STOPS_RUN
-from ..compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from ..llm.slots import counting_calls, share_call_slots
-from ..settings import Settings
-from .batches import Batch
-from .overlap import RERUN_TAG, RunsOverlap, owner_tags
+from ...assets.common import EXPERIMENT_REFUSED
+from ...assets.responding import ASKED_EARLIER, CAP_REACHED, STOPS_RUN
+from ...compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from ...llm.slots import counting_calls, share_call_slots
+from ...settings import Settings
+from ..reruns.overlap import RERUN_TAG, RunsOverlap, owner_tags
+from .ranges import Batch
 from .worker_instance import worker_instance
 
 _WORKER: dict = {}
@@ -79,7 +79,7 @@ def load_worker(instance: bool = True) -> None:
     """This process's code location and (with `instance`) instance, loaded once for the settings in
     the environment (again when they change, as between two in-process `daydream` calls); no
     partition keys are read here."""
-    from ..definitions import build_definitions
+    from ...definitions import build_definitions
 
     settings = Settings.from_env()
     key = (settings, settings.output_root, os.environ.get("DAGSTER_HOME"), bool(os.environ.get("OPENROUTER_API_KEY")))

@@ -9,10 +9,10 @@ import os
 import sys
 
 from ..experiment.errors import ExperimentError
+from ..instance.opening import open_instance
 from ..settings import Settings
-from .head_start import HeadStart, wanted
-from .instance_setup import open_instance
-from .pool import WorkerPool
+from .executor.head_start import HeadStart, wanted
+from .executor.pool import WorkerPool
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -20,7 +20,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     (and, live against an API, after a head start), each started before anything heavy is imported."""
     from ..experiment.batch_choice import batch_wanted
     from ..llm.slots import share_call_slots
-    from .pool import default_workers, start_pool
+    from .executor.pool import default_workers, start_pool
 
     workers = args.workers or default_workers(args.concurrency, settings.offline)
     batch = args.batch or (not settings.offline and batch_wanted(settings.data_root / "1_raw"))
@@ -34,7 +34,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         head_start.start()
     try:
         if batch:
-            from .batch_run import run_batch
+            from .batch_mode import run_batch
 
             return run_batch(args, settings, pool)
         return run_live(args, settings, workers, pool, head_start)
@@ -62,8 +62,8 @@ def run_live(
     instance = open_instance()
     if head_start is not None:
         head_start.go()
+    from .executor.runner import Runner, print_progress
     from .run_costs import RunCosts
-    from .runner import Runner, print_progress
 
     runner = Runner(
         settings.output_root,

@@ -21,25 +21,31 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..assets.common import MAX_PARTITIONS_PER_RUN
-from ..assets.partitions import evaluation_pairs_partitions, generation_tasks_partitions
-from ..compat import BulkActionStatus
-from ..experiment.pairs import valid_pair_keys
-from ..llm.slots import SharedCallSlots, share_call_slots
-from ..resources.config import ExperimentConfig
-from ..settings import Settings
-from ..store.layout import table_path
-from ..store.roots import data_path
-from ..store.tables import read_table
-from .batch_run import held_by_batches
-from .batches import Batch
-from .changes import ChangeCheck, StageCheck, change_report
-from .freshness import TABLES_FINGERPRINT_TAG, UNVERIFIED_TAG, results_current, tables_current, tables_fingerprint
+from ...assets.common import MAX_PARTITIONS_PER_RUN
+from ...assets.partitions import evaluation_pairs_partitions, generation_tasks_partitions
+from ...compat import BulkActionStatus
+from ...experiment.pairs import valid_pair_keys
+from ...instance.opening import open_instance
+from ...llm.slots import SharedCallSlots, share_call_slots
+from ...resources.config import ExperimentConfig
+from ...settings import Settings
+from ...store.csv_tables import read_table
+from ...store.layout import table_path
+from ...store.roots import data_path
+from ..batch_mode import held_by_batches
+from ..reruns.changes import ChangeCheck, StageCheck, change_report
+from ..reruns.freshness import (
+    TABLES_FINGERPRINT_TAG,
+    UNVERIFIED_TAG,
+    results_current,
+    tables_current,
+    tables_fingerprint,
+)
+from ..reruns.integrity import Unverified
+from ..reruns.overlap import IN_PROGRESS, InProgress
 from .head_start import HeadStart
-from .instance_setup import open_instance
-from .integrity import Unverified
-from .overlap import IN_PROGRESS, InProgress
 from .pool import WorkerPool, default_workers, llm_pool_limit, runs_in_flight, start_pool
+from .ranges import Batch
 from .schedule import EVALUATION, GENERATION, Schedule
 from .streaming import Limits, StageReport, Stream, left_text
 from .worker import QUIET, execute, load_worker, partition_run_config, warm_worker
@@ -348,7 +354,7 @@ class Runner:
 def _warm_up() -> None:
     """Load the code location, matplotlib and the statistics modules in this process while the
     stream runs, so the results build at once when it ends."""
-    from ..analysis import agreement, figures
+    from ...analysis import agreement, figures
 
     load_worker()
     figures.warm_up()

@@ -20,7 +20,8 @@ from pathlib import Path
 from ..analysis.budget import price_table
 from ..analysis.estimate import usd
 from ..analysis.usage import model_prices
-from ..assets.batch_submit import BatchRefused, Submitter, evaluation_asks, generation_asks
+from ..calls.batch_collect import cancel, look
+from ..calls.batch_submit import BatchRefused, Submitter, evaluation_asks, generation_asks
 from ..calls.guard import effective_cap
 from ..experiment.batch_choice import BatchChoice, choose
 from ..experiment.errors import ExperimentError
@@ -29,13 +30,12 @@ from ..experiment.pairs import valid_pair_keys
 from ..llm.batch_backend import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, OpenAIBatchBackend
 from ..llm.requests import LLMError
 from ..resources.config import ExperimentConfig
-from ..resources.responses import ResponseStore
 from ..settings import Settings
+from ..store.archive import Archive
 from ..store.batch_ledger import BatchLedger
+from ..store.csv_tables import read_table
 from ..store.layout import table_path
-from ..store.tables import read_table
-from .batch_collect import cancel, look
-from .integrity import Unverified
+from .reruns.integrity import Unverified
 
 DEFAULT_POLL_S = 30.0
 
@@ -67,8 +67,8 @@ def held_by_batches(output_root: Path, job_name: str) -> dict[str, str]:
 
 def run_batch(args: argparse.Namespace, settings: Settings, pool=None) -> int:
     """`daydream run` in batch mode, on the command's worker `pool` if it started one; the exit status."""
+    from .executor.runner import Runner, default_workers, print_progress
     from .run_costs import RunCosts
-    from .runner import Runner, default_workers, print_progress
 
     if settings.offline:
         print("the offline backend has no batch API; run --offline without --batch.", file=sys.stderr)
@@ -106,7 +106,7 @@ def run_batch(args: argparse.Namespace, settings: Settings, pool=None) -> int:
         if refusal:
             print(refusal, file=sys.stderr)
             return 2
-        store = ResponseStore.at(str(settings.output_root))
+        store = Archive.at(str(settings.output_root))
         cap = effective_cap(args.max_cost, config.max_cost_usd)
         submitter = Submitter(backend, store, choice, prices, cap, print_progress)
         if not args.wait:
@@ -139,7 +139,7 @@ def run_batch(args: argparse.Namespace, settings: Settings, pool=None) -> int:
 class Rounds:
     """The rounds of one batch-mode run (see the module docstring)."""
 
-    def __init__(self, runner, config: ExperimentConfig, submitter: Submitter, store: ResponseStore,
+    def __init__(self, runner, config: ExperimentConfig, submitter: Submitter, store: Archive,
                  choice: BatchChoice, retry_live: bool) -> None:
         self.runner, self.config, self.submitter, self.store = runner, config, submitter, store
         self.choice = choice
@@ -149,15 +149,15 @@ class Rounds:
         self.stages = {}
 
     def run(self, wait: bool) -> list:
-        from .freshness import (
+        from .executor.runner import StageReport
+        from .executor.worker import load_worker
+        from .reruns.freshness import (
             TABLES_FINGERPRINT_TAG,
             UNVERIFIED_TAG,
             results_current,
             tables_current,
             tables_fingerprint,
         )
-        from .runner import StageReport
-        from .worker import load_worker
 
         runner = self.runner
         fingerprint = tables_fingerprint(runner.data_root)
@@ -252,7 +252,7 @@ class Rounds:
 
 def list_batches(settings: Settings, cancel_id: str | None, show_all: bool) -> int:
     """`daydream batches`: the open batches (every batch with --all), or cancel one."""
-    store = ResponseStore.at(str(settings.output_root))
+    store = Archive.at(str(settings.output_root))
     backend = batch_backend(settings)
     try:
         if cancel_id:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..store.roots import data_path
+from ...settings import PACKAGE_DIR
+from ...store.roots import data_path
 
 # The run tag that records what a task_tables run was built from (see tables_fingerprint).
 TABLES_FINGERPRINT_TAG = "daydream/tables_fingerprint"
@@ -22,7 +23,7 @@ def tables_fingerprint(data_root: Path) -> str:
     """A digest of everything the task tables are built from: each file under `1_raw`, and this
     package's code (a code change rebuilds them, which costs a few seconds and no LLM call)."""
     digest = hashlib.sha256()
-    for base, pattern in ((data_path(data_root) / "1_raw", "**/*"), (Path(__file__).parents[1], "**/*.py")):
+    for base, pattern in ((data_path(data_root) / "1_raw", "**/*"), (PACKAGE_DIR, "**/*.py")):
         for path in sorted(p for p in base.glob(pattern) if p.is_file()):
             digest.update(f"{base.name}/{path.relative_to(base)}\0".encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())

@@ -20,12 +20,12 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from ..experiment.prompts import GENERATION_ANSWER, Prompt, digest, evaluation_prompts, generation_prompts
-from ..resources.config import ExperimentConfig
-from ..store.layout import table_path, text_path
-from ..store.responses import mismatched_fields, read_stored
-from ..store.roots import data_path
-from ..store.tables import read_table
+from ...experiment.prompts import GENERATION_ANSWER, Prompt, digest, evaluation_prompts, generation_prompts
+from ...resources.config import ExperimentConfig
+from ...store.csv_tables import read_table
+from ...store.layout import table_path, text_path
+from ...store.roots import data_path
+from ...store.write_once import mismatched_fields, read_stored
 
 # What a fingerprint field that differs says about where the change is.
 FIELD_CAUSES = {

@@ -12,8 +12,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..assets.common import MAX_PARTITIONS_PER_RUN
-from ..experiment.ids import pair_key_str
+from ...assets.common import MAX_PARTITIONS_PER_RUN
+from ...experiment.ids import pair_key_str
 
 __all__ = ["MAX_PARTITIONS_PER_RUN", "Batch", "batch_size", "key_batches", "pair_batches"]
 

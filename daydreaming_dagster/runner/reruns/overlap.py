@@ -24,14 +24,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..compat import (
+from ...compat import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
     PARTITION_NAME_TAG,
     BulkActionStatus,
     CachingDynamicPartitionsLoader,
 )
-from ..store.files import exclusive_lock
+from ...store.files import exclusive_lock
 
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,

@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
-POOLED_PG = {"module": "daydreaming_dagster.orchestration.postgres_storage", "class": "PooledPostgresStorage"}
+POOLED_PG = {"module": "daydreaming_dagster.instance.postgres", "class": "PooledPostgresStorage"}
+# The same storage under the module path dagster.yaml files written before instance/ existed name.
+POOLED_PG_MODULES = {POOLED_PG["module"], "daydreaming_dagster.orchestration.postgres_storage"}
 OFFLINE_SCHEMA = "daydream_offline"
 FOLLOWS_HOME = {"env": "DAGSTER_HOME"}
 
@@ -43,7 +45,7 @@ def _storage_of(config: dict) -> tuple[str, Any]:
             return "postgresql", dict(body or {})
         if name == "sqlite":
             return "sqlite", [(body or {}).get("base_dir")]
-        if name == "custom" and {k: body.get(k) for k in POOLED_PG} == POOLED_PG:
+        if name == "custom" and body.get("module") in POOLED_PG_MODULES and body.get("class") == POOLED_PG["class"]:
             return "postgresql", dict(body.get("config") or {})
         if name == "custom":
             return f"custom storage {body.get('module')}.{body.get('class')}", None

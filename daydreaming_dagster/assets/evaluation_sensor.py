@@ -4,12 +4,12 @@ import json
 
 import dagster as dg
 
-from ..assets.partitions import evaluation_pairs_partitions
 from ..compat import AssetGraphSubset
 from ..experiment.pairs import valid_pair_keys
 from ..resources.config import ExperimentConfig
+from ..store.csv_tables import read_table
 from ..store.layout import table_path
-from ..store.tables import read_table
+from .partitions import evaluation_pairs_partitions
 
 GENERATION_RESPONSE = dg.AssetKey("generation_response")
 EVALUATION_TASKS = dg.AssetKey("evaluation_tasks")

@@ -1,6 +1,6 @@
 """Every stored answer checked against its sidecar, on every `daydream run` and `daydream plan`.
 
-A paid answer's sidecar records the length and sha256 of its text (store/responses.py). A text
+A paid answer's sidecar records the length and sha256 of its text (store/write_once.py). A text
 that no longer matches (edited by hand, cut short) is never used: the text IO manager leaves it
 out of the results (its pair has no score), no judge prompt is rendered from a generation answer
 that does not match, and the change check reports it out of date (changes.EDITED). It is kept as
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..store.layout import text_path
-from ..store.responses import unverified
-from ..store.roots import data_path
+from ...store.layout import text_path
+from ...store.roots import data_path
+from ...store.write_once import unverified
 from .freshness import NONE_UNVERIFIED
 
 WAYS_ON = "re-ask {it} with `daydream run --replace-changed` (the old file then moves to _superseded/), or restore {file}"

@@ -11,13 +11,14 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
-from .llm.requests import MISSING_KEY_MESSAGE
-from .orchestration.instance_setup import BrokenInstanceError, open_instance
-from .store.roots import StorageRefused, data_path
+from ..instance.opening import BrokenInstanceError, open_instance
+from ..llm.requests import MISSING_KEY_MESSAGE
+from ..settings import PACKAGE_DIR
+from ..store.roots import StorageRefused, data_path
 
 DEFAULT_DAGSTER_HOME = "dagster_home"
 # The project's instance configuration, given to a DAGSTER_HOME that has none (e.g. the offline one).
-INSTANCE_TEMPLATE = Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml"
+INSTANCE_TEMPLATE = PACKAGE_DIR.parent / "dagster_home" / "dagster.yaml"
 
 
 def _configure(args: argparse.Namespace) -> None:
@@ -33,7 +34,7 @@ def _configure(args: argparse.Namespace) -> None:
     if os.environ.get("DAYDREAM_BACKEND") == "offline":
         # Offline runs keep their own instance: their materializations must never make a real
         # partition look finished. It gets the same kind of storage as the user's instance.
-        from .orchestration.offline_instance import OfflineInstanceError, prepare_offline_home
+        from ..instance.offline_home import OfflineInstanceError, prepare_offline_home
 
         user_home = home.parent if home.name == "offline" else home
         home = user_home / "offline"
@@ -54,30 +55,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The workers' calls also take machine-wide call slots, as many as --concurrency, so a run
     # started from the UI at the same time shares them (see llm/slots.py).
     os.environ["DAYDREAM_MAX_CALLS_IN_FLIGHT"] = str(max(1, args.concurrency))
-    from .settings import Settings
+    from ..settings import Settings
 
     settings = Settings.from_env()
     if not settings.offline and not os.environ.get("OPENROUTER_API_KEY"):
         print(MISSING_KEY_MESSAGE, file=sys.stderr)
         return 2
-    from .orchestration.live_run import run_command
+    from .live_run import run_command
 
     return run_command(args, settings)
 
 
 def cmd_batches(args: argparse.Namespace) -> int:
     _configure(args)
-    from .orchestration.batch_run import list_batches
-    from .settings import Settings
+    from ..settings import Settings
+    from .batch_mode import list_batches
 
     return list_batches(Settings.from_env(), args.cancel, args.all)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     _configure(args)
-    from .experiment.errors import ExperimentError
-    from .orchestration.plan import run_plan
-    from .settings import Settings
+    from ..experiment.errors import ExperimentError
+    from ..settings import Settings
+    from .plan import run_plan
 
     try:
         print(run_plan(Settings.from_env(), args.all, args.batch))
@@ -99,10 +100,10 @@ def _usd(text: str) -> float:
 
 def _pair_selection(args: argparse.Namespace) -> tuple[list[str], set[str]] | int:
     """The valid pairs selected by the filters (and --missing), and every valid pair; or an exit code."""
-    from .experiment.pairs import valid_pair_keys
-    from .settings import Settings
-    from .store.layout import table_path
-    from .store.tables import read_table
+    from ..experiment.pairs import valid_pair_keys
+    from ..settings import Settings
+    from ..store.csv_tables import read_table
+    from ..store.layout import table_path
 
     settings = Settings.from_env()
     path = table_path(settings.output_root, "evaluation_tasks")
@@ -137,12 +138,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if isinstance(selection, int):
         return selection
     selected, valid = selection
-    from .orchestration.backfills import check_pairs, submit_pair_backfill
+    from .backfills import check_pairs, submit_pair_backfill
 
     try:
         if args.pair:
-            from .settings import Settings
-            from .store.layout import table_path
+            from ..settings import Settings
+            from ..store.layout import table_path
 
             check_pairs(args.pair, valid, table_path(Settings.from_env().output_root, "evaluation_tasks"))
             selected = list(dict.fromkeys(args.pair))
@@ -150,7 +151,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             print("nothing to backfill: every selected valid pair is already materialized.")
             return 0
 
-        from .definitions import defs
+        from ..definitions import defs
 
         backfill_id = submit_pair_backfill(open_instance(), defs(), selected)
     except ValueError as exc:
@@ -167,9 +168,9 @@ def cmd_prune_keys(args: argparse.Namespace) -> int:
     """Report (and with --yes remove) registered partition keys that the task tables no longer list."""
     _configure(args)
 
-    from .settings import Settings
-    from .store.layout import table_path
-    from .store.tables import read_table
+    from ..settings import Settings
+    from ..store.csv_tables import read_table
+    from ..store.layout import table_path
 
     settings = Settings.from_env()
     instance = open_instance()
@@ -197,7 +198,7 @@ def cmd_prune_keys(args: argparse.Namespace) -> int:
 def cmd_repair_instance(args: argparse.Namespace) -> int:
     """Repair an instance whose databases an earlier version let two processes stamp at once."""
     _configure(args)
-    from .orchestration.instance_setup import repair_version_tables
+    from ..instance.opening import repair_version_tables
 
     repaired = repair_version_tables(Path(os.environ["DAGSTER_HOME"]))
     for line in repaired:
@@ -207,7 +208,7 @@ def cmd_repair_instance(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .analysis.scoring import explain_parse
+    from ..analysis.scoring import explain_parse
 
     if args.min >= args.max:
         print(f"--min ({args.min:g}) must be below --max ({args.max:g}).", file=sys.stderr)
