@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daydreaming_dagster.runner import cli
 from daydreaming_dagster.instance.offline_home import OfflineInstanceError, prepare_offline_home
+from daydreaming_dagster.runner import cli
 
 REPO = Path(__file__).resolve().parents[1]
 PG_EXAMPLE = REPO / "deploy" / "dagster.postgres.yaml"

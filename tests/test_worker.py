@@ -8,8 +8,8 @@ import threading
 
 import dagster as dg
 
-from daydreaming_dagster.runner.executor import worker
 from daydreaming_dagster.runner.cli import INSTANCE_TEMPLATE
+from daydreaming_dagster.runner.executor import worker
 from daydreaming_dagster.runner.executor.ranges import Batch
 from daydreaming_dagster.runner.executor.worker import QUIET, execute, partition_run_config
 from tests.experiment_factory import write_experiment
