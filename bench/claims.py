@@ -36,7 +36,7 @@ PER_PAIR_OVERHEAD_S = 0.016
 def time_claims(folder: Path, calls: int) -> dict:
     claims = Claims()
     owner = Owner.here("bench-run")
-    store = ResponseStore(base_path=str(folder))
+    store = ResponseStore(base_path=str(folder)).archive()
     request = LLMRequest("m", "x/m", "a prompt", 0.5, 100)
     timings = {"take": [], "renew": [], "release": [], "step": []}
     for i in range(calls):

@@ -49,7 +49,7 @@ import os
 import dagster as dg
 from daydreaming_dagster.runner.executor.ranges import Batch, key_batches
 from daydreaming_dagster.runner.executor.worker import QUIET, execute
-from daydreaming_dagster.experiment.pairs import valid_pair_keys
+from daydreaming_dagster.experiment.stages import EVALUATION
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.layout import table_path
 from daydreaming_dagster.store.csv_tables import read_table
@@ -60,7 +60,7 @@ order = instance.get_dynamic_partitions("generation_tasks")
 for batch in key_batches(order, order, 32):
     assert execute("generation", batch, QUIET).success, batch
 out = Settings.from_env().output_root
-RESULT = {"pairs": len(valid_pair_keys(read_table(table_path(out, "evaluation_tasks"))))}
+RESULT = {"pairs": len(EVALUATION.select(read_table(table_path(out, "evaluation_tasks"))))}
 """
 STORAGE_KEYS = ("storage", "run_storage", "event_log_storage", "schedule_storage")
 
@@ -213,13 +213,13 @@ def main() -> None:
             import dagster as dg
 
             from daydreaming_dagster.definitions import defs
-            from daydreaming_dagster.experiment.pairs import valid_pair_keys
+            from daydreaming_dagster.experiment.stages import EVALUATION
             from daydreaming_dagster.runner.backfills import submit_pair_backfill
             from daydreaming_dagster.store.csv_tables import read_table
             from daydreaming_dagster.store.layout import table_path
 
             instance = dg.DagsterInstance.get()
-            keys = valid_pair_keys(read_table(table_path(root, "evaluation_tasks")))
+            keys = EVALUATION.select(read_table(table_path(root, "evaluation_tasks")))
             server.latency_for = lambda body: (call_starts.append(time.time()), args.latency)[1]
             children0 = _cpu(resource.RUSAGE_CHILDREN)
             target = ["-m", "daydreaming_dagster.definitions"]

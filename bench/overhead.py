@@ -79,7 +79,7 @@ import dagster as dg
 from daydreaming_dagster.definitions import defs as load_defs
 defs = load_defs()
 from daydreaming_dagster.runner.backfills import submit_pair_backfill
-from daydreaming_dagster.experiment.pairs import valid_pair_keys
+from daydreaming_dagster.experiment.stages import EVALUATION
 from daydreaming_dagster.store.csv_tables import read_table
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.layout import table_path
@@ -87,7 +87,7 @@ import os
 instance = dg.DagsterInstance.get()
 done = instance.get_materialized_partitions(dg.AssetKey("generation_response"))
 table = read_table(table_path(Settings.from_env().output_root, "evaluation_tasks"))
-keys = valid_pair_keys(table, generation_task=sorted(done),
+keys = EVALUATION.select(table, parents=sorted(done),
                        exclude=instance.get_materialized_partitions(dg.AssetKey("evaluation_response")))
 keys = keys[: int(os.environ["BENCH_PAIRS"])]
 RESULT = {"backfill_id": submit_pair_backfill(instance, defs, keys), "pairs": len(keys)}

@@ -52,9 +52,9 @@ RESULT = {"op_s": time.perf_counter() - t,
 """,
     "list valid pairs": PRELUDE
     + """
-from daydreaming_dagster.experiment.pairs import valid_pair_keys
+from daydreaming_dagster.experiment.stages import EVALUATION
 t = time.perf_counter()
-keys = valid_pair_keys(read_table(table_path(settings.output_root, "evaluation_tasks")),
+keys = EVALUATION.select(read_table(table_path(settings.output_root, "evaluation_tasks")),
                        exclude=instance.get_materialized_partitions(dg.AssetKey("evaluation_response")))
 RESULT = {"op_s": time.perf_counter() - t, "pairs": len(keys)}
 """,
@@ -73,8 +73,8 @@ RESULT = {"op_s": time.perf_counter() - t, "run_requests": len(tick.run_requests
     "submit valid-pairs backfill": PRELUDE
     + """
 from daydreaming_dagster.runner.backfills import submit_pair_backfill
-from daydreaming_dagster.experiment.pairs import valid_pair_keys
-keys = valid_pair_keys(read_table(table_path(settings.output_root, "evaluation_tasks")))
+from daydreaming_dagster.experiment.stages import EVALUATION
+keys = EVALUATION.select(read_table(table_path(settings.output_root, "evaluation_tasks")))
 t = time.perf_counter()
 backfill_id = submit_pair_backfill(instance, defs, keys)
 RESULT = {"op_s": time.perf_counter() - t, "pairs": len(keys)}

@@ -16,7 +16,8 @@ from daydreaming_dagster.analysis.tables import (
     judge_agreement_table,
     summarize,
 )
-from daydreaming_dagster.experiment.ids import combo_id, evaluation_task_id, generation_task_id, pair_key_str
+from daydreaming_dagster.experiment.ids import combo_id, evaluation_task_id, generation_task_id
+from daydreaming_dagster.experiment.stages import pair_key
 from daydreaming_dagster.report.payload import ReportTables, ReportTexts
 
 GENERATION_TEMPLATES = ("creative-synthesis", "research-proposal")
@@ -91,7 +92,7 @@ def large_report_inputs(
         if np.isnan(score) and not fail:
             continue
         body = prose(judge_words)
-        judge_answers[pair_key_str(g, m)] = body if fail else f"{body}\nSCORE: {int(score)}"
+        judge_answers[pair_key(g, m)] = body if fail else f"{body}\nSCORE: {int(score)}"
 
     # Agreement over the first 1,000 generations: the full table is the judge_agreement asset's
     # cost (~10 s at this size), not the report's, and its size does not depend on the pairs.

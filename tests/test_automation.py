@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from daydreaming_dagster.definitions import build_definitions
-from daydreaming_dagster.experiment.pairs import valid_pair_keys
+from daydreaming_dagster.experiment.stages import EVALUATION
 from daydreaming_dagster.runner.backfills import check_pairs, submit_pair_backfill
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.csv_tables import read_table
@@ -59,7 +59,7 @@ def test_sensor_requests_exactly_the_new_generations_valid_pairs(setup, instance
         run("generation", g)
     result, cursor = tick(defs, instance, cursor)
     requested = sorted(r.partition_key for r in result.run_requests)
-    assert requested == sorted(valid_pair_keys(table, generation_task=generations[:2]))
+    assert requested == sorted(EVALUATION.select(table, parents=generations[:2]))
     assert len(requested) == 4
     assert all(r.run_key == r.partition_key for r in result.run_requests)
 
@@ -72,10 +72,10 @@ def test_sensor_requests_exactly_the_new_generations_valid_pairs(setup, instance
     run("generation", generations[2])
     result, cursor = tick(defs, instance, cursor)
     assert sorted(r.partition_key for r in result.run_requests) == sorted(
-        valid_pair_keys(table, generation_task=[generations[2]])
+        EVALUATION.select(table, parents=[generations[2]])
     )
 
-    for key in valid_pair_keys(table, generation_task=[generations[2]]):
+    for key in EVALUATION.select(table, parents=[generations[2]]):
         run("evaluation", key)
     run("generation", generations[0])  # a re-materialization whose pairs are all done
     done, _ = tick(defs, instance, cursor)
@@ -96,7 +96,7 @@ def test_sensor_reconsiders_all_generations_when_the_evaluation_table_changes(se
 
 def test_backfill_targets_exactly_the_valid_pairs(setup, instance):
     defs, _, table = setup
-    keys = valid_pair_keys(table)
+    keys = EVALUATION.select(table)
     backfill_id = submit_pair_backfill(instance, defs, keys)
     stored = instance.get_backfill(backfill_id)
     subset = stored.asset_backfill_data.target_subset
@@ -109,7 +109,7 @@ def test_backfill_targets_exactly_the_valid_pairs(setup, instance):
 def test_backfill_of_one_method_and_invalid_pairs(setup, instance):
     defs, _, table = setup
     method = sorted(table["evaluation_task_id"].unique())[0]
-    keys = valid_pair_keys(table, evaluation_task=[method])
+    keys = EVALUATION.select(table, only={"evaluation_task_id": [method]})
     assert len(keys) == 3
     backfill_id = submit_pair_backfill(instance, defs, keys)
     targeted = instance.get_backfill(backfill_id).asset_backfill_data.target_subset.get_partitions_subset(
@@ -122,7 +122,7 @@ def test_backfill_of_one_method_and_invalid_pairs(setup, instance):
     bogus = f"judge-x__judge-model-9|{table['generation_task_id'].iloc[0]}"
     csv = Path("/somewhere/offline/2_tasks/evaluation_tasks.csv")
     with pytest.raises(ValueError, match=r"not listed in evaluation_tasks; list the valid pairs with `daydream keys`") as err:
-        check_pairs([bogus], set(valid_pair_keys(table)), csv)
+        check_pairs([bogus], set(EVALUATION.select(table)), csv)
     assert str(csv) in str(err.value)
 
 
@@ -160,4 +160,4 @@ def test_many_pairs_become_one_backfill_request(setup, instance, monkeypatch):
     subset = result.run_requests[0].asset_graph_subset
     for asset in ("evaluation_prompt", "evaluation_response"):
         keys = subset.get_partitions_subset(dg.AssetKey(asset)).get_partition_keys()
-        assert sorted(map(str, keys)) == sorted(valid_pair_keys(table))
+        assert sorted(map(str, keys)) == sorted(EVALUATION.select(table))

@@ -17,7 +17,7 @@ import yaml
 
 from daydreaming_dagster.assets.common import BACKFILL_PARTITIONS_PER_RUN
 from daydreaming_dagster.definitions import build_definitions
-from daydreaming_dagster.experiment.pairs import valid_pair_keys
+from daydreaming_dagster.experiment.stages import EVALUATION
 from daydreaming_dagster.runner.backfills import submit_pair_backfill
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.csv_tables import read_table
@@ -90,7 +90,7 @@ def test_a_backfill_run_by_the_daemon_pays_each_pair_once_in_batched_runs(tmp_pa
         assert defs.resolve_job_def("task_tables").execute_in_process(instance=instance).success
         for key in instance.get_dynamic_partitions("generation_tasks"):
             assert defs.resolve_job_def("generation").execute_in_process(instance=instance, partition_key=key).success
-        pairs = valid_pair_keys(read_table(table_path(root, "evaluation_tasks")))
+        pairs = EVALUATION.select(read_table(table_path(root, "evaluation_tasks")))
         before = len(openai_server.requests)
         # Submitted before the daemon starts, so that its first iteration takes it (the backfill
         # daemon looks every 30 s).

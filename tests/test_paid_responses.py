@@ -215,7 +215,7 @@ def test_a_stored_response_is_reused_and_a_changed_template_is_refused_until_rep
 
 
 def test_a_stored_response_edited_by_hand_is_not_reused(tmp_path):
-    store = ResponseStore(base_path=str(tmp_path))
+    store = ResponseStore(base_path=str(tmp_path)).archive()
     request = LLMRequest(model_id="m", model="x/m", prompt="Combine bees and markets.", temperature=0.5, max_tokens=9)
     path = store.path("generation_response", "task-1")
     write_response_once(path, "The answer.", {**request.fingerprint(), "backend": "openai"})

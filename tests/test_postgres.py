@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from daydreaming_dagster.definitions import build_definitions
-from daydreaming_dagster.experiment.pairs import valid_pair_keys
+from daydreaming_dagster.experiment.stages import EVALUATION
 from daydreaming_dagster.settings import Settings
 from daydreaming_dagster.store.csv_tables import read_table
 from tests.experiment_factory import write_experiment
@@ -150,7 +150,7 @@ def test_sensor_requests_exactly_the_new_generations_pairs_on_postgres(pg_instan
         run("generation", g)
     result, cursor = tick(defs, instance, cursor)
     assert sorted(r.partition_key for r in result.run_requests) == sorted(
-        valid_pair_keys(table, generation_task=generations[:2])
+        EVALUATION.select(table, parents=generations[:2])
     )
     again, _ = tick(defs, instance, cursor)
     assert not again.run_requests

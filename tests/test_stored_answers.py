@@ -235,7 +235,7 @@ def test_verify_stored_checks_length_and_digest_and_accepts_what_predates_them(t
 
 def test_the_response_step_refuses_a_mismatch_even_without_a_digest_and_reuses_an_older_sidecar(tmp_path):
     path = stored(tmp_path)
-    store = ResponseStore(base_path=str(tmp_path))
+    store = ResponseStore(base_path=str(tmp_path)).archive()
     assert store.reusable("generation_response", "g1", REQUEST, replace_changed=False).text == path.read_text()
     rewrite_sidecar(path, ("response_sha256",))
     path.write_text("An answer")

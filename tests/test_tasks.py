@@ -19,10 +19,9 @@ from daydreaming_dagster.experiment.ids import (
     combo_id,
     evaluation_task_id,
     generation_task_id,
-    pair_key_str,
 )
 from daydreaming_dagster.experiment.loaders import load_concepts, load_models, load_templates
-from daydreaming_dagster.experiment.pairs import valid_pair_keys
+from daydreaming_dagster.experiment.stages import EVALUATION, pair_key
 from daydreaming_dagster.experiment.tasks import (
     build_content_combinations,
     build_evaluation_tasks,
@@ -64,9 +63,9 @@ def test_composite_ids_and_pair_key_format():
     assert gid == "combo-2-bbfb79e822__gen-a__gen-model-1"
     assert eid == "judge-a__judge-model-1"
     # Dagster prints a multi-partition key with the dimension names sorted: evaluation first.
-    assert pair_key_str(gid, eid) == f"{eid}|{gid}"
+    assert pair_key(gid, eid) == f"{eid}|{gid}"
     mpk = dg.MultiPartitionKey({"generation_tasks": gid, "evaluation_tasks": eid})
-    assert str(mpk) == pair_key_str(gid, eid)
+    assert str(mpk) == pair_key(gid, eid)
 
 
 # --------------------------------------------------------------------------- the tables
@@ -213,28 +212,28 @@ def pair_table() -> pd.DataFrame:
 
 
 def test_valid_pair_keys_are_eval_bar_gen_in_table_order(pair_table: pd.DataFrame):
-    assert valid_pair_keys(pair_table) == ["e1|g1", "e2|g1", "e1|g2", "e2|g2", "e1|g3"]
+    assert EVALUATION.select(pair_table) == ["e1|g1", "e2|g1", "e1|g2", "e2|g2", "e1|g3"]
 
 
 def test_valid_pair_keys_filters(pair_table: pd.DataFrame):
-    assert valid_pair_keys(pair_table, generation_task=["g2"]) == ["e1|g2", "e2|g2"]
-    assert valid_pair_keys(pair_table, generation_task=["g1", "g3"]) == ["e1|g1", "e2|g1", "e1|g3"]
-    assert valid_pair_keys(pair_table, evaluation_task=["e2"]) == ["e2|g1", "e2|g2"]
-    assert valid_pair_keys(pair_table, generation_task=["g2"], evaluation_task=["e1"]) == ["e1|g2"]
-    assert valid_pair_keys(pair_table, exclude={"e1|g1", "e2|g2"}) == ["e2|g1", "e1|g2", "e1|g3"]
-    assert valid_pair_keys(pair_table, generation_task=["nope"]) == []
+    assert EVALUATION.select(pair_table, parents=["g2"]) == ["e1|g2", "e2|g2"]
+    assert EVALUATION.select(pair_table, parents=["g1", "g3"]) == ["e1|g1", "e2|g1", "e1|g3"]
+    assert EVALUATION.select(pair_table, only={"evaluation_task_id": ["e2"]}) == ["e2|g1", "e2|g2"]
+    assert EVALUATION.select(pair_table, parents=["g2"], only={"evaluation_task_id": ["e1"]}) == ["e1|g2"]
+    assert EVALUATION.select(pair_table, exclude={"e1|g1", "e2|g2"}) == ["e2|g1", "e1|g2", "e1|g3"]
+    assert EVALUATION.select(pair_table, parents=["nope"]) == []
     # a pair absent from the table is never produced, even though both of its keys exist
-    assert "e2|g3" not in valid_pair_keys(pair_table)
+    assert "e2|g3" not in EVALUATION.select(pair_table)
 
 
 def test_an_empty_filter_selects_nothing(pair_table: pd.DataFrame):
     # `daydream run` asks for the pairs of the generations materialized so far; none means none.
-    assert valid_pair_keys(pair_table, generation_task=set()) == []
-    assert valid_pair_keys(pair_table, evaluation_task=[]) == []
+    assert EVALUATION.select(pair_table, parents=set()) == []
+    assert EVALUATION.select(pair_table, only={"evaluation_task_id": []}) == []
 
 
 def test_valid_pair_keys_are_dagster_multi_partition_keys(pair_table: pd.DataFrame):
-    strings = valid_pair_keys(pair_table, evaluation_task=["e1"])
+    strings = EVALUATION.select(pair_table, only={"evaluation_task_id": ["e1"]})
     keys = [evaluation_pairs_partitions.get_partition_key_from_str(s) for s in strings]
     assert [k.keys_by_dimension for k in keys] == [
         {"generation_tasks": "g1", "evaluation_tasks": "e1"},
@@ -246,7 +245,7 @@ def test_valid_pair_keys_are_dagster_multi_partition_keys(pair_table: pd.DataFra
 
 def test_valid_pairs_of_a_built_table(mixed: Path):
     _, generation, evaluation = tables(mixed)
-    keys = valid_pair_keys(evaluation)
+    keys = EVALUATION.select(evaluation)
     assert len(keys) == len(set(keys)) == 72
     expected = {
         f"{e}|{g}" for g in generation["generation_task_id"] for e in ("judge-a__judge-1", "judge-a__both")

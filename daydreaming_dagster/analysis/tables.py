@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..experiment.ids import pair_key_str
+from ..experiment.stages import pair_key
 from .agreement import overall_reliability, pairwise_agreement, score_summary
 from .reliability import METHOD, with_methods
 from .scoring import read_verdict
@@ -87,7 +87,7 @@ def parse_scores(
     )
     scores, errors, paths, lines = [], [], [], []
     for row in table.itertuples(index=False):
-        key = pair_key_str(row.generation_task_id, row.evaluation_task_id)
+        key = pair_key(row.generation_task_id, row.evaluation_task_id)
         text = answers.get(key)
         paths.append(str(response_path(row.generation_task_id, row.evaluation_task_id)))
         if text is None:

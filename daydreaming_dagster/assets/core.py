@@ -6,7 +6,7 @@ missing and never remove anything (stale keys are reported; removing them is a d
 import dagster as dg
 import pandas as pd
 
-from ..experiment.pairs import pair_keys
+from ..experiment.stages import EVALUATION
 from ..experiment.tasks import (
     build_content_combinations,
     build_evaluation_tasks,
@@ -189,7 +189,7 @@ def evaluation_tasks_integrity(
     """Pairs are unique; every generation_task_id resolves; every template and judge exists and is active."""
     return _check_result(
         {
-            "duplicate_pairs": _duplicates(pair_keys(evaluation_tasks)),
+            "duplicate_pairs": _duplicates(EVALUATION.keys(evaluation_tasks)),
             "dangling_generation_task_ids": sorted(
                 set(evaluation_tasks["generation_task_id"]) - set(generation_tasks["generation_task_id"])
             ),

@@ -19,8 +19,8 @@ import pandas as pd
 
 from ..analysis.estimate import estimate, estimate_rows, totals, usd
 from ..analysis.usage import model_prices
-from ..experiment.ids import pair_key_str
 from ..experiment.prompts import template_label
+from ..experiment.stages import EVALUATION, pair_key
 from ..experiment.templates import Concept, render_evaluation_prompt, render_generation_prompt
 from ..llm.requests import LLMRequest
 from ..resources.config import ExperimentConfig
@@ -110,7 +110,7 @@ def evaluation_calls(
     columns = ["generation_task_id", "evaluation_task_id", "evaluation_template_id", "evaluation_model_id", "evaluation_model"]
     replicates = _replicates(pairs, "evaluation_replicate")
     for g, e, template, judge_id, judge, replicate in zip(*(pairs[c] for c in columns), replicates):
-        if pair_key_str(g, e) in materialized:
+        if pair_key(g, e) in materialized:
             continue
         out.partitions += 1
         if g not in answers:
@@ -134,7 +134,7 @@ def evaluation_calls(
         request = LLMRequest(
             judge_id, judge, prompt, config.evaluation_temperature, config.evaluation_max_tokens, int(replicate)
         )
-        parts = {"generation_tasks": g, "evaluation_tasks": e}
+        parts = EVALUATION.parts(pair_key(g, e))
         if check_stored and _reusable(store, "evaluation_response", parts, request):
             out.reused += 1
             continue
@@ -156,7 +156,7 @@ def stored_samples(
     partitions = [("generation", "generation_response", "generation_prompt", key) for key in generation_keys]
     if pairs is not None:
         partitions += [
-            ("evaluation", "evaluation_response", "evaluation_prompt", {"generation_tasks": g, "evaluation_tasks": e})
+            ("evaluation", "evaluation_response", "evaluation_prompt", EVALUATION.parts(pair_key(g, e)))
             for g, e in zip(pairs["generation_task_id"], pairs["evaluation_task_id"])
         ]
     counts: dict[tuple[str, str], int] = {}

@@ -5,7 +5,7 @@ import json
 import dagster as dg
 
 from ..compat import AssetGraphSubset
-from ..experiment.pairs import valid_pair_keys
+from ..experiment.stages import EVALUATION
 from ..resources.config import ExperimentConfig
 from ..store.csv_tables import read_table
 from ..store.layout import table_path
@@ -68,11 +68,7 @@ def pending_pair_requests(
     if not path.is_file():
         # Keep the cursor where it was: these generations are considered again once the table exists.
         return [], cursor, "evaluation_tasks has not been materialized yet"
-    keys = valid_pair_keys(
-        read_table(path),
-        generation_task=sorted(generations),
-        exclude=instance.get_materialized_partitions(EVALUATION_RESPONSE),
-    )
+    keys = EVALUATION.ready(read_table(path), generations, exclude=instance.get_materialized_partitions(EVALUATION_RESPONSE))
     requests = pairs_request(keys)
     skip = None if requests else "every valid pair of the new generations is already materialized"
     return requests, next_cursor, skip

@@ -24,7 +24,7 @@ from ..analysis.tables import (
     top_generations_table,
 )
 from ..analysis.usage import PRICE_COLUMNS, model_prices, usage_table
-from ..experiment.ids import pair_key_str
+from ..experiment.stages import EVALUATION, pair_key
 from ..resources.config import ExperimentConfig
 from ..resources.response_store import ResponseStore
 from ..store.files import atomic_write_bytes
@@ -68,12 +68,12 @@ def parsed_scores(
 
     def response_path(generation_task_id: str, evaluation_task_id: str) -> Path:
         return text_path(
-            root, "evaluation_response", {"generation_tasks": generation_task_id, "evaluation_tasks": evaluation_task_id}
+            root, EVALUATION.response, EVALUATION.parts(pair_key(generation_task_id, evaluation_task_id))
         )
 
     # A stored answer the text IO manager left out does not match its sidecar: say so for its pair.
     pairs = evaluation_tasks[["generation_task_id", "evaluation_task_id"]].itertuples(index=False)
-    absent = {k: response_path(g, e) for g, e in pairs if (k := pair_key_str(g, e)) not in evaluation_response}
+    absent = {k: response_path(g, e) for g, e in pairs if (k := pair_key(g, e)) not in evaluation_response}
     mismatched = unverified(absent)
     df = parse_scores(
         evaluation_tasks, generation_tasks, evaluation_templates, evaluation_response, response_path, mismatched
@@ -260,7 +260,7 @@ def llm_usage(
         "evaluation": (
             "evaluation_response",
             [
-                {"generation_tasks": g, "evaluation_tasks": e}
+                EVALUATION.parts(pair_key(g, e))
                 for g, e in zip(evaluation_tasks["generation_task_id"], evaluation_tasks["evaluation_task_id"])
             ],
         ),

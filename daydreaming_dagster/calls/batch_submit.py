@@ -29,9 +29,9 @@ import pandas as pd
 from ..analysis.budget import HOW_TO_RAISE, Price, unknown_spend_sentence, unpriced_sentence, worst_case_usd
 from ..analysis.estimate import usd
 from ..experiment.batch_choice import BatchChoice
-from ..experiment.ids import pair_key_str
 from ..experiment.prompts import evaluation_prompts, generation_prompts
 from ..experiment.settings import ExperimentSettings
+from ..experiment.stages import EVALUATION, pair_key
 from ..llm.batch_backend import BatchBackend, jsonl_line, split_lines
 from ..llm.requests import LLMError, LLMRequest
 from ..store.archive import Archive
@@ -77,10 +77,10 @@ def evaluation_asks(config: ExperimentSettings, pairs: pd.DataFrame) -> list[Cal
             stored = read_stored(text_path(root, "generation_response", g))
             texts[g] = stored.data.decode("utf-8") if stored is not None and stored.mismatch is None else None
         if texts[g] is not None:
-            rows[pair_key_str(g, row["evaluation_task_id"])] = row
+            rows[pair_key(g, row["evaluation_task_id"])] = row
     prompts = evaluation_prompts(rows, read_table(table_path(root, "evaluation_templates")), texts)
     return [
-        Call(key, {"generation_tasks": row["generation_task_id"], "evaluation_tasks": row["evaluation_task_id"]},
+        Call(key, EVALUATION.parts(key),
             config.evaluation_request(row, prompts[key].text))
         for key, row in rows.items()
     ]

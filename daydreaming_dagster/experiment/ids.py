@@ -75,8 +75,3 @@ def without_replicate(task_id: str, parts: int) -> str:
     """The id of the task a replicate repeats: its first `parts` parts (2 for a method, 3 for a
     generation task). The id of replicate 1 is that id already."""
     return SEP.join(task_id.split(SEP)[:parts])
-
-
-def pair_key_str(generation_task: str, evaluation_task: str) -> str:
-    """The string form Dagster prints and accepts for a pair: dimension names sort, so eval comes first."""
-    return f"{evaluation_task}|{generation_task}"

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.tables import ALL_JUDGES, NO_RESPONSE, mean_score_matrix, score_scale, summarize
-from ..experiment.ids import pair_key_str
+from ..experiment.stages import pair_key
 
 # Raw JSON bytes per text chunk: big enough that gzip finds the repeats between a generation's
 # texts and its neighbours' prompts, small enough to inflate in a few milliseconds on a click.
@@ -191,7 +191,7 @@ def _chunks(generation_ids: list[str], methods: list[str], texts: ReportTexts) -
         current, size = [], 0
 
     for g in generation_ids:
-        judges = [texts.judge_answers.get(pair_key_str(g, m)) for m in methods]
+        judges = [texts.judge_answers.get(pair_key(g, m)) for m in methods]
         entry = [texts.prompts.get(g), texts.answers.get(g), judges]
         chunk_of.append(len(chunks))
         slot_of.append(len(current))

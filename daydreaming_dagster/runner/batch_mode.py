@@ -26,7 +26,7 @@ from ..calls.guard import effective_cap
 from ..experiment.batch_choice import BatchChoice, choose
 from ..experiment.errors import ExperimentError
 from ..experiment.loaders import load_models
-from ..experiment.pairs import valid_pair_keys
+from ..experiment.stages import EVALUATION
 from ..llm.batch_backend import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, OpenAIBatchBackend
 from ..llm.requests import LLMError
 from ..resources.config import ExperimentConfig
@@ -192,7 +192,7 @@ class Rounds:
         """The stored answers that do not match their sidecars (integrity.py), each said in the run's output."""
         root = Path(self.config.output_root)
         keys = read_table(table_path(root, "generation_tasks"))["generation_task_id"].tolist()
-        found = Unverified.scan(root, keys, valid_pair_keys(read_table(table_path(root, "evaluation_tasks"))))
+        found = Unverified.scan(root, keys, EVALUATION.select(read_table(table_path(root, "evaluation_tasks"))))
         for line in found.report():
             self.runner.progress(line)
         return found
@@ -209,12 +209,11 @@ class Rounds:
         pairs = read_table(table_path(root, "evaluation_tasks"))
         generated = runner.materialized("generation_response")
         pair_done = runner.materialized("evaluation_response")
-        pair_keys = pairs["evaluation_task_id"] + "|" + pairs["generation_task_id"]
-        ready = pairs[pairs["generation_task_id"].isin(generated) & ~pair_keys.isin(pair_done)]
+        ready_keys = EVALUATION.ready(pairs, generated, exclude=pair_done)
+        ready = pairs[EVALUATION.keys(pairs).isin(set(ready_keys))]
         again = self.live_again["evaluation_response"]
         asks = [a for a in evaluation_asks(self.config, ready) if a.key not in again]
         self.submitter.submit("evaluation_response", asks)
-        ready_keys = (ready["evaluation_task_id"] + "|" + ready["generation_task_id"]).tolist()
         self._materialize("evaluation", ready_keys, pair_done)
 
     def _materialize(self, job: str, keys: list[str], done: set[str]) -> None:

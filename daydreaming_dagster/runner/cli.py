@@ -100,7 +100,7 @@ def _usd(text: str) -> float:
 
 def _pair_selection(args: argparse.Namespace) -> tuple[list[str], set[str]] | int:
     """The valid pairs selected by the filters (and --missing), and every valid pair; or an exit code."""
-    from ..experiment.pairs import valid_pair_keys
+    from ..experiment.stages import EVALUATION
     from ..settings import Settings
     from ..store.csv_tables import read_table
     from ..store.layout import table_path
@@ -116,10 +116,10 @@ def _pair_selection(args: argparse.Namespace) -> tuple[list[str], set[str]] | in
         import dagster as dg
 
         exclude = open_instance().get_materialized_partitions(dg.AssetKey("evaluation_response"))
-    selected = valid_pair_keys(
-        table, generation_task=args.generation_task, evaluation_task=args.evaluation_task, exclude=exclude
+    selected = EVALUATION.select(
+        table, parents=args.generation_task, only={"evaluation_task_id": args.evaluation_task}, exclude=exclude
     )
-    return selected, set(valid_pair_keys(table))
+    return selected, set(EVALUATION.select(table))
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from ..assets.estimates import StageCalls, evaluation_calls, generation_calls, s
 from ..calls.guard import spent_usd
 from ..experiment.batch_choice import BatchChoice, batch_prices, choose
 from ..experiment.loaders import load_concepts, load_models, load_templates
-from ..experiment.pairs import valid_pair_keys
+from ..experiment.stages import EVALUATION
 from ..experiment.tasks import build_content_combinations, build_evaluation_tasks, build_generation_tasks
 from ..instance.opening import open_instance
 from ..resources.config import ExperimentConfig
@@ -117,12 +117,12 @@ def _out_of_date(
     config = plan.config
     checker = ChangeCheck(data_path(config.output_root), config, instance, tables=t)
     generations, evaluations = checker.generations(), checker.evaluations()
-    unverified = Unverified.scan(checker.root, t["generation_tasks"]["generation_task_id"], valid_pair_keys(t["evaluation_tasks"]))
+    unverified = Unverified.scan(checker.root, t["generation_tasks"]["generation_task_id"], EVALUATION.select(t["evaluation_tasks"]))
     plan.changes = unverified.report() + change_report(generations, evaluations, t["evaluation_tasks"], replace_changed=False)
     if not plan.changes:
         return
     tasks, pairs = t["generation_tasks"], t["evaluation_tasks"]
-    keys = pairs["evaluation_task_id"] + "|" + pairs["generation_task_id"]
+    keys = EVALUATION.keys(pairs)
     pairs = pairs[keys.isin(evaluations.keys()) | pairs["generation_task_id"].isin(generations.keys())]
     calls = [
         *generation_calls(

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ...assets.common import MAX_PARTITIONS_PER_RUN
-from ...experiment.ids import pair_key_str
+from ...experiment.stages import pair_key
 
 __all__ = ["MAX_PARTITIONS_PER_RUN", "Batch", "batch_size", "key_batches", "pair_batches"]
 
@@ -89,10 +89,10 @@ def pair_batches(generation_order: Sequence[str], todo: Iterable[tuple[str, str]
         if generation in position:
             by_method[method].append((position[generation], generation))
         else:
-            unknown.append(pair_key_str(generation, method))
+            unknown.append(pair_key(generation, method))
     batches = []
     for method in sorted(by_method):
         for run in _consecutive(by_method[method]):
             for chunk in _chunks(run, size):
-                batches.append(Batch(tuple(pair_key_str(g, method) for g in chunk)))
+                batches.append(Batch(tuple(pair_key(g, method) for g in chunk)))
     return batches + [Batch((k,)) for k in unknown]

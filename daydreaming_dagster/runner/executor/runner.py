@@ -24,7 +24,7 @@ import dagster as dg
 from ...assets.common import MAX_PARTITIONS_PER_RUN
 from ...assets.partitions import evaluation_pairs_partitions, generation_tasks_partitions
 from ...compat import BulkActionStatus
-from ...experiment.pairs import valid_pair_keys
+from ...experiment.stages import EVALUATION as EVALUATION_STAGE
 from ...instance.opening import open_instance
 from ...llm.slots import SharedCallSlots, share_call_slots
 from ...resources.config import ExperimentConfig
@@ -230,7 +230,7 @@ class Runner:
         pair_keys, pair_report = pairs or ([], None)
         wanted = set(gen_keys)
         deferred = {k: f for k, f in (deferred or {}).items() if k in wanted}
-        schedule = Schedule(order, [k for k in gen_keys if k not in deferred], [tuple(reversed(k.split("|", 1))) for k in pair_keys], self.materialized("generation_response"))
+        schedule = Schedule(order, [k for k in gen_keys if k not in deferred], [_pair(k) for k in pair_keys], self.materialized("generation_response"))
         limits = self._limits()
         asked = self.asked_earlier
 
@@ -268,7 +268,7 @@ class Runner:
         if not todo and not report.left:
             return []
         stage = GENERATION if job_name == "generation_prompts" else EVALUATION
-        generations, pairs = (todo, []) if stage == GENERATION else ([], [tuple(reversed(k.split("|", 1))) for k in todo])
+        generations, pairs = (todo, []) if stage == GENERATION else ([], [_pair(k) for k in todo])
         schedule = Schedule(order, generations, pairs, order)
         limits = self._limits(calls=False)
         submit, _ = self._submitter(limits, lambda job, batch: (job_name, batch, QUIET))
@@ -299,7 +299,7 @@ class Runner:
             if reports[-1].failures:
                 return reports
         table, generation_keys = self._table("evaluation_tasks"), self._table("generation_tasks")["generation_task_id"].tolist()
-        pair_keys = valid_pair_keys(table)
+        pair_keys = EVALUATION_STAGE.select(table)
         unverified = Unverified.scan(self.output_root, generation_keys, pair_keys)  # before anything is decided
         for line in unverified.report(self.replace_changed):
             self.progress(line)
@@ -349,6 +349,12 @@ class Runner:
                 self._warm.join()
             reports.append(self.run_single("results", {UNVERIFIED_TAG: left_out}, lambda: results_current(self.instance, left_out)))
         return reports
+
+
+def _pair(key: str) -> tuple[str, str]:
+    """(generation, method) of an evaluation pair's key, as the schedule takes pairs."""
+    parts = EVALUATION_STAGE.parts(key)
+    return parts["generation_tasks"], parts["evaluation_tasks"]
 
 
 def _warm_up() -> None:

@@ -12,11 +12,13 @@ import heapq
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 
-from ...experiment.ids import pair_key_str
+from ...experiment import stages
+from ...experiment.stages import pair_key
 from .ranges import Batch
 
-GENERATION = "generation"
-EVALUATION = "evaluation"
+# The jobs of the two stages (a stage's job has its name).
+GENERATION = stages.GENERATION.name
+EVALUATION = stages.EVALUATION.name
 
 
 class _Ranges:
@@ -84,7 +86,7 @@ class Schedule:
         if generation in self._position:
             self._ready[method].add(self._position[generation])
         else:
-            self._unordered.append((EVALUATION, Batch((pair_key_str(generation, method),))))
+            self._unordered.append((EVALUATION, Batch((pair_key(generation, method),))))
 
     def generation_done(self, keys: Iterable[str]) -> None:
         """These generations are materialized: their pairs may run."""
@@ -137,5 +139,5 @@ class Schedule:
         if methods:
             method = min(methods, key=lambda m: (self._ready[m].first(), m))
             run = self._ready[method].take(size)
-            return EVALUATION, Batch(tuple(pair_key_str(self._order[p], method) for p in run))
+            return EVALUATION, Batch(tuple(pair_key(self._order[p], method) for p in run))
         return self._unordered.popleft()

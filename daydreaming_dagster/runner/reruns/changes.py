@@ -21,6 +21,7 @@ import dagster as dg
 import pandas as pd
 
 from ...experiment.prompts import GENERATION_ANSWER, Prompt, digest, evaluation_prompts, generation_prompts
+from ...experiment.stages import EVALUATION, stage_of
 from ...resources.config import ExperimentConfig
 from ...store.csv_tables import read_table
 from ...store.layout import table_path, text_path
@@ -66,7 +67,7 @@ class StageCheck:
         """The out-of-date partitions whose prompt file is not yet the prompt they would be asked now."""
         refresh = []
         for key in self.out_of_date:
-            path = text_path(output_root, asset_name, _parts(key))
+            path = text_path(output_root, asset_name, stage_of(asset_name).parts(key))
             if not path.is_file() or digest(path.read_text(encoding="utf-8")) != self.prompt_digests.get(key):
                 refresh.append(key)
         return refresh
@@ -83,11 +84,6 @@ def describe(causes: Iterable[str]) -> str:
     return "; ".join(parts)
 
 
-def _parts(key: str) -> dict[str, str] | str:
-    if "|" not in key:
-        return key
-    evaluation, generation = key.split("|", 1)
-    return {"generation_tasks": generation, "evaluation_tasks": evaluation}
 
 
 def _stored(path: Path) -> tuple[bool, dict | None, bool]:
@@ -151,7 +147,7 @@ class ChangeCheck:
         stored = {}
         for pair in pairs.to_dict("records"):
             generation = pair["generation_task_id"]
-            parts = {"generation_tasks": generation, "evaluation_tasks": pair["evaluation_task_id"]}
+            parts = EVALUATION.parts(EVALUATION.key(pair))
             found = _stored(text_path(self.root, "evaluation_response", parts))
             if not found[0]:
                 continue
@@ -242,7 +238,7 @@ def change_report(
             lines.append(f"{check.stage}: {_count(len(check.out_of_date), noun)} out of date ({check.why()})")
     of_changed = evaluation_tasks[evaluation_tasks["generation_task_id"].isin(generations.keys())]
     following = [
-        k for k in of_changed["evaluation_task_id"] + "|" + of_changed["generation_task_id"] if k not in evaluations.out_of_date
+        k for k in EVALUATION.keys(of_changed) if k not in evaluations.out_of_date
     ]
     if following:
         then = "asked again once their generation is" if replace_changed else "re-asked after their generation with --replace-changed"

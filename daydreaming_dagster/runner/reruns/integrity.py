@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ...experiment.stages import EVALUATION
 from ...store.layout import text_path
 from ...store.roots import data_path
 from ...store.write_once import unverified
@@ -40,7 +41,7 @@ class Unverified:
         """Read every stored answer of these partitions (and its sidecar) once."""
         root = data_path(output_root)
         generation_paths = {k: text_path(root, "generation_response", k) for k in generation_keys}
-        pair_paths = {k: text_path(root, "evaluation_response", _pair_parts(k)) for k in pair_keys}
+        pair_paths = {k: text_path(root, EVALUATION.response, EVALUATION.parts(k)) for k in pair_keys}
         return cls(
             {k: (generation_paths[k], why) for k, why in unverified(generation_paths).items()},
             {k: (pair_paths[k], why) for k, why in unverified(pair_paths).items()},
@@ -59,7 +60,7 @@ class Unverified:
     def pairs_judging(self, evaluation_tasks: pd.DataFrame) -> set[str]:
         """The pairs that judge a generation answer that does not match its sidecar."""
         of = evaluation_tasks[evaluation_tasks["generation_task_id"].isin(self.generations.keys())]
-        return set(of["evaluation_task_id"] + "|" + of["generation_task_id"])
+        return set(EVALUATION.keys(of))
 
     def report(self, replace_changed: bool = False) -> list[str]:
         """One sentence per stage (with several files, then one line per file)."""
@@ -93,6 +94,3 @@ def _sentence(stage: str, found: list[tuple[Path, str]], consequence: str, repla
     return [sentence] + ([f"  {path} ({reason})" for path, reason in found] if several else [])
 
 
-def _pair_parts(key: str) -> dict[str, str]:
-    evaluation, generation = key.split("|", 1)
-    return {"generation_tasks": generation, "evaluation_tasks": evaluation}
