@@ -135,7 +135,7 @@ def respond(
             held[key] = outcome.owner
         failures[key] = _failure(outcome)
         if outcome.asked and outcome.kind == Kind.FAILED:
-            asked[key] = _asked_entry(outcome)
+            asked[key] = outcome.asked_earlier()
     reused = sum(o.kind == Kind.REUSED for o in outcomes.values())
     if reused:
         context.log.info(f"reusing {reused} stored response(s); no LLM call for them")
@@ -168,17 +168,6 @@ def _asked_earlier(earlier: AskedEarlier) -> dg.Failure:
             metadata={"rejected_path": dg.MetadataValue.path(earlier.kept)},
         )
     return dg.Failure(description=earlier.reason, metadata={STOPS_RUN: True} if earlier.stops_run else {})
-
-
-def _asked_entry(outcome: Outcome) -> dict:
-    """What a later run of this partition in the same command is told (ResponseConfig.asked_earlier)."""
-    reason = str(outcome.error) if outcome.error is not None else outcome.reason
-    return {
-        "request": outcome.call.request.fingerprint_text(),
-        "reason": reason,
-        "kept": outcome.kept,
-        "stops_run": outcome.stops_run,
-    }
 
 
 def _summary_failure(

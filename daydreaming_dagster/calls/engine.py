@@ -65,6 +65,18 @@ class Outcome:
     cap_reached: bool = False
     asked: bool = False  # the model was asked, with the call's whole retry budget (paid, or failed)
 
+    def asked_earlier(self) -> dict:
+        """What a later run of this partition in the same command is told of a call asked without a
+        usable answer (the response step's ResponseConfig.asked_earlier entry), so that it fails it
+        in the same words instead of asking the same request again."""
+        kept_reason = str(self.error) if self.error is not None and self.kept else None
+        return {
+            "request": self.call.request.fingerprint_text(),
+            "reason": kept_reason or self.reason,
+            "kept": self.kept,
+            "stops_run": self.stops_run,
+        }
+
 
 class Engine:
     """Paid calls of one asker (`owner`) for one response asset of an archive (resources/response_store.py's
@@ -96,11 +108,14 @@ class Engine:
         replace_changed: bool = False,
         parallel: int = 8,
         wait_for_others: bool = True,
+        wait_for_room: bool = True,
         stop: threading.Event | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> dict[str, Outcome]:
-        """One outcome per call, by partition key (see the module docstring). `stop`, once set,
-        starts no new call; `on_outcome` hears of each outcome as it is known."""
+        """One outcome per call, by partition key (see the module docstring). `wait_for_room`: a call
+        the cap keeps out only while calls are in flight waits for them (else the cap's first
+        refusal stops the calls). `stop`, once set, starts no new call; `on_outcome` hears of each
+        outcome as it is known."""
         outcomes: dict[str, Outcome] = {}
 
         def done(outcome: Outcome) -> None:
@@ -126,7 +141,7 @@ class Engine:
                         waiting += theirs
                     else:
                         claims.leave(theirs)
-                    for call, result in self._complete_all(mine, parallel, stop):
+                    for call, result in self._complete_all(mine, parallel, stop, wait_for_room):
                         try:
                             outcome = self._settle(call, result, replace_changed)
                             stopped = stopped or _stops_the_rest(outcome)
@@ -202,7 +217,9 @@ class Engine:
         reason = f"{call.request.model_id}: the call failed unexpectedly: {type(result).__name__}: {result}"
         return Outcome(call, Kind.FAILED, reason=reason, error=result)
 
-    def _complete_all(self, calls: list[Call], parallel: int, stop: threading.Event | None) -> Iterator[tuple[Call, object]]:
+    def _complete_all(
+        self, calls: list[Call], parallel: int, stop: threading.Event | None, wait_for_room: bool = True
+    ) -> Iterator[tuple[Call, object]]:
         """Yield (call, LLMResponse | LLMError | SpendingCapReached) as answers arrive. After an error
         the next calls would meet too, or a call the cap refused, or once `stop` is set, no new call
         starts. A call the cap keeps out only while other calls are in flight waits for them."""
@@ -222,8 +239,8 @@ class Engine:
                     call = waiting.pop() if waiting else next(pending, None)
                     if call is None:
                         return
-                    refusal = self._admit(call, wait=not in_flight)
-                    if refusal is not None and refusal.temporary and in_flight:
+                    refusal = self._admit(call, wait=wait_for_room and not in_flight)
+                    if refusal is not None and refusal.temporary and in_flight and wait_for_room:
                         waiting.append(call)
                         return
                     if refusal is not None:

@@ -27,25 +27,25 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from ...llm.requests import APIRefusedError, IncompleteResponseError, LLMError, LLMRequest
+from ...calls.claiming import Call
+from ...calls.engine import Engine, Kind, Outcome
+from ...experiment.stages import GENERATION as STAGE
+from ...llm.requests import LLMRequest
 from ...settings import Settings
-from ...store.claims import Claims, ClaimTimes, Held, Owner
-from ...store.heartbeat import Heartbeat
-from ...store.layout import claim_path, text_path
-from ...store.roots import StorageFull, claim_backend, is_remote
-from ...store.write_once import StoredResponseConflict, keep_rejected, write_response_once
+from ...store.archive import Archive
+from ...store.claims import Owner
+from ...store.roots import is_remote
+from ...store.spend import paid_tallies
 
 if TYPE_CHECKING:  # imported where used: the command's start imports nothing it does not need yet
     from ...experiment.settings import ExperimentSettings
 
-ASSET = "generation_response"
 ASKED_BY = "daydream run's head start (before its Dagster run, which reused the answer)"
 # The run id its claims name, so a waiting run's log says who is asking.
 OWNER_RUN = "daydream-run-head-start"
-POLL_S = 0.1
 # What a generation's future holds once done: its answer stored; passed over (its run asks); or
 # asked without a usable answer: cut off by the token limit, or the call failed after its whole retry
 # budget (its run fails in a run of its own without asking again: one command asks a request once).
@@ -106,12 +106,10 @@ class HeadStart:
         self.run_cap = max_cost_usd  # --max-cost; else the experiment's cap applies, if it sets one
         self._guard = None  # the spending guard under a cap (see `spending_guard`)
         self.before = None  # the paid answers under the output root before the first call (store/spend.py)
-        self.asked = 0  # calls started
         self._read = threading.Event()  # the experiment is read (or found unreadable)
         self._go = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._free = threading.Semaphore(self.concurrency)
         self._pending: dict[str, Future] = {}  # every generation to ask, done once asked or passed over
         # Requests asked without a usable answer (key -> ResponseConfig.asked_earlier's entry): their
         # runs fail them without asking again.
@@ -120,8 +118,7 @@ class HeadStart:
         # starts nothing more (see llm/requests.APIRefusedError).
         self.stopped: str | None = None
         self._thread = threading.Thread(target=self._main, name="head-start", daemon=True)
-        self._calls: ThreadPoolExecutor | None = None
-        self._heartbeat: Heartbeat | None = None
+        self._engine: Engine | None = None
         self._backend = None
 
     def start(self) -> HeadStart:
@@ -151,6 +148,11 @@ class HeadStart:
             progress(f"generation: {self.asked} asked while Dagster loaded{still}; their runs reuse the answers")
         return pending
 
+    @property
+    def asked(self) -> int:
+        """Calls started here."""
+        return self._engine.started if self._engine is not None else 0
+
     def pending(self) -> dict[str, Future]:
         """The generations still to be answered here, or whose answer was cut off, each with a future
         that is done (STORED, PASSED or ASKED) once its answer is stored, or it was passed over (its run
@@ -169,32 +171,29 @@ class HeadStart:
         """Start no more calls and wait for those in flight (they are paid for: their answers are stored)."""
         self.stand_aside()
         self._thread.join()
-        if self._calls is not None:
-            self._calls.shutdown()
-        if self._heartbeat is not None:
-            self._heartbeat.close()
         if self._backend is not None:
             self._backend.close()
 
     def _main(self) -> None:
         try:
             self._ask_all()
+        except Exception:  # noqa: BLE001 - e.g. a fault reading what was paid: the runs ask, in their own words
+            self._stop.set()
         finally:
             with self._lock:  # what was not asked goes to the runs
                 for future in self._pending.values():
-                    if not future.running() and not future.done():
+                    if not future.done():
                         future.set_result(PASSED)
 
     def _ask_all(self) -> None:
         try:
-            from ...store.spend import paid_tallies
-
             config, requests, judges = _read_experiment(self.settings)
             self._guard = spending_guard(config, self.run_cap, requests, judges)
             if self._guard is False:
                 requests = []  # the command refuses this cap before any call, in its own words
             # A rerun's stored answers are the runs' to reuse (or to report out of date): not waited for.
-            requests = [(k, r) for k, r in requests if not text_path(self.settings.output_root, ASSET, k).exists()]
+            archive = Archive.at(self.settings.output_root)
+            requests = [(k, r) for k, r in requests if not archive.path(STAGE.response, k).exists()]
             self.before = paid_tallies(self.settings.output_root) if requests else None
             self._pending = {key: Future() for key, _ in requests}
         except Exception:  # noqa: BLE001 - the task tables report a broken experiment in their own words
@@ -208,93 +207,35 @@ class HeadStart:
         self._go.wait()
         if self._stop.is_set():
             return  # the command stopped before the instance opened (a broken one: it says why)
-        claims = Claims(backend=claim_backend(self.settings.output_root), times=ClaimTimes.from_env())
-        self._heartbeat = Heartbeat(claims)
-        self._calls = ThreadPoolExecutor(self.concurrency, thread_name_prefix="head-start-call")
-        owner = Owner.here(OWNER_RUN)
-        for key, request in requests:
-            while not self._free.acquire(timeout=POLL_S):
-                if self._stop.is_set():
-                    return
-            with self._lock:
-                started = not self._stop.is_set() and self._claim_and_ask(claims, owner, backend, key, request)
-            if not started:
-                self._free.release()
-                self._pending[key].set_result(PASSED)
-            if self._stop.is_set():
-                return
+        self._engine = Engine(
+            archive, STAGE.response, backend, Owner.here(OWNER_RUN), _Stderr(), self._guard or None,
+            extra_provenance={"asked_by": ASKED_BY},
+        )
+        calls = [Call(key, STAGE.parts(key), request) for key, request in requests]
+        # Another asker's live claim is left to it, and a call the cap keeps out stops the head start at
+        # once (no waiting for room): the runs' steps wait, and meet the cap, themselves.
+        self._engine.run(calls, parallel=self.concurrency, wait_for_others=False, wait_for_room=False,
+                         stop=self._stop, on_outcome=self._settled)
 
-    def _claim_and_ask(self, claims: Claims, owner: Owner, backend, key: str, request: LLMRequest) -> bool:
-        path = text_path(self.settings.output_root, ASSET, key)
-        if path.exists():
-            return False  # stored already: the run reuses it, or reports it as out of date
-        subject = {"asset": ASSET, "partition": key, "request": request.fingerprint()}
-        claim = claims.take(claim_path(path), owner, subject)
-        if isinstance(claim, Held):
-            return False  # another live run (or a provider batch) is asking it
-        self._heartbeat.add(claim)
-        # Stored by the previous holder just before it let go, or kept out by the spending cap.
-        if path.exists() or not self._admitted(key, request):
-            self._heartbeat.release(claim)
-            return False
-        if claim.took_over is not None:
-            print(claim.takeover_sentence(key), file=sys.stderr, flush=True)
-        self.asked += 1
-        self._pending[key].set_running_or_notify_cancel()
-        self._calls.submit(self._ask, backend, key, request, path, claim)
-        return True
-
-    def _ask(self, backend, key: str, request: LLMRequest, path, claim) -> None:
-        outcome, paid = PASSED, None
-        try:
-            response = backend.complete(request)
-            paid = response.provenance
-            if write_response_once(path, response.text, {**response.provenance, "asked_by": ASKED_BY}):
-                outcome = STORED
-        except IncompleteResponseError as exc:
-            # Paid, but not an answer: kept for inspection as a step keeps it, and the run fails with
-            # the step's own sentence instead of paying for the same request again.
-            paid = exc.response.provenance
-            kept = keep_rejected(path, exc.response.text, exc.response.provenance, str(exc))
-            outcome = self._asked(key, request, str(exc), kept=str(kept))
-        except StoredResponseConflict:
-            pass  # another answer was stored meanwhile (ours is kept in _rejected/); the run sees it
-        except StorageFull as exc:  # paid, but nowhere to store it: nothing more is asked, here or by the runs
-            outcome = self._asked(key, request, str(exc), stops_run=True)
-            self.stopped = self.stopped or str(exc)
-            self._stop.set()
-        except LLMError as exc:
-            # The call had its whole retry budget here: its run fails it in these words, asking nothing.
-            refused = isinstance(exc, APIRefusedError)
-            outcome = self._asked(key, request, str(exc), stops_run=refused)
-            if refused:
-                self.stopped = self.stopped or str(exc)
-            self._stop.set()  # the next calls would most likely fail the same way
-        except Exception:  # noqa: BLE001 - the run asks again and reports the failure in its own words
-            self._stop.set()
-        finally:
-            if self._guard is not None:  # only now that its answer is stored does the call stop counting as in flight
-                self._guard.settle(key, paid)
-            self._heartbeat.release(claim)
-            self._free.release()
-            self._pending[key].set_result(outcome)
-
-    def _asked(self, key: str, request: LLMRequest, reason: str, kept: str | None = None, stops_run: bool = False) -> str:
-        """Record a request asked without a usable answer, for its run (ResponseConfig.asked_earlier)."""
-        self.asked_earlier[key] = {"request": request.fingerprint_text(), "reason": reason, "kept": kept, "stops_run": stops_run}
-        return ASKED
-
-    def _admitted(self, key: str, request: LLMRequest) -> bool:
-        """Whether the spending cap, if any, admits this call (its worst case is then reserved). A
-        refusal stops the head start: the runs' steps meet the cap themselves and say so."""
-        if self._guard is None:
-            return True
-        try:
-            self._guard.admit(key, request)
-            return True
-        except Exception:  # noqa: BLE001 - SpendingCapReached, or a fault reading what was paid
-            self._stop.set()
-            return False
+    def _settled(self, outcome: Outcome) -> None:
+        """What the runs are told of one generation (its future's result)."""
+        key = outcome.call.key
+        if outcome.kind == Kind.PAID:
+            result = STORED
+        elif outcome.kind == Kind.FAILED and outcome.asked:
+            # Asked with its whole retry budget here: its run fails it in these words, asking nothing.
+            self.asked_earlier[key] = outcome.asked_earlier()
+            if outcome.stops_run:
+                self.stopped = self.stopped or outcome.reason
+            result = ASKED
+        else:
+            result = PASSED  # reused, held by another asker, kept out by the cap, or not asked: the run decides
+        if outcome.kind in (Kind.FAILED, Kind.REFUSED):
+            self._stop.set()  # the next calls would most likely end the same way
+        with self._lock:
+            future = self._pending.get(key)
+            if future is not None and not future.done():
+                future.set_result(result)
 
     def _client(self):
         """The backend the generation_response asset would use (resources/llm.py), outside a run."""
@@ -309,3 +250,12 @@ class HeadStart:
             deadline_s=settings.call_deadline_s,
             machine_slots=FileCallSlots.for_api(settings.base_url, settings.max_calls_in_flight),
         )
+
+
+class _Stderr:
+    """The head start's log: what a step would log (a claim taken over, say) goes to the terminal."""
+
+    def info(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    warning = info
