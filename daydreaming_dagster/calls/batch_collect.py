@@ -19,9 +19,11 @@ from ..llm.batch_backend import BatchBackend, BatchState
 from ..llm.requests import LLMError
 from ..store.archive import Archive
 from ..store.batch_ledger import BatchLedger
+from ..store.claims import Owner
 from ..store.reservations import release_batch
-from ..store.write_once import StoredResponseConflict
 from .batch_submit import reconcile, request_of
+from .claiming import Call
+from .engine import Engine, Kind
 
 
 @dataclass
@@ -76,18 +78,23 @@ def collect(
     requests = {key: request_of(item) for key, item in record["items"].items()}
     results = backend.collect(batch_id, requests)
     again = dict(results.errors)
+    # The answers reach the store the way every paid answer does: through the engine's storing step.
+    engine = Engine(store, asset, None, Owner.here(f"batch {batch_id}"), _Lines(log))
+    batch = {"batch_id": batch_id, "batch_price_factor": record["price_factor"]}
+
+    def call(key: str) -> Call:
+        return Call(key, record["items"][key]["parts"], requests[key])
+
     for key, answer in results.answers.items():
-        answer.provenance.update(
-            batch_id=batch_id, batch_submission=record["submission"], batch_price_factor=record["price_factor"]
-        )
-        try:
-            store.keep(asset, record["items"][key]["parts"], answer)
+        answer.provenance.update(batch, batch_submission=record["submission"])
+        outcome = engine.keep(call(key), answer)
+        if outcome.kind == Kind.PAID:
             out.stored.setdefault(asset, []).append(key)
-        except StoredResponseConflict as exc:
-            again[key] = str(exc)
+        else:
+            again[key] = outcome.reason
     for key, (answer, reason) in results.rejected.items():
-        answer.provenance.update(batch_id=batch_id, batch_price_factor=record["price_factor"])
-        store.keep_rejected(asset, record["items"][key]["parts"], answer, reason)
+        answer.provenance.update(batch)
+        engine.reject(call(key), answer, reason)
         again[key] = reason
     release_claims(store, record)
     if again:
@@ -126,3 +133,10 @@ def cancel(backend: BatchBackend, store: Archive, batch_id: str) -> str:
     if state.finished:
         collect(backend, store, record, state, out, lambda line: None)
     return f"batch {record['batch_id']}: {state.status}; its unanswered partitions are free to ask again."
+
+
+class _Lines:
+    """A log of lines for the engine (what collection says goes where the caller's lines go)."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.info = self.warning = log

@@ -86,7 +86,7 @@ class Engine:
         self,
         archive,
         asset: str,
-        client: Client,
+        client: Client | None,
         owner: Owner,
         log: Log,
         guard: SpendingGuard | None = None,
