@@ -26,7 +26,7 @@ from ..calls.guard import effective_cap
 from ..experiment.batch_choice import BatchChoice, choose
 from ..experiment.errors import ExperimentError
 from ..experiment.loaders import load_models
-from ..experiment.stages import EVALUATION
+from ..experiment.stages import EVALUATION, STAGES
 from ..llm.batch_backend import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, OpenAIBatchBackend
 from ..llm.requests import LLMError
 from ..resources.config import ExperimentConfig
@@ -35,7 +35,17 @@ from ..store.archive import Archive
 from ..store.batch_ledger import BatchLedger
 from ..store.csv_tables import read_table
 from ..store.layout import table_path
+from .executor.runner import Runner, StageReport, default_workers, print_progress
+from .executor.worker import load_worker
+from .reruns.freshness import (
+    TABLES_FINGERPRINT_TAG,
+    UNVERIFIED_TAG,
+    results_current,
+    tables_current,
+    tables_fingerprint,
+)
 from .reruns.integrity import Unverified
+from .run_costs import RunCosts
 
 DEFAULT_POLL_S = 30.0
 
@@ -44,7 +54,6 @@ def poll_s() -> float:
     """Seconds between two looks at the open batches (DAYDREAM_BATCH_POLL_S; tests shorten it)."""
     return float(os.environ.get("DAYDREAM_BATCH_POLL_S") or DEFAULT_POLL_S)
 
-ASSET_OF_JOB = {"generation": "generation_response", "evaluation": "evaluation_response"}
 
 
 def batch_backend(settings: Settings) -> OpenAIBatchBackend:
@@ -58,17 +67,8 @@ def batch_backend(settings: Settings) -> OpenAIBatchBackend:
     )
 
 
-def held_by_batches(output_root: Path, job_name: str) -> dict[str, str]:
-    """Partition key -> "batch <id>" for the partitions of a stage that open batches hold (a live
-    run leaves them to the batch instead of asking them)."""
-    asset = ASSET_OF_JOB.get(job_name)
-    return BatchLedger(output_root).held_keys(asset) if asset else {}
-
-
 def run_batch(args: argparse.Namespace, settings: Settings, pool=None) -> int:
     """`daydream run` in batch mode, on the command's worker `pool` if it started one; the exit status."""
-    from .executor.runner import Runner, default_workers, print_progress
-    from .run_costs import RunCosts
 
     if settings.offline:
         print("the offline backend has no batch API; run --offline without --batch.", file=sys.stderr)
@@ -149,16 +149,6 @@ class Rounds:
         self.stages = {}
 
     def run(self, wait: bool) -> list:
-        from .executor.runner import StageReport
-        from .executor.worker import load_worker
-        from .reruns.freshness import (
-            TABLES_FINGERPRINT_TAG,
-            UNVERIFIED_TAG,
-            results_current,
-            tables_current,
-            tables_fingerprint,
-        )
-
         runner = self.runner
         fingerprint = tables_fingerprint(runner.data_root)
         reports = []
@@ -219,7 +209,7 @@ class Rounds:
     def _materialize(self, job: str, keys: list[str], done: set[str]) -> None:
         """Run the stage over `keys` that no open batch holds: stored answers are reused, models
         not batched (and --retry-live re-asks) are asked live."""
-        held = held_by_batches(Path(self.config.output_root), job)
+        held = BatchLedger(self.config.output_root).held_keys(STAGES[job].response)
         todo = [k for k in keys if k not in held and k not in done]
         if not todo:
             return

@@ -25,14 +25,15 @@ from ...assets.common import MAX_PARTITIONS_PER_RUN
 from ...assets.partitions import evaluation_pairs_partitions, generation_tasks_partitions
 from ...compat import BulkActionStatus
 from ...experiment.stages import EVALUATION as EVALUATION_STAGE
+from ...experiment.stages import STAGES
 from ...instance.opening import open_instance
 from ...llm.slots import SharedCallSlots, share_call_slots
 from ...resources.config import ExperimentConfig
 from ...settings import Settings
+from ...store.batch_ledger import BatchLedger
 from ...store.csv_tables import read_table
 from ...store.layout import table_path
 from ...store.roots import data_path
-from ..batch_mode import held_by_batches
 from ..reruns.changes import ChangeCheck, StageCheck, change_report
 from ..reruns.freshness import (
     TABLES_FINGERPRINT_TAG,
@@ -53,7 +54,7 @@ from .worker import QUIET, execute, load_worker, partition_run_config, warm_work
 __all__ = ["Runner", "StageReport", "default_workers", "left_text", "print_progress", "start_pool"]
 
 # The assets and partitions of each partitioned stage, to ask which of them other runs are doing.
-STAGES = {
+OVERLAP_ASSETS = {
     "generation": ({"generation_prompt", "generation_response"}, generation_tasks_partitions),
     "evaluation": ({"evaluation_prompt", "evaluation_response"}, evaluation_pairs_partitions),
     # The prompts re-rendered for out-of-date answers that are kept (see changes.py).
@@ -188,8 +189,9 @@ class Runner:
         report = StageReport(job_name, total=len(keys), skipped=len(keys) - len(todo))
         kept = 0 if self.replace_changed else sum(1 for k in keys if k in changed)
         aside = f", {kept} out of date (kept as they are)" if kept else ""
-        busy = InProgress(self.instance).busy(*STAGES[job_name]) if todo else {}
-        busy = {**held_by_batches(self.output_root, job_name), **busy} if todo else busy  # open provider batches
+        busy = InProgress(self.instance).busy(*OVERLAP_ASSETS[job_name]) if todo else {}
+        held = BatchLedger(self.output_root).held_keys(STAGES[job_name].response) if job_name in STAGES else {}
+        busy = {**held, **busy} if todo else busy  # open provider batches hold theirs
         left = {k: str(busy[k]) for k in todo if k in busy}
         todo = [k for k in todo if k not in left]
         report.left = len(left)
